@@ -1,0 +1,217 @@
+/**
+ * A device client: what the simulator, the demo and the tests use to be a terminal or phone.
+ *
+ * It connects with a fresh signed token (a new one on every reconnect), subscribes to its own
+ * down topic, signs every message it sends, checks every message it receives against the pinned
+ * broker key, drops duplicates by message id, and matches replies to requests by `re`.
+ */
+import { EventEmitter } from "node:events";
+import { randomBytes, randomUUID } from "node:crypto";
+import mqtt, { type MqttClient } from "mqtt";
+import { Signer, verify } from "../src/crypto/ed25519.ts";
+import { BROKER_ID, PROTOCOL_VERSION, parseEnvelope, sealEnvelope, type Payload } from "../src/protocol/envelope.ts";
+import { makeToken } from "../src/protocol/token.ts";
+import { downTopic, upTopic } from "../src/protocol/topics.ts";
+import type { DeviceKey } from "./keyfile.ts";
+
+export interface DeviceOptions {
+  readonly url: string;
+  readonly key: DeviceKey;
+  /** The broker's Ed25519 public key; messages that do not verify against it are dropped. */
+  readonly brokerPublicKey: Uint8Array;
+  readonly clock?: () => number;
+  /** Reconnect by itself after a drop (default true); ms between tries. */
+  readonly reconnectMs?: number;
+  readonly reconnect?: boolean;
+  readonly connectTimeoutMs?: number;
+  readonly keepaliveS?: number;
+}
+
+/** A broker message that passed every check. */
+export type Received = Payload;
+
+export class DeviceError extends Error {
+  constructor(
+    readonly code: string,
+    readonly detail: string,
+    readonly reply: Received,
+  ) {
+    super(`${code}: ${detail}`);
+  }
+}
+
+export interface DeviceEvents {
+  message: [Received];
+  rejected: [reason: string];
+  connect: [];
+  offline: [];
+  reconnecting: [];
+  error: [Error];
+}
+
+const SEEN_MAX = 4096;
+
+export class Device extends EventEmitter<DeviceEvents> {
+  readonly id: string;
+  readonly #o: DeviceOptions;
+  readonly #signer: Signer;
+  readonly #clock: () => number;
+  readonly #waiters = new Map<string, { resolve: (m: Received) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  readonly #seen = new Set<string>();
+  #client: MqttClient | null = null;
+
+  constructor(options: DeviceOptions) {
+    super();
+    this.#o = options;
+    this.id = options.key.deviceId;
+    this.#signer = new Signer(options.key.pair);
+    this.#clock = options.clock ?? Date.now;
+  }
+
+  get connected(): boolean {
+    return this.#client?.connected === true;
+  }
+
+  /** A fresh connect token: new nonce, current time. */
+  token(tsMs: number = this.#clock(), nonce: string = randomBytes(16).toString("base64url")): string {
+    return makeToken(this.id, tsMs, nonce, (b) => this.#signer.sign(b));
+  }
+
+  /** Connects and subscribes; rejects with the broker's refusal (CONNACK code) if it refuses. */
+  connect(): Promise<void> {
+    const client = mqtt.connect(this.#o.url, {
+      clientId: this.id,
+      username: this.id,
+      password: this.token(),
+      protocolVersion: 4,
+      clean: true,
+      keepalive: this.#o.keepaliveS ?? 30,
+      reconnectPeriod: this.#o.reconnect === false ? 0 : (this.#o.reconnectMs ?? 1000),
+      connectTimeout: this.#o.connectTimeoutMs ?? 10_000,
+    });
+    this.#client = client;
+    client.on("reconnect", () => {
+      // A token is single-use: every attempt needs a new one.
+      client.options.password = this.token();
+      this.emit("reconnecting");
+    });
+    client.on("offline", () => this.emit("offline"));
+    client.on("message", (topic, payload) => this.#receive(topic, payload));
+    client.on("connect", () => {
+      client.subscribe(downTopic(this.id), { qos: 1 }, (err, granted) => {
+        if (err || granted?.[0]?.qos === 128) this.emit("error", err ?? new Error("subscription to the down topic was refused"));
+        else this.emit("connect");
+      });
+    });
+    return new Promise((resolve, reject) => {
+      const onConnect = () => {
+        client.off("error", onError);
+        resolve();
+      };
+      const onError = (err: Error) => {
+        this.off("connect", onConnect);
+        client.end(true);
+        reject(err);
+      };
+      this.once("connect", onConnect);
+      client.once("error", onError);
+      client.on("error", (err) => {
+        if (this.listenerCount("error") > 0) this.emit("error", err);
+      });
+    });
+  }
+
+  /** Builds, signs and publishes a message; returns its id. */
+  send(type: string, body: Record<string, unknown>, overrides: Partial<Payload> = {}): string {
+    const payload: Payload = { v: PROTOCOL_VERSION, type, id: randomUUID(), from: this.id, to: BROKER_ID, ts: this.#clock(), body, ...overrides };
+    const { bytes } = sealEnvelope(payload, (b) => this.#signer.sign(b));
+    this.publishRaw(bytes);
+    return payload.id;
+  }
+
+  /** Publishes bytes as they are on the device's up topic (tests use it for hostile input). */
+  publishRaw(bytes: Uint8Array | string, topic: string = upTopic(this.id)): void {
+    if (this.#client === null) throw new Error("not connected");
+    this.#client.publish(topic, Buffer.from(bytes), { qos: 1 });
+  }
+
+  /** Waits for the broker's message that answers `msgId`. */
+  waitFor(msgId: string, timeoutMs = 10_000): Promise<Received> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters.delete(msgId);
+        reject(new Error(`no answer to ${msgId} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#waiters.set(msgId, { resolve, reject, timer });
+    });
+  }
+
+  /** Sends and waits for the answer, whatever it is (an `error` answer included). */
+  request(type: string, body: Record<string, unknown>, timeoutMs = 10_000, overrides: Partial<Payload> = {}): Promise<Received> {
+    const id = overrides.id ?? randomUUID();
+    const answer = this.waitFor(id, timeoutMs);
+    this.send(type, body, { ...overrides, id });
+    return answer;
+  }
+
+  /** Sends and waits; an `error` answer becomes a thrown DeviceError. */
+  async call(type: string, body: Record<string, unknown>, timeoutMs = 10_000): Promise<Received> {
+    const reply = await this.request(type, body, timeoutMs);
+    if (reply.type === "error") {
+      const b = reply.body as { code: string; detail: string };
+      throw new DeviceError(b.code, b.detail, reply);
+    }
+    return reply;
+  }
+
+  /** Waits for the next message of a type (optionally matching a predicate). */
+  next(type: string, timeoutMs = 10_000, match: (m: Received) => boolean = () => true): Promise<Received> {
+    return new Promise((resolve, reject) => {
+      const onMessage = (m: Received) => {
+        if (m.type !== type || !match(m)) return;
+        clearTimeout(timer);
+        this.off("message", onMessage);
+        resolve(m);
+      };
+      const timer = setTimeout(() => {
+        this.off("message", onMessage);
+        reject(new Error(`no ${type} message within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.on("message", onMessage);
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.#waiters.values()) {
+      clearTimeout(w.timer);
+      w.reject(new Error("device closed"));
+    }
+    this.#waiters.clear();
+    const client = this.#client;
+    this.#client = null;
+    if (client !== null) await client.endAsync(true);
+  }
+
+  #receive(topic: string, bytes: Buffer): void {
+    const reject = (reason: string) => void this.emit("rejected", reason);
+    if (topic !== downTopic(this.id)) return reject(`message on foreign topic ${topic}`);
+    const parsed = parseEnvelope(bytes);
+    if (!parsed.ok) return reject(`malformed broker message: ${parsed.detail}`);
+    const { payload, payloadBytes, signature } = parsed.msg;
+    if (!verify(this.#o.brokerPublicKey, payloadBytes, signature)) return reject("broker message signature does not verify against the pinned key");
+    if (payload.from !== BROKER_ID || payload.to !== this.id) return reject(`message from ${payload.from} to ${payload.to} is not for this device`);
+    // QoS 1 and the outbox both redeliver: the message id makes a second copy harmless.
+    if (this.#seen.has(payload.id)) return;
+    this.#seen.add(payload.id);
+    if (this.#seen.size > SEEN_MAX) this.#seen.delete(this.#seen.values().next().value!);
+    this.emit("message", payload);
+    if (payload.re !== undefined) {
+      const w = this.#waiters.get(payload.re);
+      if (w !== undefined) {
+        clearTimeout(w.timer);
+        this.#waiters.delete(payload.re);
+        w.resolve(payload);
+      }
+    }
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Broker configuration: the only module that reads process.env.
+ *
+ * Every option has a flag, an environment variable and an explicit default; the result is
+ * validated once and frozen. Precedence: flag, then environment, then default.
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+export const brokerConfigSchema = z.strictObject({
+  host: z.string().min(1),
+  port: int(0, 65535),
+  dataDir: z.string().min(1),
+  logLevel: z.enum(LOG_LEVELS),
+  maxPacketBytes: int(1024, 16 * 1024 * 1024),
+  freshnessMs: int(1000, 3_600_000),
+  keepaliveLimitS: int(10, 65535),
+  connectTimeoutMs: int(100, 120_000),
+  drainTimeoutMs: int(100, 600_000),
+  maxTopicLevels: int(4, 100),
+  deviceRatePerSec: int(1, 1_000_000),
+  deviceBurst: int(1, 1_000_000),
+});
+
+export type BrokerConfig = Readonly<z.infer<typeof brokerConfigSchema>>;
+
+interface OptionSpec {
+  readonly key: keyof BrokerConfig;
+  readonly flag: string;
+  readonly env: string;
+  readonly def: string;
+  readonly help: string;
+}
+
+export const BROKER_OPTIONS: readonly OptionSpec[] = [
+  { key: "host", flag: "host", env: "HANDOFF_HOST", def: "127.0.0.1", help: "address to listen on (0.0.0.0 for all interfaces)" },
+  { key: "port", flag: "port", env: "HANDOFF_PORT", def: "1883", help: "MQTT TCP port; 0 picks a free one" },
+  { key: "dataDir", flag: "data-dir", env: "HANDOFF_DATA_DIR", def: "./data", help: "database, broker identity and master key file" },
+  { key: "logLevel", flag: "log-level", env: "HANDOFF_LOG_LEVEL", def: "info", help: LOG_LEVELS.join(" | ") },
+  { key: "maxPacketBytes", flag: "max-packet-bytes", env: "HANDOFF_MAX_PACKET_BYTES", def: "65536", help: "largest MQTT packet accepted; a larger one drops the connection" },
+  { key: "freshnessMs", flag: "freshness-ms", env: "HANDOFF_FRESHNESS_MS", def: "120000", help: "accepted clock difference for messages and connect tokens" },
+  { key: "keepaliveLimitS", flag: "keepalive-limit-s", env: "HANDOFF_KEEPALIVE_LIMIT_S", def: "300", help: "largest keepalive a client may ask for" },
+  { key: "connectTimeoutMs", flag: "connect-timeout-ms", env: "HANDOFF_CONNECT_TIMEOUT_MS", def: "10000", help: "time a new connection has to send CONNECT" },
+  { key: "drainTimeoutMs", flag: "drain-timeout-ms", env: "HANDOFF_DRAIN_TIMEOUT_MS", def: "10000", help: "a client that stops reading for this long is dropped" },
+  { key: "maxTopicLevels", flag: "max-topic-levels", env: "HANDOFF_MAX_TOPIC_LEVELS", def: "8", help: "deepest topic or filter accepted" },
+  { key: "deviceRatePerSec", flag: "device-rate", env: "HANDOFF_DEVICE_RATE", def: "50", help: "messages per second one device may send (sustained)" },
+  { key: "deviceBurst", flag: "device-burst", env: "HANDOFF_DEVICE_BURST", def: "200", help: "messages one device may send in a burst" },
+];
+
+export class ConfigError extends Error {}
+
+export interface ParsedCli {
+  readonly config: BrokerConfig;
+  readonly help: boolean;
+}
+
+/** Parses broker flags and environment into a frozen config; throws ConfigError with a readable message. */
+export function parseBrokerCli(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ParsedCli {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    const options: Record<string, { type: "string" | "boolean"; short?: string }> = { help: { type: "boolean", short: "h" } };
+    for (const o of BROKER_OPTIONS) options[o.flag] = { type: "string" };
+    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    throw new ConfigError(`${(err as Error).message}\nRun with --help to see the options.`);
+  }
+  return { config: brokerConfig(values, env), help: values.help === true };
+}
+
+/** Fills defaults (flag > env > default), validates, freezes. */
+export function brokerConfig(flags: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env, overrides: Partial<BrokerConfig> = {}): BrokerConfig {
+  const raw: Record<string, unknown> = {};
+  for (const o of BROKER_OPTIONS) raw[o.key] = flags[o.flag] ?? env[o.env] ?? o.def;
+  Object.assign(raw, overrides);
+  const parsed = brokerConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => {
+      const spec = BROKER_OPTIONS.find((o) => o.key === i.path[0]);
+      return spec ? `--${spec.flag} (${spec.env}): ${i.message}` : i.message;
+    });
+    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+  }
+  return Object.freeze(parsed.data);
+}
+
+/** The master key, when given by environment instead of the key file (base64, or "1:<b64>,2:<b64>"). */
+export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const value = env.HANDOFF_MASTER_KEY;
+  return value === undefined || value.trim() === "" ? undefined : value;
+}
+
+export function brokerHelp(): string {
+  const rows = BROKER_OPTIONS.map((o) => `  --${o.flag.padEnd(20)} ${o.help}\n  ${"".padEnd(22)} env ${o.env}, default ${o.def}`);
+  return [
+    "Usage: npm start -- [options]",
+    "",
+    "Starts the Handoff Pay broker: MQTT over TCP, data in an embedded SQLite database.",
+    "",
+    "Options:",
+    ...rows,
+    "  -h, --help             show this help",
+    "",
+    "Environment only:",
+    "  HANDOFF_MASTER_KEY     master key (base64 of 32 bytes, or 1:<b64>,2:<b64>); without it",
+    "                         <data-dir>/master.key is used, created with mode 0600 on first start",
+    "",
+    "Examples:",
+    "  npm start",
+    "  npm start -- --port 18830 --data-dir /var/lib/handoff --log-level debug",
+    "  HANDOFF_PORT=0 npm start            # a free port; the log line says which",
+  ].join("\n");
+}

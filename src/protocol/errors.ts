@@ -1,0 +1,28 @@
+/**
+ * Every error code a device can receive, declared once, with the sentence it is sent with.
+ *
+ * The order is the order of precedence: when a message fails several checks, the broker
+ * answers the first that applies (docs/protocol.md §Errors lists them in this order; a test
+ * holds the two lists equal).
+ */
+export const ERROR_CODES = {
+  rate_limited: "Too many messages from this device; slow down and retry later.",
+  malformed: "The payload is not a JSON envelope of the documented shape.",
+  unsupported_version: "The envelope's protocol version is not one this broker speaks.",
+  sender_mismatch: "The envelope's sender is not the device this connection authenticated as.",
+  misaddressed: "The envelope is not addressed to the broker.",
+  bad_signature: "The signature does not verify against the sender's registered public key.",
+  stale: "The timestamp is outside the broker's freshness window; check the device clock and send a new message.",
+  message_id_reused: "This message id was already used for a different message; pick a new id.",
+  unknown_type: "The broker does not handle this message type.",
+  invalid_body: "The message body does not match the schema of its type.",
+  unavailable: "The broker cannot store anything right now; retry the same message later.",
+} as const satisfies Record<string, string>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export const ERROR_CODE_LIST = Object.keys(ERROR_CODES) as ErrorCode[];
+
+export function isErrorCode(value: string): value is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, value);
+}

@@ -1,0 +1,273 @@
+/**
+ * The inbox: every message a device publishes comes through here.
+ *
+ * Checks that need no database write (shape, sender, address, signature, freshness) run first;
+ * a message that fails one is answered directly and leaves no trace in the database, so
+ * unauthenticated bytes can never change stored state or fill the disk. The messages that pass
+ * are handled in group commits: all messages that arrive in one event-loop turn share one
+ * SQLite transaction, each inside its own savepoint, so one message's failure rolls back only
+ * its own writes. Replies are written to the outbox in that transaction and published only after
+ * it commits (docs/protocol.md §Delivery).
+ */
+import { createHash } from "node:crypto";
+import type { Logger } from "pino";
+import { verify, type Signer } from "../crypto/ed25519.ts";
+import { BROKER_ID, parseEnvelope, type Parsed, type Payload } from "../protocol/envelope.ts";
+import { ERROR_CODES, type ErrorCode } from "../protocol/errors.ts";
+import { isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
+import type { Db } from "../store/db.ts";
+import { DeviceRepo, type DeviceRow } from "../store/devices.ts";
+import { OutboxRepo, type OutboxRow } from "../store/outbox.ts";
+import { ReplayRepo } from "../store/replay.ts";
+import { signedDown, type Outgoing } from "./outgoing.ts";
+import type { RateLimiter } from "./rate-limit.ts";
+
+export interface InboxOptions {
+  readonly db: Db;
+  readonly signer: Signer;
+  readonly log: Logger;
+  /** Accept messages whose timestamp is within this many ms of the broker clock. */
+  readonly freshnessMs: number;
+  readonly clock: () => number;
+  /** Hands a signed message to the transport (QoS 1 on the device's down topic). */
+  readonly publish: (deviceId: string, bytes: Uint8Array) => void;
+  /** Most messages handled in one transaction; the rest wait for the next turn. */
+  readonly maxBatch?: number;
+  /** Per-device message rate limit; none when absent. */
+  readonly rateLimiter?: RateLimiter;
+}
+
+/** What a handler may do inside the message's transaction. */
+export interface HandlerContext {
+  readonly nowMs: number;
+  readonly device: DeviceRow;
+  readonly msg: Payload;
+  readonly db: Db;
+  reply<T extends DownType>(type: T, body: DownBody<T>): void;
+  send<T extends DownType>(to: string, type: T, body: DownBody<T>): void;
+}
+
+export type Handler = (ctx: HandlerContext, body: unknown) => void;
+
+interface Pending {
+  readonly deviceId: string;
+  readonly bytes: Uint8Array;
+  readonly done: () => void;
+}
+
+interface Verified {
+  readonly msg: Parsed;
+  readonly device: DeviceRow;
+  readonly done: () => void;
+}
+
+/** A handler's expected refusal: rolls back the message's savepoint and answers with the code. */
+export class Refusal extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+export class Inbox {
+  readonly #o: InboxOptions;
+  readonly #devices: DeviceRepo;
+  readonly #replay: ReplayRepo;
+  readonly #outbox: OutboxRepo;
+  readonly #handlers = new Map<string, Handler>();
+  #queue: Pending[] = [];
+  #acks: { deviceId: string; msgId: string }[] = [];
+  #scheduled = false;
+  #inFlight = 0;
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(options: InboxOptions) {
+    this.#o = options;
+    this.#devices = new DeviceRepo(options.db);
+    this.#replay = new ReplayRepo(options.db);
+    this.#outbox = new OutboxRepo(options.db);
+    this.on("ping", (ctx, body) => {
+      const b = body as { echo?: string };
+      ctx.reply("pong", { ...(b.echo === undefined ? {} : { echo: b.echo }), brokerTs: ctx.nowMs });
+    });
+  }
+
+  /** Registers the handler of an up message type (its body is already schema-checked). */
+  on(type: string, handler: Handler): void {
+    this.#handlers.set(type, handler);
+  }
+
+  /** Queues a message from an authenticated connection; `done` runs once it is answered. */
+  submit(deviceId: string, bytes: Uint8Array, done: () => void = () => {}): void {
+    this.#queue.push({ deviceId, bytes, done });
+    this.#inFlight++;
+    this.#schedule();
+  }
+
+  /** Records a device's PUBACK of an outbox message (written with the next batch). */
+  delivered(deviceId: string, msgId: string): void {
+    this.#acks.push({ deviceId, msgId });
+    this.#schedule();
+  }
+
+  /** Publishes what the outbox still holds for a device, oldest first (on every (re)connect). */
+  resendUndelivered(deviceId: string): number {
+    const rows = this.#outbox.undelivered(deviceId);
+    for (const row of rows) this.#o.publish(row.deviceId, row.bytes);
+    return rows.length;
+  }
+
+  /** Resolves when every submitted message has been answered. */
+  idle(): Promise<void> {
+    if (this.#inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    const max = this.#o.maxBatch ?? 2000;
+    const batch = this.#queue.splice(0, max);
+    const acks = this.#acks.splice(0);
+    if (this.#queue.length > 0) this.#schedule();
+    const nowMs = this.#o.clock();
+
+    const direct: Outgoing[] = [];
+    const verified: Verified[] = [];
+    const finished: (() => void)[] = [];
+    for (const p of batch) {
+      const v = this.#check(p, nowMs);
+      if ("refusal" in v) {
+        direct.push(v.refusal);
+        finished.push(p.done);
+      } else verified.push(v);
+    }
+
+    let committed: OutboxRow[] = [];
+    try {
+      committed = this.#transact(verified, acks, nowMs);
+    } catch (err) {
+      // Infrastructure fault (disk full, read-only, corrupt): nothing of this batch was written.
+      // Each sender hears "unavailable" and retries the same message id later.
+      this.#o.log.error({ err: errorSummary(err), messages: verified.length }, "transaction failed; batch answered unavailable");
+      for (const v of verified) {
+        direct.push(this.#error(v.device.id, "unavailable", ERROR_CODES.unavailable, v.msg.payload.id, nowMs));
+      }
+    }
+    for (const v of verified) finished.push(v.done);
+
+    for (const row of committed) this.#o.publish(row.deviceId, row.bytes);
+    for (const out of direct) this.#o.publish(out.to, out.bytes);
+    for (const done of finished) done();
+    this.#inFlight -= batch.length;
+    if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
+  }
+
+  /** The checks that need no write. Returns the refusal to send, or the verified message. */
+  #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing } {
+    const parsed = parseEnvelope(p.bytes);
+    if (this.#o.rateLimiter !== undefined && !this.#o.rateLimiter.take(p.deviceId, nowMs)) {
+      const id = parsed.ok ? parsed.msg.payload.id : parsed.id;
+      return { refusal: this.#error(p.deviceId, "rate_limited", ERROR_CODES.rate_limited, id, nowMs) };
+    }
+    if (!parsed.ok) return { refusal: this.#error(p.deviceId, parsed.code, parsed.detail, parsed.id, nowMs) };
+    const { payload } = parsed.msg;
+    const refuse = (code: ErrorCode, detail: string) => ({ refusal: this.#error(p.deviceId, code, detail, payload.id, nowMs) });
+    if (payload.from !== p.deviceId) return refuse("sender_mismatch", `this connection is device ${p.deviceId}, the envelope says ${payload.from}`);
+    if (payload.to !== BROKER_ID) return refuse("misaddressed", `messages to the broker must have to = "${BROKER_ID}"`);
+    const device = this.#devices.get(p.deviceId);
+    if (device === null || device.status !== "active") return refuse("bad_signature", "the sender has no active registered key");
+    if (!verify(device.publicKey, parsed.msg.payloadBytes, parsed.msg.signature)) return refuse("bad_signature", ERROR_CODES.bad_signature);
+    if (Math.abs(nowMs - payload.ts) > this.#o.freshnessMs) {
+      return refuse("stale", `timestamp ${payload.ts} is ${nowMs - payload.ts} ms from broker time ${nowMs}; the window is ±${this.#o.freshnessMs} ms`);
+    }
+    return { msg: parsed.msg, device, done: p.done };
+  }
+
+  #transact(verified: readonly Verified[], acks: readonly { deviceId: string; msgId: string }[], nowMs: number): OutboxRow[] {
+    if (verified.length === 0 && acks.length === 0) return [];
+    const db = this.#o.db;
+    const rows: OutboxRow[] = [];
+    db.transaction(() => {
+      for (const a of acks) this.#outbox.markDelivered(a.deviceId, a.msgId, nowMs);
+      for (const v of verified) rows.push(...this.#handleOne(v, nowMs));
+    }).immediate();
+    return rows;
+  }
+
+  /** One message, in its own savepoint. Returns the outbox rows to publish after the commit. */
+  #handleOne(v: Verified, nowMs: number): OutboxRow[] {
+    const { payload, payloadBytes } = v.msg;
+    const db = this.#o.db;
+    const digest = createHash("sha256").update(payloadBytes).digest();
+    const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
+    if (seen === "duplicate") {
+      // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
+      return this.#outbox.repliesTo(v.device.id, payload.id);
+    }
+    if (seen === "conflict") {
+      return [this.#store(this.#error(v.device.id, "message_id_reused", ERROR_CODES.message_id_reused, payload.id, nowMs), nowMs)];
+    }
+    const outgoing: Outgoing[] = [];
+    const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs)];
+    const handler = this.#handlers.get(payload.type);
+    if (handler === undefined || !isUpType(payload.type)) return answer("unknown_type", `unknown message type "${payload.type}"`);
+    const body = upBodies[payload.type].safeParse(payload.body);
+    if (!body.success) {
+      const issue = body.error.issues[0];
+      return answer("invalid_body", `body.${issue?.path.join(".") ?? ""}: ${issue?.message ?? "invalid"}`);
+    }
+    const ctx: HandlerContext = {
+      nowMs,
+      device: v.device,
+      msg: payload,
+      db,
+      reply: (type, b) => outgoing.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
+      send: (to, type, b) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs)),
+    };
+    try {
+      db.transaction(() => handler(ctx, body.data))();
+    } catch (err) {
+      if (err instanceof Refusal) return answer(err.code, err.message);
+      // A storage fault fails the whole batch (nothing half-written); anything else is a bug in
+      // one handler: its savepoint is rolled back, it is logged once, the device hears "unavailable".
+      if (isStorageFault(err)) throw err;
+      this.#o.log.error({ err: errorSummary(err), type: payload.type, device: v.device.id }, "handler failed");
+      return answer("unavailable", ERROR_CODES.unavailable);
+    }
+    return outgoing.map((o) => this.#store(o, nowMs));
+  }
+
+  #store(o: Outgoing, nowMs: number): OutboxRow {
+    return this.#outbox.add({ deviceId: o.to, msgId: o.msgId, re: o.re, bytes: o.bytes, createdMs: nowMs });
+  }
+
+  #error(to: string, code: ErrorCode, detail: string, re: string | null, nowMs: number): Outgoing {
+    return signedDown(this.#o.signer, to, "error", { code, detail, inReplyTo: re }, re, nowMs);
+  }
+}
+
+/** SQLite errors that mean the database, not the message, is at fault. */
+export function isStorageFault(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^SQLITE_(FULL|IOERR|READONLY|BUSY|LOCKED|CANTOPEN|CORRUPT|NOTADB|PROTOCOL)/.test(code);
+}
+
+export function errorSummary(err: unknown): { message: string; code?: string } {
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === "string" ? { message: err.message, code } : { message: err.message };
+  }
+  return { message: String(err) };
+}
+
+export type { DownBody };

@@ -1,0 +1,39 @@
+/** Builds the broker's signed messages to a device. */
+import { randomUUID } from "node:crypto";
+import type { Signer } from "../crypto/ed25519.ts";
+import { BROKER_ID, PROTOCOL_VERSION, sealEnvelope } from "../protocol/envelope.ts";
+import type { DownBody, DownType } from "../protocol/messages.ts";
+
+export interface Outgoing {
+  readonly to: string;
+  readonly msgId: string;
+  readonly re: string | null;
+  readonly bytes: Uint8Array;
+}
+
+export function newMessageId(): string {
+  return randomUUID();
+}
+
+export function signedDown<T extends DownType>(
+  signer: Signer,
+  to: string,
+  type: T,
+  body: DownBody<T>,
+  re: string | null,
+  nowMs: number,
+  msgId: string = newMessageId(),
+): Outgoing {
+  const payload = {
+    v: PROTOCOL_VERSION as typeof PROTOCOL_VERSION,
+    type,
+    id: msgId,
+    from: BROKER_ID,
+    to,
+    ts: nowMs,
+    ...(re === null ? {} : { re }),
+    body: body as Record<string, unknown>,
+  };
+  const { bytes } = sealEnvelope(payload, (b) => signer.sign(b));
+  return { to, msgId, re, bytes };
+}

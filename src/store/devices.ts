@@ -1,0 +1,109 @@
+/** The device registry: public keys, kinds, names, status. A phone's user is sealed and blind-indexed. */
+import type { Db } from "./db.ts";
+
+export type DeviceKind = "terminal" | "phone";
+export type DeviceStatus = "active" | "revoked";
+
+export interface DeviceRow {
+  readonly id: string;
+  readonly kind: DeviceKind;
+  readonly name: string;
+  readonly publicKey: Uint8Array;
+  readonly userIndex: Uint8Array | null;
+  readonly userSealed: Uint8Array | null;
+  readonly status: DeviceStatus;
+  readonly createdMs: number;
+  readonly revokedMs: number | null;
+}
+
+interface RawRow {
+  id: string;
+  kind: DeviceKind;
+  name: string;
+  public_key: Buffer;
+  user_index: Buffer | null;
+  user_sealed: Buffer | null;
+  status: DeviceStatus;
+  created_ms: number;
+  revoked_ms: number | null;
+}
+
+function fromRaw(r: RawRow): DeviceRow {
+  return {
+    id: r.id,
+    kind: r.kind,
+    name: r.name,
+    publicKey: new Uint8Array(r.public_key),
+    userIndex: r.user_index === null ? null : new Uint8Array(r.user_index),
+    userSealed: r.user_sealed === null ? null : new Uint8Array(r.user_sealed),
+    status: r.status,
+    createdMs: r.created_ms,
+    revokedMs: r.revoked_ms,
+  };
+}
+
+export class DeviceRepo {
+  readonly #get;
+  readonly #byKey;
+  readonly #list;
+  readonly #insert;
+  readonly #revoke;
+  readonly #event;
+
+  constructor(db: Db) {
+    this.#get = db.prepare<[string], RawRow>("SELECT * FROM devices WHERE id = ?");
+    this.#byKey = db.prepare<[Uint8Array], RawRow>("SELECT * FROM devices WHERE public_key = ?");
+    this.#list = db.prepare<[], RawRow>("SELECT * FROM devices ORDER BY created_ms, id");
+    this.#insert = db.prepare(
+      "INSERT INTO devices (id, kind, name, public_key, user_index, user_sealed, status, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'active', ?)",
+    );
+    this.#revoke = db.prepare("UPDATE devices SET status = 'revoked', revoked_ms = ? WHERE id = ? AND status = 'active'");
+    this.#event = db.prepare("INSERT INTO admin_events (kind, device_id, at_ms) VALUES (?, ?, ?)");
+  }
+
+  get(id: string): DeviceRow | null {
+    const row = this.#get.get(id);
+    return row === undefined ? null : fromRaw(row);
+  }
+
+  byPublicKey(publicKey: Uint8Array): DeviceRow | null {
+    const row = this.#byKey.get(publicKey);
+    return row === undefined ? null : fromRaw(row);
+  }
+
+  list(): DeviceRow[] {
+    return this.#list.all().map(fromRaw);
+  }
+
+  insert(d: { id: string; kind: DeviceKind; name: string; publicKey: Uint8Array; userIndex: Uint8Array | null; userSealed: Uint8Array | null; createdMs: number }): void {
+    this.#insert.run(d.id, d.kind, d.name, d.publicKey, d.userIndex, d.userSealed, d.createdMs);
+  }
+
+  /** Marks the device revoked and tells a running broker (admin_events); false if it was not active. */
+  revoke(id: string, nowMs: number): boolean {
+    const changed = this.#revoke.run(nowMs, id).changes === 1;
+    if (changed) this.#event.run("device_revoked", id, nowMs);
+    return changed;
+  }
+}
+
+/** The feed a running broker polls to learn what an admin command changed in the database. */
+export class AdminEventFeed {
+  readonly #since;
+  readonly #last;
+
+  constructor(db: Db) {
+    this.#since = db.prepare<[number], { seq: number; kind: string; device_id: string | null }>(
+      "SELECT seq, kind, device_id FROM admin_events WHERE seq > ? ORDER BY seq LIMIT 1000",
+    );
+    this.#last = db.prepare<[], { seq: number | null }>("SELECT max(seq) AS seq FROM admin_events");
+  }
+
+  lastSeq(): number {
+    return this.#last.get()?.seq ?? 0;
+  }
+
+  since(seq: number): { seq: number; kind: string; deviceId: string | null }[] {
+    return this.#since.all(seq).map((r) => ({ seq: r.seq, kind: r.kind, deviceId: r.device_id }));
+  }
+}

@@ -1,0 +1,41 @@
+/**
+ * Replay memory: message ids and connect-token nonces seen within the freshness window.
+ * Rows live until their expiry (timestamp + window); after that the freshness check alone
+ * refuses the message, so the row can go. Kept in SQLite so a restart does not forget.
+ */
+import type { Db } from "./db.ts";
+
+export type SeenResult = "new" | "duplicate" | "conflict";
+
+export class ReplayRepo {
+  readonly #getSeen;
+  readonly #putSeen;
+  readonly #putToken;
+  readonly #purgeSeen;
+  readonly #purgeTokens;
+
+  constructor(db: Db) {
+    this.#getSeen = db.prepare<[string, string], { digest: Buffer }>("SELECT digest FROM seen_messages WHERE device_id = ? AND msg_id = ?");
+    this.#putSeen = db.prepare("INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms) VALUES (?, ?, ?, ?)");
+    this.#putToken = db.prepare("INSERT OR IGNORE INTO used_tokens (device_id, nonce, expires_ms) VALUES (?, ?, ?)");
+    this.#purgeSeen = db.prepare("DELETE FROM seen_messages WHERE expires_ms < ?");
+    this.#purgeTokens = db.prepare("DELETE FROM used_tokens WHERE expires_ms < ?");
+  }
+
+  /** Records a message id; says whether it is new, the same message again, or another message under a used id. */
+  remember(deviceId: string, msgId: string, digest: Uint8Array, expiresMs: number): SeenResult {
+    const row = this.#getSeen.get(deviceId, msgId);
+    if (row !== undefined) return Buffer.from(digest).equals(row.digest) ? "duplicate" : "conflict";
+    this.#putSeen.run(deviceId, msgId, digest, expiresMs);
+    return "new";
+  }
+
+  /** Consumes a connect-token nonce; false when it was used before. */
+  useToken(deviceId: string, nonce: string, expiresMs: number): boolean {
+    return this.#putToken.run(deviceId, nonce, expiresMs).changes === 1;
+  }
+
+  purge(nowMs: number): number {
+    return this.#purgeSeen.run(nowMs).changes + this.#purgeTokens.run(nowMs).changes;
+  }
+}

@@ -1,0 +1,53 @@
+/** Test helpers: a real broker on port 0 with a temporary data dir, and registered devices. */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pino from "pino";
+import { startBroker, type BrokerHandle } from "../broker/server.ts";
+import { Device } from "../device-sim/device.ts";
+import { newDeviceKey, type DeviceKey } from "../device-sim/keyfile.ts";
+import { brokerConfig, type BrokerConfig } from "../src/config.ts";
+import { toBase64 } from "../src/crypto/encoding.ts";
+import { registerDevice } from "../src/service/devices.ts";
+
+export interface TestBroker extends BrokerHandle {
+  /** Registers a device and returns its key. */
+  register(kind: "terminal" | "phone", opts?: { name?: string; userId?: string }): DeviceKey;
+  /** A connected device client (closed by stop()). */
+  device(key: DeviceKey, opts?: { connect?: boolean; reconnect?: boolean }): Promise<Device>;
+  /** Closes every device, the broker, and removes the data dir (unless keepData). */
+  stop(opts?: { keepData?: boolean }): Promise<void>;
+}
+
+export function tempDir(prefix = "hp-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export async function startTestBroker(overrides: Partial<BrokerConfig> = {}, dataDir: string = tempDir()): Promise<TestBroker> {
+  const config = brokerConfig({}, {}, { port: 0, dataDir, logLevel: "silent", ...overrides });
+  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
+  const handle = await startBroker(config, { log });
+  const devices: Device[] = [];
+  let userSeq = 0;
+  return {
+    ...handle,
+    register(kind, opts = {}) {
+      const key = newDeviceKey(kind);
+      const userId = kind === "phone" ? (opts.userId ?? `user-${++userSeq}`) : undefined;
+      const res = registerDevice(handle.db, handle.keyring, { kind, name: opts.name ?? `test ${kind}`, publicKey: toBase64(key.pair.publicKey), ...(userId ? { userId } : {}) }, Date.now());
+      if (!res.ok) throw new Error(res.error);
+      return key;
+    },
+    async device(key, opts = {}) {
+      const d = new Device({ url: handle.url, key, brokerPublicKey: handle.publicKey, reconnect: opts.reconnect ?? false });
+      devices.push(d);
+      if (opts.connect !== false) await d.connect();
+      return d;
+    },
+    async stop(opts = {}) {
+      await Promise.all(devices.map((d) => d.close()));
+      await handle.close();
+      if (!opts.keepData) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
