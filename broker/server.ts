@@ -12,7 +12,6 @@ import type { BrokerConfig } from "../src/config.ts";
 import { Signer } from "../src/crypto/ed25519.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
-import { parseEnvelope } from "../src/protocol/envelope.ts";
 import { downTopic, mayPublish, maySubscribe } from "../src/protocol/topics.ts";
 import { CONNECT_REFUSALS, ConnectAuthenticator } from "../src/service/connect.ts";
 import { Inbox, errorSummary } from "../src/service/inbox.ts";
@@ -148,13 +147,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const resent = inbox.resendUndelivered(client.id);
     if (resent > 0) log.info({ device: client.id, resent }, "resent undelivered messages");
   });
-  aedes.on("ack", (packet, client) => {
-    if (client === null || packet === undefined || !("payload" in packet) || packet.topic !== downTopic(client.id)) return;
-    const parsed = parseEnvelope(packet.payload as Buffer);
-    if (parsed.ok) inbox.delivered(client.id, parsed.msg.payload.id);
-  });
   aedes.on("clientDisconnect", (client) => log.info({ device: client.id }, "disconnected"));
-  aedes.on("clientError", (client, err) => log.info({ device: client.id, err: err.message }, "client error; connection closed"));
+  aedes.on("clientError", (client, err) => {
+    // A refused CONNECT was already logged, with its reason, by authenticate.
+    if ((err as { returnCode?: number }).returnCode === undefined) log.info({ device: client.id, err: err.message }, "client error; connection closed");
+  });
   aedes.on("connectionError", (client, err) => log.info({ clientId: client?.id?.slice(0, 64), err: err.message, remote: remoteOf(client) }, "connection error"));
   aedes.on("keepaliveTimeout", (client) => log.info({ device: client.id }, "keepalive timeout"));
 

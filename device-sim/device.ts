@@ -25,6 +25,9 @@ export interface DeviceOptions {
   readonly reconnect?: boolean;
   readonly connectTimeoutMs?: number;
   readonly keepaliveS?: number;
+  /** Send `ack` receipts for received broker messages (default true), batched for this many ms. */
+  readonly autoAck?: boolean;
+  readonly ackDelayMs?: number;
 }
 
 /** A broker message that passed every check. */
@@ -44,12 +47,23 @@ export interface DeviceEvents {
   message: [Received];
   rejected: [reason: string];
   connect: [];
+  /** The broker refused the CONNECT (code = CONNACK return code); the device stops reconnecting. */
+  refused: [code: number, message: string];
   offline: [];
   reconnecting: [];
   error: [Error];
 }
 
 const SEEN_MAX = 4096;
+
+/** MQTT 3.1.1 CONNACK return codes and what they mean for this broker (docs/protocol.md §Connecting). */
+export const CONNACK_TEXT: Record<number, string> = {
+  1: "unacceptable protocol version (the broker speaks MQTT 3.1.1)",
+  2: "identifier rejected: unknown device, or clientId is not the device id",
+  3: "broker unavailable",
+  4: "bad token: signature, freshness or reuse",
+  5: "not authorized: anonymous or revoked device",
+};
 
 export class Device extends EventEmitter<DeviceEvents> {
   readonly id: string;
@@ -59,6 +73,8 @@ export class Device extends EventEmitter<DeviceEvents> {
   readonly #waiters = new Map<string, { resolve: (m: Received) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   readonly #seen = new Set<string>();
   #client: MqttClient | null = null;
+  #pendingAcks: string[] = [];
+  #ackTimer: NodeJS.Timeout | null = null;
 
   constructor(options: DeviceOptions) {
     super();
@@ -116,6 +132,13 @@ export class Device extends EventEmitter<DeviceEvents> {
       this.once("connect", onConnect);
       client.once("error", onError);
       client.on("error", (err) => {
+        const code = (err as { code?: unknown }).code;
+        if (typeof code === "number" && code >= 1 && code <= 5) {
+          // A refusal will not change by retrying with the same key: stop, and say so once.
+          client.end(true);
+          this.emit("refused", code, CONNACK_TEXT[code] ?? err.message);
+          return;
+        }
         if (this.listenerCount("error") > 0) this.emit("error", err);
       });
     });
@@ -182,6 +205,8 @@ export class Device extends EventEmitter<DeviceEvents> {
   }
 
   async close(): Promise<void> {
+    if (this.connected) this.flushAcks();
+    else if (this.#ackTimer !== null) clearTimeout(this.#ackTimer);
     for (const w of this.#waiters.values()) {
       clearTimeout(w.timer);
       w.reject(new Error("device closed"));
@@ -190,6 +215,20 @@ export class Device extends EventEmitter<DeviceEvents> {
     const client = this.#client;
     this.#client = null;
     if (client !== null) await client.endAsync(true);
+  }
+
+  /** Receipts go in batches: one signed `ack` for up to 100 ids. */
+  #queueAck(id: string): void {
+    this.#pendingAcks.push(id);
+    if (this.#pendingAcks.length >= 100) return this.flushAcks();
+    this.#ackTimer ??= setTimeout(() => this.flushAcks(), this.#o.ackDelayMs ?? 20);
+  }
+
+  flushAcks(): void {
+    if (this.#ackTimer !== null) clearTimeout(this.#ackTimer);
+    this.#ackTimer = null;
+    const ids = this.#pendingAcks.splice(0, 100);
+    if (ids.length > 0 && this.connected) this.send("ack", { ids });
   }
 
   #receive(topic: string, bytes: Buffer): void {
@@ -204,6 +243,7 @@ export class Device extends EventEmitter<DeviceEvents> {
     if (this.#seen.has(payload.id)) return;
     this.#seen.add(payload.id);
     if (this.#seen.size > SEEN_MAX) this.#seen.delete(this.#seen.values().next().value!);
+    if (this.#o.autoAck !== false) this.#queueAck(payload.id);
     this.emit("message", payload);
     if (payload.re !== undefined) {
       const w = this.#waiters.get(payload.re);

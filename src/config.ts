@@ -114,3 +114,18 @@ export function brokerHelp(): string {
     "  HANDOFF_PORT=0 npm start            # a free port; the log line says which",
   ].join("\n");
 }
+
+/** Where tools (admin, simulator) find the data dir when no --data-dir is given. */
+export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
+  return env.HANDOFF_DATA_DIR ?? "./data";
+}
+
+/** The broker URL tools use when no --url is given. */
+export function defaultBrokerUrl(env: NodeJS.ProcessEnv = process.env): string {
+  return env.HANDOFF_URL ?? `mqtt://${env.HANDOFF_HOST ?? "127.0.0.1"}:${env.HANDOFF_PORT ?? "1883"}`;
+}
+
+/** HANDOFF_DEBUG=1 makes the tools print stack traces. */
+export function debugEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.HANDOFF_DEBUG === "1";
+}

@@ -10,6 +10,11 @@ import { MESSAGE_ID_RE } from "./envelope.ts";
 export const upBodies = {
   /** Liveness and clock check; answered with `pong`. */
   ping: z.strictObject({ echo: z.string().max(256).optional() }),
+  /**
+   * Receipt for broker messages the device has received and processed: marks them delivered so
+   * they are not sent again on the next connect. Idempotent, never answered, not replay-tracked.
+   */
+  ack: z.strictObject({ ids: z.array(z.string().regex(MESSAGE_ID_RE)).min(1).max(100) }),
 } as const;
 
 export type UpType = keyof typeof upBodies;

@@ -78,7 +78,6 @@ export class Inbox {
   readonly #outbox: OutboxRepo;
   readonly #handlers = new Map<string, Handler>();
   #queue: Pending[] = [];
-  #acks: { deviceId: string; msgId: string }[] = [];
   #scheduled = false;
   #inFlight = 0;
   #idleWaiters: (() => void)[] = [];
@@ -103,12 +102,6 @@ export class Inbox {
   submit(deviceId: string, bytes: Uint8Array, done: () => void = () => {}): void {
     this.#queue.push({ deviceId, bytes, done });
     this.#inFlight++;
-    this.#schedule();
-  }
-
-  /** Records a device's PUBACK of an outbox message (written with the next batch). */
-  delivered(deviceId: string, msgId: string): void {
-    this.#acks.push({ deviceId, msgId });
     this.#schedule();
   }
 
@@ -137,7 +130,6 @@ export class Inbox {
   #flush(): void {
     const max = this.#o.maxBatch ?? 2000;
     const batch = this.#queue.splice(0, max);
-    const acks = this.#acks.splice(0);
     if (this.#queue.length > 0) this.#schedule();
     const nowMs = this.#o.clock();
 
@@ -154,7 +146,7 @@ export class Inbox {
 
     let committed: OutboxRow[] = [];
     try {
-      committed = this.#transact(verified, acks, nowMs);
+      committed = this.#transact(verified, nowMs);
     } catch (err) {
       // Infrastructure fault (disk full, read-only, corrupt): nothing of this batch was written.
       // Each sender hears "unavailable" and retries the same message id later.
@@ -193,12 +185,11 @@ export class Inbox {
     return { msg: parsed.msg, device, done: p.done };
   }
 
-  #transact(verified: readonly Verified[], acks: readonly { deviceId: string; msgId: string }[], nowMs: number): OutboxRow[] {
-    if (verified.length === 0 && acks.length === 0) return [];
+  #transact(verified: readonly Verified[], nowMs: number): OutboxRow[] {
+    if (verified.length === 0) return [];
     const db = this.#o.db;
     const rows: OutboxRow[] = [];
     db.transaction(() => {
-      for (const a of acks) this.#outbox.markDelivered(a.deviceId, a.msgId, nowMs);
       for (const v of verified) rows.push(...this.#handleOne(v, nowMs));
     }).immediate();
     return rows;
@@ -208,6 +199,14 @@ export class Inbox {
   #handleOne(v: Verified, nowMs: number): OutboxRow[] {
     const { payload, payloadBytes } = v.msg;
     const db = this.#o.db;
+    if (payload.type === "ack") {
+      // Receipts are idempotent: applied without replay memory and never answered (a bad one is).
+      const body = upBodies.ack.safeParse(payload.body);
+      if (body.success) {
+        for (const id of body.data.ids) this.#outbox.markDelivered(v.device.id, id, nowMs);
+        return [];
+      }
+    }
     const digest = createHash("sha256").update(payloadBytes).digest();
     const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
     if (seen === "duplicate") {
