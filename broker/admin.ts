@@ -10,7 +10,10 @@ import type { Keyring } from "../src/crypto/keyring.ts";
 import { deviceUserId, registerDevice, revokeDevice } from "../src/service/devices.ts";
 import type { Db } from "../src/store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../src/store/devices.ts";
-import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey } from "./data-dir.ts";
+import { keyUsage, removalProblem, reseal } from "../src/service/keys.ts";
+import { openAgreement } from "../src/service/sealing.ts";
+import { AgreementRepo, type AgreementRow } from "../src/store/binding.ts";
+import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey, saveKeyring } from "./data-dir.ts";
 
 const USAGE = `Usage: npm run admin -- <command> [options]
 
@@ -20,6 +23,13 @@ Commands:
   device list                     all devices, newest last
   device show ID                  one device
   device revoke ID                revoke a device; a connected one is disconnected at once
+  agreement list                  all agreements: ids, devices, status, key version (no secrets)
+  agreement show ID [--reveal]    one agreement; --reveal also opens the sealed data (prints
+                                  the login, user id and terminal serial: handle with care)
+  keys list                       master key versions and what each still seals
+  keys rotate                     add a master key version; new seals use it
+  keys reseal [--batch N]         re-seal older data under the current version (default N 200)
+  keys remove VERSION             drop a version that nothing uses any more
   broker pubkey                   the broker public key devices pin
 
 Options for every command:
@@ -31,7 +41,8 @@ Examples:
   npm run admin -- device add --kind terminal --name "Living room TV" --public-key ZXhhbXBsZS4uLg==
   npm run admin -- device add --kind phone --name "Alice's phone" --public-key <b64> --user alice
   npm run admin -- device list
-  npm run admin -- device revoke d3k2...`;
+  npm run admin -- device revoke d3k2...
+  npm run admin -- keys rotate && npm run admin -- keys reseal && npm run admin -- keys remove 2`;
 
 const FLAGS = {
   "data-dir": { type: "string" },
@@ -40,6 +51,8 @@ const FLAGS = {
   name: { type: "string" },
   "public-key": { type: "string" },
   user: { type: "string" },
+  reveal: { type: "boolean" },
+  batch: { type: "string" },
 } as const;
 
 interface Ctx {
@@ -64,11 +77,14 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
     out(values.json ? JSON.stringify({ brokerPublicKey: toBase64(key) }) : toBase64(key));
     return 0;
   }
-  if (group !== "device") throw new UsageError(`unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
-  const { keyring } = loadKeyring(dataDir, masterKeyFromEnv(), (msg) => process.stderr.write(`warning: ${msg}\n`));
+  if (group !== "device" && group !== "keys" && group !== "agreement") throw new UsageError(`unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
+  const masterKeyEnv = masterKeyFromEnv();
+  const { keyring } = loadKeyring(dataDir, masterKeyEnv, (msg) => process.stderr.write(`warning: ${msg}\n`));
   const db = openDataDb(dataDir);
   const ctx: Ctx = { db, keyring, dataDir, json: values.json === true, out };
   try {
+    if (group === "keys") return keysCommand(ctx, command, rest, values, masterKeyEnv !== undefined);
+    if (group === "agreement") return agreementCommand(ctx, command, rest, values.reveal === true);
     switch (command) {
       case "add":
         return deviceAdd(ctx, values);
@@ -154,6 +170,96 @@ function deviceRevoke(ctx: Ctx, id: string): number {
   const res = revokeDevice(ctx.db, id, Date.now());
   if (!res.ok) throw new OperationError(res.error);
   ctx.out(ctx.json ? JSON.stringify({ id, status: "revoked" }) : `revoked ${id}; a running broker disconnects it within a second`);
+  return 0;
+}
+
+function keysCommand(ctx: Ctx, command: string | undefined, rest: string[], values: Record<string, unknown>, fromEnv: boolean): number {
+  const fileOnly = () => {
+    if (fromEnv) throw new OperationError("the master key comes from HANDOFF_MASTER_KEY: change the variable (1:<b64>,2:<b64>; the highest version is current) and restart the broker");
+  };
+  switch (command) {
+    case "list": {
+      const use = keyUsage(ctx.db, ctx.keyring);
+      if (ctx.json) ctx.out(JSON.stringify(use));
+      else {
+        ctx.out("VERSION  CURRENT  AGREEMENTS  PHONES  PAIRINGS");
+        for (const u of use) ctx.out(`${String(u.version).padEnd(8)} ${(u.current ? "yes" : "").padEnd(8)} ${String(u.agreements).padEnd(11)} ${String(u.devices).padEnd(7)} ${u.pairings}${ctx.keyring.versions.includes(u.version) ? "" : "   (key missing!)"}`);
+      }
+      return 0;
+    }
+    case "rotate": {
+      fileOnly();
+      const next = ctx.keyring.rotated();
+      saveKeyring(ctx.dataDir, next);
+      new DeviceRepo(ctx.db).notify("keys_changed", Date.now());
+      ctx.out(ctx.json ? JSON.stringify({ current: next.current, versions: next.versions }) : `added master key version ${next.current}; new seals use it. Move older data with: npm run admin -- keys reseal`);
+      return 0;
+    }
+    case "reseal": {
+      const batch = Number(values.batch ?? 200);
+      if (!Number.isInteger(batch) || batch < 1 || batch > 10_000) throw new UsageError("--batch must be a whole number from 1 to 10000");
+      const started = Date.now();
+      const report = reseal(ctx.db, ctx.keyring, batch, (done, total) => process.stderr.write(`resealed ${done}/${total} agreements…\n`));
+      if (ctx.json) ctx.out(JSON.stringify({ ...report, current: ctx.keyring.current, ms: Date.now() - started }));
+      else {
+        ctx.out(`resealed ${report.resealed} agreements and ${report.devicesResealed} phone registrations under key version ${ctx.keyring.current} in ${Date.now() - started} ms`);
+        if (report.unreadable.length > 0) ctx.out(`could not open ${report.unreadable.length}, left as they are: ${report.unreadable.join(", ")}`);
+      }
+      return report.unreadable.length > 0 ? 1 : 0;
+    }
+    case "remove": {
+      fileOnly();
+      const version = Number(rest[0]);
+      if (rest.length !== 1 || !Number.isInteger(version)) throw new UsageError(`keys remove takes one version number\n\n${USAGE}`);
+      const problem = removalProblem(ctx.db, ctx.keyring, version);
+      if (problem !== null) throw new OperationError(problem);
+      saveKeyring(ctx.dataDir, ctx.keyring.without(version));
+      new DeviceRepo(ctx.db).notify("keys_changed", Date.now());
+      ctx.out(ctx.json ? JSON.stringify({ removed: version }) : `removed master key version ${version}`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown keys command "${command ?? ""}"\n\n${USAGE}`);
+  }
+}
+
+function agreementFacts(r: AgreementRow) {
+  return {
+    id: r.id,
+    status: r.status,
+    terminal: r.terminalId,
+    phone: r.phoneId,
+    keyVersion: r.keyVersion,
+    version: r.version,
+    created: new Date(r.createdMs).toISOString(),
+    ...(r.unboundMs === null ? {} : { unbound: new Date(r.unboundMs).toISOString(), unboundBy: r.unboundBy }),
+  };
+}
+
+function agreementCommand(ctx: Ctx, command: string | undefined, rest: string[], reveal: boolean): number {
+  const repo = new AgreementRepo(ctx.db);
+  if (command === "list") {
+    const rows = repo.list().map(agreementFacts);
+    if (ctx.json) ctx.out(JSON.stringify(rows));
+    else if (rows.length === 0) ctx.out("no agreements yet: a terminal and a phone make one by pairing");
+    else {
+      ctx.out(`${"ID".padEnd(24)} ${"STATUS".padEnd(8)} ${"TERMINAL".padEnd(21)} ${"PHONE".padEnd(21)} KEY  CREATED`);
+      for (const r of rows) ctx.out(`${r.id.padEnd(24)} ${r.status.padEnd(8)} ${r.terminal.padEnd(21)} ${r.phone.padEnd(21)} ${String(r.keyVersion ?? "-").padEnd(4)} ${r.created}`);
+    }
+    return 0;
+  }
+  if (command !== "show") throw new UsageError(`unknown agreement command "${command ?? ""}"\n\n${USAGE}`);
+  const id = needId(rest, "show");
+  const row = repo.get(id);
+  if (row === null) throw new OperationError(`no agreement ${id} (npm run admin -- agreement list shows them all)`);
+  const facts: Record<string, unknown> = agreementFacts(row);
+  if (reveal) {
+    process.stderr.write("warning: --reveal prints the sealed plaintext (login, user id, terminal serial). Do not paste it anywhere.\n");
+    const opened = openAgreement(ctx.keyring, row);
+    facts.sealed = opened.ok ? opened.value : `cannot open: ${opened.code} (${opened.detail})`;
+  }
+  if (ctx.json) ctx.out(JSON.stringify(facts));
+  else for (const [k, v] of Object.entries(facts)) ctx.out(`${k.padEnd(11)} ${typeof v === "object" ? JSON.stringify(v, null, 2) : String(v)}`);
   return 0;
 }
 

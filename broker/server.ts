@@ -14,9 +14,11 @@ import { toBase64 } from "../src/crypto/encoding.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import { downTopic, mayPublish, maySubscribe } from "../src/protocol/topics.ts";
 import { CONNECT_REFUSALS, ConnectAuthenticator } from "../src/service/connect.ts";
+import { BINDING_DEFAULTS, registerBinding } from "../src/service/binding.ts";
 import { Inbox, errorSummary } from "../src/service/inbox.ts";
 import { RateLimiter } from "../src/service/rate-limit.ts";
 import type { Db } from "../src/store/db.ts";
+import { PairingRepo } from "../src/store/binding.ts";
 import { AdminEventFeed } from "../src/store/devices.ts";
 import { OutboxRepo } from "../src/store/outbox.ts";
 import { ReplayRepo } from "../src/store/replay.ts";
@@ -92,6 +94,13 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     freshnessMs: config.freshnessMs,
     publish,
     rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
+  });
+  registerBinding(inbox, db, {
+    keyring: () => keyring,
+    log,
+    pairingTtlMs: config.pairingTtlMs,
+    bindRequestsPerWindow: BINDING_DEFAULTS.bindRequestsPerWindow,
+    bindWindowMs: BINDING_DEFAULTS.bindWindowMs,
   });
   const authenticator = new ConnectAuthenticator(db, config.freshnessMs);
   const remotes = new WeakMap<Client, string>();
@@ -185,6 +194,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     try {
       for (const ev of feed.since(adminSeq)) {
         adminSeq = ev.seq;
+        if (ev.kind === "keys_changed") {
+          // An admin rotated or removed a master key version: new seals use the file's current one.
+          keyring = loadKeyring(dataDir, deps.masterKeyEnv).keyring;
+          log.info({ keyVersions: keyring.versions, current: keyring.current }, "master keyring reloaded");
+        }
         if (ev.kind === "device_revoked" && ev.deviceId !== null) {
           const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[ev.deviceId];
           log.info({ device: ev.deviceId, connected: client !== undefined }, "device revoked");
@@ -197,9 +211,12 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   }, ADMIN_POLL_MS);
   adminTimer.unref();
   const replay = new ReplayRepo(db);
+  const pairings = new PairingRepo(db);
   const purgeTimer = setInterval(() => {
     try {
       replay.purge(clock());
+      // Spent and expired pairing codes are kept a day for the answers they give, then dropped.
+      pairings.purge(clock() - 86_400_000);
     } catch (err) {
       log.error({ err: errorSummary(err) }, "purging replay memory failed");
     }
@@ -236,7 +253,20 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     return closing;
   };
 
-  return { host: address.address, port: address.port, url: `mqtt://${address.address}:${address.port}`, dataDir, publicKey, db, keyring, inbox, aedes, close };
+  return {
+    host: address.address,
+    port: address.port,
+    url: `mqtt://${address.address}:${address.port}`,
+    dataDir,
+    publicKey,
+    db,
+    get keyring() {
+      return keyring;
+    },
+    inbox,
+    aedes,
+    close,
+  };
 }
 
 function remoteOf(client: Client | undefined): string | undefined {

@@ -11,6 +11,8 @@ import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { Device, type Received } from "./device.ts";
+import type { Limits } from "../src/core/agreement.ts";
+import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
 import { newDeviceKey, readKeyFile, writeKeyFile, type DeviceKey } from "./keyfile.ts";
 
 const USAGE = `Usage: npm run sim -- <command> [options]
@@ -23,6 +25,18 @@ Commands:
   terminal --key FILE  connect as a terminal and print what arrives
   phone --key FILE     connect as a phone and print what arrives
 
+One-shot device commands (connect, do one thing, print the outcome, exit):
+  terminal --key FILE bind --login LOGIN [--model M] [--serial S] [--name NAME]
+                       ask for a pairing code, show it, wait until a phone confirms it
+  phone --key FILE pair CODE [--currency CNY] [--auto-max 50.00] [--auto-daily 200.00] [--max 1000.00]
+                       confirm the code a terminal shows, with these limits
+  phone --key FILE agreements
+                       the terminals this phone is bound to
+  phone --key FILE limits AGREEMENT_ID [--auto-max A] [--auto-daily A] [--max A]
+                       change an agreement's limits (others stay as they are)
+  terminal|phone --key FILE unbind AGREEMENT_ID
+                       end an agreement; both devices are told
+
 Connection options (terminal, phone):
   --url URL            broker URL (env HANDOFF_URL, default mqtt://127.0.0.1:1883)
   --broker-key BASE64  the broker public key to pin (default: read <data-dir>/broker.pub)
@@ -34,7 +48,10 @@ Examples:
   npm run sim -- keygen --out tv.key --kind terminal --name "Living room TV" --register
   npm run sim -- keygen --out phone.key --kind phone --name "Alice's phone" --register --user alice
   npm run sim -- terminal --key tv.key
-  npm run sim -- phone --key phone.key --url mqtt://127.0.0.1:1883`;
+  npm run sim -- phone --key phone.key --url mqtt://127.0.0.1:1883
+  npm run sim -- terminal --key tv.key bind --login alice
+  npm run sim -- phone --key phone.key pair BCDF-GHJK --auto-max 50 --max 500
+  npm run sim -- phone --key phone.key agreements`;
 
 const FLAGS = {
   out: { type: "string" },
@@ -47,6 +64,13 @@ const FLAGS = {
   key: { type: "string" },
   url: { type: "string" },
   "broker-key": { type: "string" },
+  login: { type: "string" },
+  model: { type: "string" },
+  serial: { type: "string" },
+  currency: { type: "string" },
+  "auto-max": { type: "string" },
+  "auto-daily": { type: "string" },
+  max: { type: "string" },
 } as const;
 
 type Values = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
@@ -63,7 +87,7 @@ async function main(argv: string[]): Promise<number> {
       return keygen(values);
     case "terminal":
     case "phone":
-      return runDevice(command, values);
+      return runDevice(command, values, positionals.slice(1));
     default:
       throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
   }
@@ -130,7 +154,7 @@ function describe(m: Received): string {
   return `${m.type} ${JSON.stringify(m.body)}`;
 }
 
-async function runDevice(kind: "terminal" | "phone", values: Values): Promise<number> {
+async function runDevice(kind: "terminal" | "phone", values: Values, action: string[]): Promise<number> {
   const keyFile = requireString(values, "key", USAGE);
   let key: DeviceKey;
   try {
@@ -153,6 +177,20 @@ async function runDevice(kind: "terminal" | "phone", values: Values): Promise<nu
       resolve(1);
     }),
   );
+  if (action.length > 0) {
+    device.removeAllListeners("message");
+    device.removeAllListeners("connect");
+    try {
+      await device.connect();
+    } catch (err) {
+      throw new OperationError(`could not connect to ${url}: ${(err as Error).message}`);
+    }
+    try {
+      return await oneShot(kind, device, action, values, key);
+    } finally {
+      await device.close();
+    }
+  }
   say(`connecting to ${url} as ${device.id}…`);
   try {
     await device.connect();
@@ -186,6 +224,107 @@ async function runDevice(kind: "terminal" | "phone", values: Values): Promise<nu
   rl.close();
   await device.close();
   return code;
+}
+
+function amountFlag(values: Values, flag: "auto-max" | "auto-daily" | "max", currency: string, fallback: number): number {
+  const text = values[flag];
+  if (text === undefined) return fallback;
+  const minor = parseAmount(text, currency);
+  if (minor === null) throw new UsageError(`--${flag} ${text}: write an amount like 12.50 (${currency} has ${CURRENCY_EXPONENTS[currency] ?? "?"} decimals)`);
+  return minor;
+}
+
+function failure(reply: Received): string {
+  const b = reply.body as { code: string; detail: string };
+  return `${b.code}: ${b.detail}`;
+}
+
+function limitsText(l: Limits): string {
+  return `auto-confirm up to ${formatAmount(l.autoConfirmMaxMinor, l.currency)} (at most ${formatAmount(l.autoConfirmDailyMinor, l.currency)} a day), any payment up to ${formatAmount(l.perPaymentMaxMinor, l.currency)}`;
+}
+
+/** Shows a pairing code the way a TV would: big, boxed, with the time left. */
+function codeBox(code: string, ttlMs: number): string {
+  const line = `   ${code.split("").join(" ")}   `;
+  const bar = "─".repeat(line.length);
+  return [`┌${bar}┐`, `│${line}│`, `└${bar}┘`, `valid for ${Math.round(ttlMs / 60_000)} minutes`].join("\n");
+}
+
+async function oneShot(kind: "terminal" | "phone", device: Device, action: string[], values: Values, key: DeviceKey): Promise<number> {
+  const [verb, arg] = action;
+  const out = (line: string) => process.stdout.write(line + "\n");
+  const need = (what: string) => {
+    if (arg === undefined) throw new UsageError(`${kind} ${verb} needs ${what}\n\n${USAGE}`);
+    return arg;
+  };
+  if (verb === "unbind") {
+    const reply = await device.request("unbind", { agreementId: need("an agreement id") });
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    out(`unbound ${reply.body.agreementId}${reply.body.terminalName ? ` (${reply.body.terminalName})` : ""}; both devices were told`);
+    return 0;
+  }
+  if (kind === "terminal" && verb === "bind") {
+    const login = requireString(values, "login", USAGE);
+    const reply = await device.request("bind_request", {
+      login,
+      terminal: { model: values.model ?? "Handoff simulator", serial: values.serial ?? `SIM-${device.id.slice(1, 9).toUpperCase()}`, displayName: values.name ?? key.name ?? "Simulated terminal" },
+    });
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    const body = reply.body as { code: string; ttlMs: number; expiresAtMs: number; display: string };
+    out(body.display);
+    out(codeBox(body.code, body.ttlMs));
+    out("waiting for the phone…");
+    try {
+      const bound = await device.next("bound", Math.max(0, body.expiresAtMs - Date.now()) + 2000);
+      const b = bound.body as { agreementId: string; phoneId: string; limits: Limits };
+      out(`bound to phone ${b.phoneId}: agreement ${b.agreementId}`);
+      out(`limits: ${limitsText(b.limits)}`);
+      return 0;
+    } catch {
+      throw new OperationError("the code expired before a phone confirmed it; run bind again for a new one");
+    }
+  }
+  if (kind === "phone" && verb === "pair") {
+    const currency = (values.currency ?? "CNY").toUpperCase();
+    if (!isCurrency(currency)) throw new UsageError(`--currency ${currency} is not a supported ISO 4217 code`);
+    const perPaymentMaxMinor = amountFlag(values, "max", currency, 100_000);
+    const autoConfirmMaxMinor = amountFlag(values, "auto-max", currency, Math.min(5_000, perPaymentMaxMinor));
+    const limits = { currency, autoConfirmMaxMinor, autoConfirmDailyMinor: amountFlag(values, "auto-daily", currency, Math.max(autoConfirmMaxMinor, 20_000)), perPaymentMaxMinor };
+    const reply = await device.request("bind_confirm", { code: need("the code the terminal shows"), limits });
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    out(`bound to "${reply.body.terminalName}" (${reply.body.terminalId}): agreement ${reply.body.agreementId}`);
+    out(`limits: ${limitsText(reply.body.limits as Limits)}`);
+    return 0;
+  }
+  if (kind === "phone" && verb === "agreements") {
+    const reply = await device.request("agreements_list", {});
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    const items = reply.body.items as { agreementId: string; terminalName?: string; limits?: Limits; boundAtMs?: number; usage?: { paymentCount: number }; unreadable?: string }[];
+    if (items.length === 0) out("no agreements: pair with a terminal first (terminal: bind, phone: pair CODE)");
+    for (const i of items) {
+      if (i.unreadable !== undefined) out(`${i.agreementId}  cannot be read (${i.unreadable}); you can still unbind it`);
+      else out(`${i.agreementId}  ${i.terminalName}  bound ${new Date(i.boundAtMs!).toISOString().slice(0, 16).replace("T", " ")}  ${i.usage!.paymentCount} payments\n    ${limitsText(i.limits!)}`);
+    }
+    return 0;
+  }
+  if (kind === "phone" && verb === "limits") {
+    const agreementId = need("an agreement id");
+    const list = await device.request("agreements_list", {});
+    const current = (list.body.items as { agreementId: string; limits?: Limits }[] | undefined)?.find((i) => i.agreementId === agreementId)?.limits;
+    if (current === undefined) throw new OperationError(`no readable agreement ${agreementId} on this phone`);
+    const c = current.currency;
+    const limits = {
+      currency: c,
+      autoConfirmMaxMinor: amountFlag(values, "auto-max", c, current.autoConfirmMaxMinor),
+      autoConfirmDailyMinor: amountFlag(values, "auto-daily", c, current.autoConfirmDailyMinor),
+      perPaymentMaxMinor: amountFlag(values, "max", c, current.perPaymentMaxMinor),
+    };
+    const reply = await device.request("set_limits", { agreementId, limits });
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    out(`limits of ${agreementId}: ${limitsText(reply.body.limits as Limits)}`);
+    return 0;
+  }
+  throw new UsageError(`unknown ${kind} command "${action.join(" ")}"\n\n${USAGE}`);
 }
 
 runCli(main);

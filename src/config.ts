@@ -24,6 +24,7 @@ export const brokerConfigSchema = z.strictObject({
   maxTopicLevels: int(4, 100),
   deviceRatePerSec: int(1, 1_000_000),
   deviceBurst: int(1, 1_000_000),
+  pairingTtlMs: int(1000, 3_600_000),
 });
 
 export type BrokerConfig = Readonly<z.infer<typeof brokerConfigSchema>>;
@@ -49,6 +50,7 @@ export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "maxTopicLevels", flag: "max-topic-levels", env: "HANDOFF_MAX_TOPIC_LEVELS", def: "8", help: "deepest topic or filter accepted" },
   { key: "deviceRatePerSec", flag: "device-rate", env: "HANDOFF_DEVICE_RATE", def: "50", help: "messages per second one device may send (sustained)" },
   { key: "deviceBurst", flag: "device-burst", env: "HANDOFF_DEVICE_BURST", def: "200", help: "messages one device may send in a burst" },
+  { key: "pairingTtlMs", flag: "pairing-ttl-ms", env: "HANDOFF_PAIRING_TTL_MS", def: "300000", help: "how long a pairing code lives" },
 ];
 
 export class ConfigError extends Error {}

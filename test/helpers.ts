@@ -31,6 +31,10 @@ export async function startTestBroker(overrides: Partial<BrokerConfig> = {}, dat
   let userSeq = 0;
   return {
     ...handle,
+    // The broker reloads its keyring on rotation: read it live, not the copy the spread made.
+    get keyring() {
+      return handle.keyring;
+    },
     register(kind, opts = {}) {
       const key = newDeviceKey(kind);
       const userId = kind === "phone" ? (opts.userId ?? `user-${++userSeq}`) : undefined;

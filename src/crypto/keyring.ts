@@ -58,6 +58,12 @@ export class Keyring {
     return { ok: true, plaintext, keyVersion: version };
   }
 
+  /** The key version a sealed value names, or null when it is not a sealed value of this format. */
+  static versionOf(sealed: Uint8Array): number | null {
+    if (sealed.length < HEADER_BYTES || sealed[0] !== SEAL_FORMAT) return null;
+    return new DataView(sealed.buffer, sealed.byteOffset, sealed.byteLength).getUint32(1);
+  }
+
   /** A purpose-bound subkey: HMAC-SHA256(master key `version`, label). */
   derive(label: string, version: number = this.current): Uint8Array {
     const key = this.#keys.get(version);

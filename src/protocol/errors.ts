@@ -16,6 +16,15 @@ export const ERROR_CODES = {
   message_id_reused: "This message id was already used for a different message; pick a new id.",
   unknown_type: "The broker does not handle this message type.",
   invalid_body: "The message body does not match the schema of its type.",
+  wrong_device_kind: "This message type is for the other kind of device (terminal or phone).",
+  pairing_code_invalid: "No live pairing code matches; check the code shown on the terminal.",
+  pairing_code_expired: "The pairing code has expired or was replaced by a newer one; ask the terminal for a new code.",
+  pairing_code_used: "The pairing code was already used; each code pairs once.",
+  pairing_code_void: "The pairing code was voided after too many wrong tries; ask the terminal for a new code.",
+  invalid_limits: "The limits are not acceptable (currency, amounts or their order).",
+  agreement_not_found: "No active agreement with this id belongs to this device.",
+  agreement_tampered: "The stored agreement failed its integrity check and cannot be used.",
+  agreement_key_unavailable: "The stored agreement was sealed with a master key version the broker does not have.",
   unavailable: "The broker cannot store anything right now; retry the same message later.",
 } as const satisfies Record<string, string>;
 

@@ -22,6 +22,8 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = FULL");
     db.pragma("foreign_keys = ON");
+    // Freed pages are overwritten with zeros, so an unbound agreement leaves no bytes behind.
+    db.pragma("secure_delete = ON");
     migrate(db);
   }
   return db;

@@ -79,6 +79,11 @@ export class DeviceRepo {
     this.#insert.run(d.id, d.kind, d.name, d.publicKey, d.userIndex, d.userSealed, d.createdMs);
   }
 
+  /** Appends to the admin event feed a running broker polls (e.g. "keys_changed"). */
+  notify(kind: string, nowMs: number, deviceId: string | null = null): void {
+    this.#event.run(kind, deviceId, nowMs);
+  }
+
   /** Marks the device revoked and tells a running broker (admin_events); false if it was not active. */
   revoke(id: string, nowMs: number): boolean {
     const changed = this.#revoke.run(nowMs, id).changes === 1;

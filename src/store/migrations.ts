@@ -57,4 +57,40 @@ export const MIGRATIONS: readonly string[] = [
     at_ms      INTEGER NOT NULL
   );
   `,
+  // 2: binding. Pairing codes (selector in clear, verifier as an HMAC, the request sealed) and
+  // agreements (sealed, found by a blind index, shredded on unbind).
+  `
+  CREATE TABLE pairings (
+    id              TEXT PRIMARY KEY,
+    terminal_id     TEXT NOT NULL REFERENCES devices (id),
+    selector        TEXT NOT NULL,
+    verifier_hash   BLOB NOT NULL,
+    request_sealed  BLOB,
+    status          TEXT NOT NULL CHECK (status IN ('live', 'used', 'void', 'replaced')),
+    wrong_tries     INTEGER NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    expires_ms      INTEGER NOT NULL
+  );
+  CREATE UNIQUE INDEX pairings_live_selector ON pairings (selector) WHERE status = 'live';
+  CREATE INDEX pairings_by_selector ON pairings (selector, created_ms);
+  CREATE INDEX pairings_by_terminal ON pairings (terminal_id, created_ms);
+
+  CREATE TABLE agreements (
+    id           TEXT PRIMARY KEY,
+    lookup       BLOB,
+    terminal_id  TEXT NOT NULL REFERENCES devices (id),
+    phone_id     TEXT NOT NULL REFERENCES devices (id),
+    status       TEXT NOT NULL CHECK (status IN ('active', 'unbound')),
+    sealed       BLOB,
+    key_version  INTEGER,
+    version      INTEGER NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    unbound_ms   INTEGER,
+    unbound_by   TEXT,
+    CHECK ((status = 'active') = (sealed IS NOT NULL AND lookup IS NOT NULL))
+  );
+  CREATE UNIQUE INDEX agreements_by_lookup ON agreements (lookup) WHERE status = 'active';
+  CREATE INDEX agreements_by_phone ON agreements (phone_id) WHERE status = 'active';
+  CREATE INDEX agreements_by_key_version ON agreements (key_version) WHERE status = 'active';
+  `,
 ];

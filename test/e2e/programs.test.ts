@@ -1,0 +1,158 @@
+/**
+ * The programs as a person runs them: the broker process (flags, logs, signals, data dir lock),
+ * the admin CLI and the simulator's keygen.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { adminMain } from "../../broker/admin.ts";
+import { Device } from "../../device-sim/device.ts";
+import { readKeyFile } from "../../device-sim/keyfile.ts";
+import { fromBase64 } from "../../src/crypto/encoding.ts";
+import { tempDir } from "../helpers.ts";
+
+const ROOT = join(import.meta.dirname, "../..");
+
+function run(script: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, ["--import", "tsx", join(ROOT, script), ...args], { cwd: ROOT, env: { ...process.env, ...env } });
+}
+
+function finish(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+}
+
+/** Starts the broker program and resolves once it logs its port. */
+async function startProcess(dataDir: string | null, env: NodeJS.ProcessEnv = {}) {
+  const child = run("broker/main.ts", dataDir === null ? [] : ["--port", "0", "--data-dir", dataDir], env);
+  const lines: Record<string, unknown>[] = [];
+  let buffer = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => {
+      buffer += d.toString();
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        const obj = JSON.parse(line) as Record<string, unknown>;
+        lines.push(obj);
+        if (typeof obj.port === "number" && String(obj.msg).startsWith("broker listening")) resolve(obj.port);
+      }
+    });
+    child.on("close", (code) => reject(new Error(`broker exited with ${code}`)));
+  });
+  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+  return { child, port, lines, exited };
+}
+
+const dirs: string[] = [];
+function dir(): string {
+  const d = tempDir();
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe("broker program", () => {
+  it("creates the data dir with a 0600 master key and broker identity, logs connections, and exits 0 on SIGTERM", async () => {
+    const dataDir = join(dir(), "data");
+    const broker = await startProcess(dataDir);
+    expect(statSync(join(dataDir, "master.key")).mode & 0o777).toBe(0o600);
+    expect(statSync(join(dataDir, "broker.key")).mode & 0o777).toBe(0o600);
+    expect(existsSync(join(dataDir, "handoff.db"))).toBe(true);
+
+    const keyFile = join(dataDir, "..", "tv.key");
+    const out: string[] = [];
+    const keygen = await finish(run("device-sim/cli.ts", ["keygen", "--out", keyFile, "--kind", "terminal", "--name", "TV", "--register", "--data-dir", dataDir]));
+    expect(keygen.code).toBe(0);
+    const key = readKeyFile(keyFile);
+    expect(keygen.stdout.trim()).toBe(key.deviceId);
+    expect(await adminMain(["device", "show", key.deviceId, "--data-dir", dataDir, "--json"], (l) => out.push(l))).toBe(0);
+    expect(JSON.parse(out[0]!)).toMatchObject({ id: key.deviceId, kind: "terminal", name: "TV", status: "active" });
+
+    const brokerPub = fromBase64(readFileSync(join(dataDir, "broker.pub"), "utf8").trim())!;
+    const device = new Device({ url: `mqtt://127.0.0.1:${broker.port}`, key, brokerPublicKey: brokerPub, reconnect: false });
+    await device.connect();
+    expect((await device.call("ping", {})).type).toBe("pong");
+    await device.close();
+
+    broker.child.kill("SIGTERM");
+    expect(await broker.exited).toBe(0);
+    const msgs = broker.lines.map((l) => l.msg);
+    expect(msgs).toContain("connection accepted");
+    expect(msgs).toContain("disconnected");
+    expect(msgs).toContain("broker stopped");
+    // The master key never reaches a log.
+    const masterKey = JSON.parse(readFileSync(join(dataDir, "master.key"), "utf8")) as { keys: Record<string, string> };
+    expect(JSON.stringify(broker.lines)).not.toContain(masterKey.keys["1"]);
+  });
+
+  it("refuses to start a second broker on the same data dir, naming the reason", async () => {
+    const dataDir = dir();
+    const first = await startProcess(dataDir);
+    const second = await finish(run("broker/main.ts", ["--port", "0", "--data-dir", dataDir]));
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain("another broker is already running");
+    first.child.kill("SIGINT");
+    expect(await first.exited).toBe(0);
+  });
+
+  it("prints help with every option, and exits 2 on a bad flag or value", async () => {
+    const help = await finish(run("broker/main.ts", ["--help"]));
+    expect(help.code).toBe(0);
+    for (const flag of ["--host", "--port", "--data-dir", "--log-level", "HANDOFF_MASTER_KEY"]) expect(help.stdout).toContain(flag);
+    const bad = await finish(run("broker/main.ts", ["--bogus"]));
+    expect(bad.code).toBe(2);
+    const badPort = await finish(run("broker/main.ts", ["--port", "99999"]));
+    expect(badPort.code).toBe(2);
+    expect(badPort.stderr).toContain("--port");
+  });
+
+  it("takes its options from the environment when no flag is given", async () => {
+    const dataDir = dir();
+    const broker = await startProcess(null, { HANDOFF_PORT: "0", HANDOFF_DATA_DIR: dataDir, HANDOFF_LOG_LEVEL: "debug" });
+    const start = broker.lines.find((l) => String(l.msg).startsWith("broker listening"))!;
+    expect(start.dataDir).toBe(dataDir);
+    expect(start.port).not.toBe(1883);
+    expect(start.level).toBe(30);
+    broker.child.kill("SIGTERM");
+    expect(await broker.exited).toBe(0);
+  });
+});
+
+describe("admin CLI", () => {
+  it("adds, lists, shows and revokes devices, with clear errors for bad input", async () => {
+    const dataDir = dir();
+    const out: string[] = [];
+    const admin = (...args: string[]) => adminMain([...args, "--data-dir", dataDir], (l) => out.push(l));
+    const pub = "A".repeat(43) + "=";
+    expect(await admin("device", "add", "--kind", "phone", "--name", "Alice's phone", "--public-key", pub, "--user", "alice")).toBe(0);
+    const id = out.pop()!;
+    expect(id).toMatch(/^d[a-z2-7]{19}$/);
+    expect(await admin("device", "list", "--json")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toEqual([expect.objectContaining({ id, kind: "phone", user: "alice", status: "active" })]);
+    expect(await admin("device", "revoke", id)).toBe(0);
+    await expect(admin("device", "revoke", id)).rejects.toThrow("already revoked");
+    await expect(admin("device", "add", "--kind", "phone", "--name", "x", "--public-key", "nope", "--user", "a")).rejects.toThrow("32-byte Ed25519 public key");
+    await expect(admin("device", "add", "--kind", "phone", "--name", "x", "--public-key", "B".repeat(43) + "=")).rejects.toThrow("needs --user");
+    await expect(admin("device", "add", "--kind", "phone", "--name", "x", "--public-key", pub, "--user", "b")).rejects.toThrow("already registered");
+    await expect(admin("device", "add", "--kind", "fridge", "--name", "x", "--public-key", "C".repeat(43) + "=")).rejects.toThrow();
+    await expect(admin("device", "show", "dnope")).rejects.toThrow("no device dnope");
+    await expect(admin("device", "frobnicate")).rejects.toThrow("unknown device command");
+  });
+
+  it("never stores a phone's user id in clear", async () => {
+    const dataDir = dir();
+    await adminMain(["device", "add", "--kind", "phone", "--name", "P", "--public-key", "D".repeat(43) + "=", "--user", "zelda-unique-user-7", "--data-dir", dataDir], () => {});
+    for (const f of ["handoff.db", "handoff.db-wal"]) {
+      const file = join(dataDir, f);
+      if (existsSync(file)) expect(readFileSync(file).includes("zelda-unique-user-7")).toBe(false);
+    }
+  });
+});
