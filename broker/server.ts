@@ -16,6 +16,8 @@ import { downTopic, mayPublish, maySubscribe } from "../src/protocol/topics.ts";
 import { CONNECT_REFUSALS, ConnectAuthenticator } from "../src/service/connect.ts";
 import { BINDING_DEFAULTS, registerBinding } from "../src/service/binding.ts";
 import { Inbox, errorSummary } from "../src/service/inbox.ts";
+import { PAYMENT_DEFAULTS, Payments } from "../src/service/payments.ts";
+import { PaymentRepo } from "../src/store/payments.ts";
 import { RateLimiter } from "../src/service/rate-limit.ts";
 import type { Db } from "../src/store/db.ts";
 import { PairingRepo } from "../src/store/binding.ts";
@@ -48,6 +50,7 @@ export interface BrokerHandle {
 
 const ADMIN_POLL_MS = 200;
 const PURGE_EVERY_MS = 60_000;
+const DEADLINE_POLL_MS = 100;
 
 export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promise<BrokerHandle> {
   const { log } = deps;
@@ -74,7 +77,9 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const aedes = await Aedes.createBroker({
     id: "handoff-pay",
     connectTimeout: config.connectTimeoutMs,
-    keepaliveLimit: config.keepaliveLimitS,
+    // Keepalive is clamped in preConnect instead: Aedes' own limit refuses with CONNACK 6,
+    // which MQTT 3.1.1 does not define.
+    keepaliveLimit: 0,
     drainTimeout: config.drainTimeoutMs,
     maxTopicLevels: config.maxTopicLevels,
     maxClientsIdLength: 64,
@@ -102,12 +107,27 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     bindRequestsPerWindow: BINDING_DEFAULTS.bindRequestsPerWindow,
     bindWindowMs: BINDING_DEFAULTS.bindWindowMs,
   });
+  const payments = new Payments(db, {
+    keyring: () => keyring,
+    log,
+    deadlines: { promptMs: config.promptTtlMs, taskMs: config.taskTtlMs },
+    maxConsecutiveAuto: config.maxConsecutiveAuto,
+    maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal,
+    maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone,
+  });
+  payments.register(inbox);
   const authenticator = new ConnectAuthenticator(db, config.freshnessMs);
   const remotes = new WeakMap<Client, string>();
 
   aedes.preConnect = (client, packet, callback) => {
     // Wills would let a device publish after it is gone, outside the signed envelope: none are kept.
     if (packet.will) delete (packet as { will?: unknown }).will;
+    // Sessions are always clean: the outbox, not Aedes' memory, redelivers, once the device
+    // subscribes after connecting (docs/protocol.md §Delivery).
+    packet.clean = true;
+    // A silent connection must not live forever: keepalive 0 or above the limit becomes the limit,
+    // and Aedes drops a client silent for 1.5 times it.
+    if (!packet.keepalive || packet.keepalive > config.keepaliveLimitS) packet.keepalive = config.keepaliveLimitS;
     callback(null, true);
   };
 
@@ -212,16 +232,41 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   adminTimer.unref();
   const replay = new ReplayRepo(db);
   const pairings = new PairingRepo(db);
+  const outbox = new OutboxRepo(db);
   const purgeTimer = setInterval(() => {
     try {
       replay.purge(clock());
-      // Spent and expired pairing codes are kept a day for the answers they give, then dropped.
+      // Spent and expired pairing codes are kept a day for the answers they give, then dropped;
+      // so are delivered outbox messages (a duplicate within the freshness window needs them).
       pairings.purge(clock() - 86_400_000);
+      outbox.purgeDelivered(clock() - 86_400_000);
     } catch (err) {
       log.error({ err: errorSummary(err) }, "purging replay memory failed");
     }
   }, PURGE_EVERY_MS);
   purgeTimer.unref();
+
+  // Deadlines are rows: whatever is due, now or after a restart, goes through the core.
+  const paymentRepo = new PaymentRepo(db);
+  const queuedDeadlines = new Map<string, number>();
+  const deadlineTimer = setInterval(() => {
+    try {
+      const now = clock();
+      for (const [key, at] of queuedDeadlines) if (now - at > 5000) queuedDeadlines.delete(key);
+      for (const due of paymentRepo.due(now, 500)) {
+        const key = `${due.paymentId}/${due.which}`;
+        if (queuedDeadlines.has(key)) continue;
+        queuedDeadlines.set(key, now);
+        inbox.internal(`deadline ${key}`, (ctx) => {
+          queuedDeadlines.delete(key);
+          payments.fireDeadline(ctx, due.paymentId, due.which);
+        });
+      }
+    } catch (err) {
+      log.error({ err: errorSummary(err) }, "reading deadlines failed");
+    }
+  }, DEADLINE_POLL_MS);
+  deadlineTimer.unref();
 
   log.info(
     {
@@ -231,6 +276,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       brokerPublicKey: toBase64(publicKey),
       keyVersions: keyring.versions,
       undeliveredOutbox: new OutboxRepo(db).countUndelivered(),
+      armedDeadlines: paymentRepo.armedCount(),
     },
     `broker listening on mqtt://${address.address}:${address.port}`,
   );
@@ -239,6 +285,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const close = () => {
     closing ??= (async () => {
       clearInterval(adminTimer);
+      clearInterval(deadlineTimer);
       clearInterval(purgeTimer);
       // Stop accepting first; the listener's close completes once Aedes has closed every client.
       const listenerClosed = new Promise<void>((r) => server.close(() => r()));

@@ -25,6 +25,9 @@ export const brokerConfigSchema = z.strictObject({
   deviceRatePerSec: int(1, 1_000_000),
   deviceBurst: int(1, 1_000_000),
   pairingTtlMs: int(1000, 3_600_000),
+  promptTtlMs: int(100, 3_600_000),
+  taskTtlMs: int(100, 3_600_000),
+  maxConsecutiveAuto: int(0, 1000),
 });
 
 export type BrokerConfig = Readonly<z.infer<typeof brokerConfigSchema>>;
@@ -51,6 +54,9 @@ export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "deviceRatePerSec", flag: "device-rate", env: "HANDOFF_DEVICE_RATE", def: "50", help: "messages per second one device may send (sustained)" },
   { key: "deviceBurst", flag: "device-burst", env: "HANDOFF_DEVICE_BURST", def: "200", help: "messages one device may send in a burst" },
   { key: "pairingTtlMs", flag: "pairing-ttl-ms", env: "HANDOFF_PAIRING_TTL_MS", def: "300000", help: "how long a pairing code lives" },
+  { key: "promptTtlMs", flag: "prompt-ttl-ms", env: "HANDOFF_PROMPT_TTL_MS", def: "120000", help: "how long the phone has to approve or decline" },
+  { key: "taskTtlMs", flag: "task-ttl-ms", env: "HANDOFF_TASK_TTL_MS", def: "60000", help: "how long the phone has to execute a confirmed payment" },
+  { key: "maxConsecutiveAuto", flag: "max-consecutive-auto", env: "HANDOFF_MAX_CONSECUTIVE_AUTO", def: "5", help: "auto-confirmations in a row before the phone is asked again" },
 ];
 
 export class ConfigError extends Error {}

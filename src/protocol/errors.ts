@@ -25,6 +25,17 @@ export const ERROR_CODES = {
   agreement_not_found: "No active agreement with this id belongs to this device.",
   agreement_tampered: "The stored agreement failed its integrity check and cannot be used.",
   agreement_key_unavailable: "The stored agreement was sealed with a master key version the broker does not have.",
+  not_bound: "This terminal has no active agreement for that login; bind it to the user's phone first.",
+  unknown_merchant: "No merchant is registered under this id.",
+  invalid_amount: "The amount must be a positive integer of minor units.",
+  currency_mismatch: "The currency is not the one the agreement pays in.",
+  over_limit: "The amount is above the agreement's per-payment maximum.",
+  idempotency_conflict: "This idempotency key was already used for a payment with different fields.",
+  payment_not_found: "No payment with this id belongs to this device.",
+  payment_not_pending: "The payment is not in a state that allows this (it may already be final).",
+  prompt_expired: "The confirmation prompt's deadline has passed.",
+  task_expired: "The execution task's deadline has passed.",
+  dynamic_link_mismatch: "The signed values do not match the payment (amount, currency, merchant, terminal or payee).",
   unavailable: "The broker cannot store anything right now; retry the same message later.",
 } as const satisfies Record<string, string>;
 

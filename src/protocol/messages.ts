@@ -8,6 +8,8 @@ import { MESSAGE_ID_RE } from "./envelope.ts";
 
 const text = (max: number) => z.string().trim().min(1).max(max).regex(/^[^\p{Cc}]*$/u, "no control characters");
 const amountMinor = z.number().int().min(0).max(1_000_000_000_000_000);
+const merchantId = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, "a merchant id is lowercase letters, digits and . _ -");
+const paymentId = z.string().regex(/^pay_[a-z2-7]{20}$/, "a payment id looks like pay_ followed by 20 characters");
 const agreementId = z.string().regex(/^ag_[a-z2-7]{20}$/, "an agreement id looks like ag_ followed by 20 characters");
 
 export const limitsSchema = z.strictObject({
@@ -31,6 +33,29 @@ export const upBodies = {
   set_limits: z.strictObject({ agreementId, limits: limitsSchema }),
   /** Phone or terminal: end an agreement; both devices get `unbound`. */
   unbind: z.strictObject({ agreementId }),
+  /** Terminal: ask for a payment; answered with `payment_accepted`. */
+  pay_request: z.strictObject({
+    login: text(128),
+    merchantId,
+    // Any number passes the schema; the broker answers invalid_amount for one that is not a positive integer.
+    amountMinor: z.number(),
+    currency: z.string().max(8),
+    orderRef: text(64),
+    idempotencyKey: z.string().regex(/^[A-Za-z0-9_.:-]{1,64}$/, "1-64 characters of letters, digits and _ . : -"),
+    description: text(140).optional(),
+  }),
+  /** Phone: the prompt reached the user's screen. */
+  prompt_received: z.strictObject({ paymentId }),
+  /** Phone: the user approved exactly these values (dynamic linking). */
+  payment_approve: z.strictObject({ paymentId, amountMinor: z.number().int(), currency: z.string().max(8), merchantName: z.string().max(128), terminalName: z.string().max(128) }),
+  /** Phone: the user declined. */
+  payment_decline: z.strictObject({ paymentId }),
+  /** Phone: the payment app authorises the debit of this amount to this payee. */
+  payment_execute: z.strictObject({ paymentId, amountMinor: z.number().int(), currency: z.string().max(8), payee: z.string().max(64) }),
+  /** Terminal: cancel before execution. */
+  payment_cancel: z.strictObject({ paymentId }),
+  /** Terminal or phone: the current state and the events after `sinceSeq`. */
+  payment_status: z.strictObject({ paymentId, sinceSeq: z.number().int().min(0).optional() }),
   /** Liveness and clock check; answered with `pong`. */
   ping: z.strictObject({ echo: z.string().max(256).optional() }),
   /**
@@ -65,6 +90,22 @@ const usageSchema = z.strictObject({
   lastUsedMs: z.number().int().nullable(),
 });
 
+const paymentView = z.strictObject({
+  paymentId: z.string(),
+  status: z.string(),
+  mode: z.enum(["auto", "prompt"]),
+  amountMinor: z.number().int(),
+  currency: z.string(),
+  merchantId: z.string(),
+  merchantName: z.string(),
+  terminalName: z.string(),
+  orderRef: z.string(),
+  deadlineMs: z.number().int().nullable(),
+  reason: z.string().nullable(),
+  transferId: z.string().nullable(),
+  seq: z.number().int(),
+});
+
 /** Broker → device. */
 export const downBodies = {
   bind_code: z.strictObject({ pairingId: z.string(), code: z.string(), expiresAtMs: z.number().int(), ttlMs: z.number().int(), display: z.string() }),
@@ -79,6 +120,41 @@ export const downBodies = {
   }),
   limits_updated: z.strictObject({ agreementId: z.string(), limits: limitsSchema }),
   unbound: z.strictObject({ agreementId: z.string(), by: z.enum(["phone", "terminal", "replaced", "operator"]), terminalName: z.string().nullable() }),
+  payment_accepted: paymentView,
+  payment_state: z.strictObject({ payment: paymentView, events: z.array(z.strictObject({ seq: z.number().int(), kind: z.string(), atMs: z.number().int(), body: z.record(z.string(), z.unknown()) })) }),
+  payment_update: z.strictObject({ paymentId: z.string(), seq: z.number().int(), step: z.enum(["prompt_sent", "prompt_delivered", "confirmed", "executing"]), status: z.string(), atMs: z.number().int() }),
+  payment_prompt: z.strictObject({
+    paymentId: z.string(),
+    seq: z.number().int(),
+    amountMinor: z.number().int(),
+    currency: z.string(),
+    merchantId: z.string(),
+    merchantName: z.string(),
+    terminalId: z.string(),
+    terminalName: z.string(),
+    description: z.string().nullable(),
+    deadlineMs: z.number().int(),
+  }),
+  payment_task: z.strictObject({
+    paymentId: z.string(),
+    seq: z.number().int(),
+    amountMinor: z.number().int(),
+    currency: z.string(),
+    payee: z.string(),
+    merchantName: z.string(),
+    deadlineMs: z.number().int(),
+  }),
+  payment_result: z.strictObject({
+    paymentId: z.string(),
+    seq: z.number().int(),
+    status: z.enum(["completed", "failed", "declined", "expired", "cancelled"]),
+    reason: z.string().nullable(),
+    transferId: z.string().nullable(),
+    amountMinor: z.number().int(),
+    currency: z.string(),
+    merchantName: z.string(),
+    terminalName: z.string(),
+  }),
   pong: z.strictObject({ echo: z.string().optional(), brokerTs: z.number().int() }),
   error: z.strictObject({
     code: z.enum(ERROR_CODE_LIST as [ErrorCode, ...ErrorCode[]]),

@@ -37,14 +37,24 @@ export interface InboxOptions {
   readonly rateLimiter?: RateLimiter;
 }
 
-/** What a handler may do inside the message's transaction. */
-export interface HandlerContext {
+/** What any work inside a batch transaction may do: write, and send messages via the outbox. */
+export interface TxContext {
   readonly nowMs: number;
+  readonly db: Db;
+  send<T extends DownType>(to: string, type: T, body: DownBody<T>): void;
+}
+
+/** What a handler may do inside the message's transaction. */
+export interface HandlerContext extends TxContext {
   readonly device: DeviceRow;
   readonly msg: Payload;
-  readonly db: Db;
   reply<T extends DownType>(type: T, body: DownBody<T>): void;
-  send<T extends DownType>(to: string, type: T, body: DownBody<T>): void;
+}
+
+/** Work the broker starts itself (a deadline firing), run in the next batch like a message. */
+interface Job {
+  readonly label: string;
+  readonly run: (ctx: TxContext) => void;
 }
 
 export type Handler = (ctx: HandlerContext, body: unknown) => void;
@@ -78,6 +88,7 @@ export class Inbox {
   readonly #outbox: OutboxRepo;
   readonly #handlers = new Map<string, Handler>();
   #queue: Pending[] = [];
+  #jobs: Job[] = [];
   #scheduled = false;
   #inFlight = 0;
   #idleWaiters: (() => void)[] = [];
@@ -101,6 +112,13 @@ export class Inbox {
   /** Queues a message from an authenticated connection; `done` runs once it is answered. */
   submit(deviceId: string, bytes: Uint8Array, done: () => void = () => {}): void {
     this.#queue.push({ deviceId, bytes, done });
+    this.#inFlight++;
+    this.#schedule();
+  }
+
+  /** Queues broker-initiated work for the next batch transaction (in its own savepoint). */
+  internal(label: string, run: (ctx: TxContext) => void): void {
+    this.#jobs.push({ label, run });
     this.#inFlight++;
     this.#schedule();
   }
@@ -130,7 +148,8 @@ export class Inbox {
   #flush(): void {
     const max = this.#o.maxBatch ?? 2000;
     const batch = this.#queue.splice(0, max);
-    if (this.#queue.length > 0) this.#schedule();
+    const jobs = this.#jobs.splice(0, max);
+    if (this.#queue.length > 0 || this.#jobs.length > 0) this.#schedule();
     const nowMs = this.#o.clock();
 
     const direct: Outgoing[] = [];
@@ -145,12 +164,14 @@ export class Inbox {
     }
 
     let committed: OutboxRow[] = [];
+    const directBefore = direct.length;
     try {
-      committed = this.#transact(verified, nowMs);
+      committed = this.#transact(verified, jobs, nowMs, direct);
     } catch (err) {
       // Infrastructure fault (disk full, read-only, corrupt): nothing of this batch was written.
       // Each sender hears "unavailable" and retries the same message id later.
       this.#o.log.error({ err: errorSummary(err), messages: verified.length }, "transaction failed; batch answered unavailable");
+      direct.length = directBefore;
       for (const v of verified) {
         direct.push(this.#error(v.device.id, "unavailable", ERROR_CODES.unavailable, v.msg.payload.id, nowMs));
       }
@@ -160,7 +181,7 @@ export class Inbox {
     for (const row of committed) this.#o.publish(row.deviceId, row.bytes);
     for (const out of direct) this.#o.publish(out.to, out.bytes);
     for (const done of finished) done();
-    this.#inFlight -= batch.length;
+    this.#inFlight -= batch.length + jobs.length;
     if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
   }
 
@@ -185,63 +206,87 @@ export class Inbox {
     return { msg: parsed.msg, device, done: p.done };
   }
 
-  #transact(verified: readonly Verified[], nowMs: number): OutboxRow[] {
-    if (verified.length === 0) return [];
+  #transact(verified: readonly Verified[], jobs: readonly Job[], nowMs: number, direct: Outgoing[]): OutboxRow[] {
+    if (verified.length === 0 && jobs.length === 0) return [];
     const db = this.#o.db;
     const rows: OutboxRow[] = [];
     db.transaction(() => {
-      for (const v of verified) rows.push(...this.#handleOne(v, nowMs));
+      for (const v of verified) rows.push(...this.#handleOne(v, nowMs, direct));
+      for (const job of jobs) rows.push(...this.#runJob(job, nowMs));
     }).immediate();
     return rows;
   }
 
   /** One message, in its own savepoint. Returns the outbox rows to publish after the commit. */
-  #handleOne(v: Verified, nowMs: number): OutboxRow[] {
+  /**
+   * One message, in its own savepoint (replay record included). Returns the outbox rows to
+   * publish after the commit; answers that must not be stored go to `direct`.
+   */
+  #handleOne(v: Verified, nowMs: number, direct: Outgoing[]): OutboxRow[] {
     const { payload, payloadBytes } = v.msg;
     const db = this.#o.db;
+    const answerNow = (code: ErrorCode, detail: string) => {
+      direct.push(this.#error(v.device.id, code, detail, payload.id, nowMs));
+      return [];
+    };
     if (payload.type === "ack") {
       // Receipts are idempotent: applied without replay memory and never answered (a bad one is).
       const body = upBodies.ack.safeParse(payload.body);
-      if (body.success) {
-        for (const id of body.data.ids) this.#outbox.markDelivered(v.device.id, id, nowMs);
-        return [];
-      }
-    }
-    const digest = createHash("sha256").update(payloadBytes).digest();
-    const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
-    if (seen === "duplicate") {
-      // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
-      return this.#outbox.repliesTo(v.device.id, payload.id);
-    }
-    if (seen === "conflict") {
-      return [this.#store(this.#error(v.device.id, "message_id_reused", ERROR_CODES.message_id_reused, payload.id, nowMs), nowMs)];
+      if (!body.success) return answerNow("invalid_body", bodyProblem(body.error));
+      for (const id of body.data.ids) this.#outbox.markDelivered(v.device.id, id, nowMs);
+      return [];
     }
     const outgoing: Outgoing[] = [];
-    const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs)];
-    const handler = this.#handlers.get(payload.type);
-    if (handler === undefined || !isUpType(payload.type)) return answer("unknown_type", `unknown message type "${payload.type}"`);
-    const body = upBodies[payload.type].safeParse(payload.body);
-    if (!body.success) {
-      const issue = body.error.issues[0];
-      return answer("invalid_body", `body.${issue?.path.join(".") ?? ""}: ${issue?.message ?? "invalid"}`);
-    }
-    const ctx: HandlerContext = {
-      nowMs,
-      device: v.device,
-      msg: payload,
-      db,
-      reply: (type, b) => outgoing.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
-      send: (to, type, b) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs)),
-    };
     try {
-      db.transaction(() => handler(ctx, body.data))();
+      return db.transaction(() => {
+        const digest = createHash("sha256").update(payloadBytes).digest();
+        const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
+        // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
+        if (seen === "duplicate") return this.#outbox.repliesTo(v.device.id, payload.id);
+        // Not stored: it would otherwise be replayed as an answer to the original message.
+        if (seen === "conflict") return answerNow("message_id_reused", ERROR_CODES.message_id_reused);
+        const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs)];
+        const handler = this.#handlers.get(payload.type);
+        if (handler === undefined || !isUpType(payload.type)) return answer("unknown_type", `unknown message type "${payload.type}"`);
+        const body = upBodies[payload.type].safeParse(payload.body);
+        if (!body.success) return answer("invalid_body", bodyProblem(body.error));
+        const ctx: HandlerContext = {
+          nowMs,
+          device: v.device,
+          msg: payload,
+          db,
+          reply: (type, b) => outgoing.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
+          send: (to, type, b) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs)),
+        };
+        try {
+          db.transaction(() => handler(ctx, body.data))();
+        } catch (err) {
+          // An expected refusal: the handler's writes are rolled back, the answer is stored.
+          if (err instanceof Refusal) return answer(err.code, err.message);
+          throw err;
+        }
+        return outgoing.map((o) => this.#store(o, nowMs));
+      })();
     } catch (err) {
-      if (err instanceof Refusal) return answer(err.code, err.message);
-      // A storage fault fails the whole batch (nothing half-written); anything else is a bug in
-      // one handler: its savepoint is rolled back, it is logged once, the device hears "unavailable".
+      // A storage fault fails the whole batch (nothing half-written). Anything else is a bug in
+      // one handler: the message's savepoint, replay record included, is rolled back, it is
+      // logged once, and the device hears "unavailable" — not stored, so a retry is handled afresh.
       if (isStorageFault(err)) throw err;
       this.#o.log.error({ err: errorSummary(err), type: payload.type, device: v.device.id }, "handler failed");
-      return answer("unavailable", ERROR_CODES.unavailable);
+      return answerNow("unavailable", ERROR_CODES.unavailable);
+    }
+  }
+
+  /** A job in its own savepoint: a bug in one rolls back only its writes (a storage fault, all). */
+  #runJob(job: Job, nowMs: number): OutboxRow[] {
+    const outgoing: Outgoing[] = [];
+    const ctx: TxContext = { nowMs, db: this.#o.db, send: (to, type, b) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs)) };
+    try {
+      this.#o.db.transaction(() => job.run(ctx))();
+    } catch (err) {
+      if (isStorageFault(err)) throw err;
+      this.#o.log.error({ err: errorSummary(err), job: job.label }, "internal job failed");
+      return [];
     }
     return outgoing.map((o) => this.#store(o, nowMs));
   }
@@ -259,6 +304,11 @@ export class Inbox {
 export function isStorageFault(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === "string" && /^SQLITE_(FULL|IOERR|READONLY|BUSY|LOCKED|CANTOPEN|CORRUPT|NOTADB|PROTOCOL)/.test(code);
+}
+
+function bodyProblem(error: { issues: readonly { path: readonly PropertyKey[]; message: string }[] }): string {
+  const issue = error.issues[0];
+  return `body.${issue?.path.map(String).join(".") ?? ""}: ${issue?.message ?? "invalid"}`;
 }
 
 export function errorSummary(err: unknown): { message: string; code?: string } {

@@ -93,4 +93,75 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX agreements_by_phone ON agreements (phone_id) WHERE status = 'active';
   CREATE INDEX agreements_by_key_version ON agreements (key_version) WHERE status = 'active';
   `,
+  // 3: payments and the double-entry ledger. Wallets are found by a blind index of the user id.
+  `
+  CREATE TABLE merchants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL
+  );
+
+  CREATE TABLE accounts (
+    id             TEXT PRIMARY KEY,
+    kind           TEXT NOT NULL CHECK (kind IN ('wallet', 'merchant', 'funding')),
+    owner          BLOB NOT NULL,
+    currency       TEXT NOT NULL,
+    balance_minor  INTEGER NOT NULL DEFAULT 0,
+    created_ms     INTEGER NOT NULL,
+    UNIQUE (kind, owner, currency),
+    -- A wallet never goes below zero; the funding account is where credited money comes from.
+    CHECK (kind = 'funding' OR balance_minor >= 0)
+  );
+
+  CREATE TABLE transfers (
+    id              TEXT PRIMARY KEY,
+    payment_id      TEXT UNIQUE,
+    kind            TEXT NOT NULL CHECK (kind IN ('payment', 'credit')),
+    debit_account   TEXT NOT NULL REFERENCES accounts (id),
+    credit_account  TEXT NOT NULL REFERENCES accounts (id),
+    amount_minor    INTEGER NOT NULL CHECK (amount_minor > 0),
+    currency        TEXT NOT NULL,
+    reference       TEXT,
+    created_ms      INTEGER NOT NULL
+  );
+  CREATE INDEX transfers_by_time ON transfers (created_ms);
+  CREATE UNIQUE INDEX transfers_credit_reference ON transfers (reference) WHERE kind = 'credit' AND reference IS NOT NULL;
+
+  CREATE TABLE payments (
+    id                 TEXT PRIMARY KEY,
+    terminal_id        TEXT NOT NULL REFERENCES devices (id),
+    phone_id           TEXT NOT NULL REFERENCES devices (id),
+    agreement_id       TEXT NOT NULL REFERENCES agreements (id),
+    merchant_id        TEXT NOT NULL REFERENCES merchants (id),
+    idempotency_key    TEXT NOT NULL,
+    request_digest     BLOB NOT NULL,
+    order_ref          TEXT NOT NULL,
+    description        TEXT,
+    state              TEXT NOT NULL,
+    status             TEXT NOT NULL,
+    seq                INTEGER NOT NULL,
+    created_ms         INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL,
+    UNIQUE (terminal_id, idempotency_key)
+  );
+  CREATE INDEX payments_live_by_terminal ON payments (terminal_id) WHERE status IN ('awaiting_confirmation', 'executing');
+  CREATE INDEX payments_live_by_phone ON payments (phone_id) WHERE status IN ('awaiting_confirmation', 'executing');
+
+  CREATE TABLE payment_events (
+    payment_id  TEXT NOT NULL REFERENCES payments (id),
+    seq         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    PRIMARY KEY (payment_id, seq)
+  ) WITHOUT ROWID;
+
+  CREATE TABLE deadlines (
+    payment_id  TEXT NOT NULL REFERENCES payments (id),
+    which       TEXT NOT NULL CHECK (which IN ('prompt', 'task')),
+    due_ms      INTEGER NOT NULL,
+    PRIMARY KEY (payment_id, which)
+  ) WITHOUT ROWID;
+  CREATE INDEX deadlines_by_due ON deadlines (due_ms);
+  `,
 ];

@@ -1,7 +1,8 @@
 /**
  * The outbox: every signed message the broker sends to a device, written in the same
  * transaction as the change that caused it and published only after that commit. A row stays
- * undelivered until the device's PUBACK; undelivered rows are sent again when it reconnects.
+ * undelivered until the device sends an `ack` receipt naming it; undelivered rows are sent again
+ * when the device subscribes to its down topic (after every connect).
  */
 import type { Db } from "./db.ts";
 
@@ -26,6 +27,7 @@ export class OutboxRepo {
   readonly #replies;
   readonly #delivered;
   readonly #countUndelivered;
+  readonly #purge;
 
   constructor(db: Db) {
     this.#insert = db.prepare("INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms) VALUES (?, ?, ?, ?, ?)");
@@ -34,6 +36,7 @@ export class OutboxRepo {
     );
     this.#replies = db.prepare<[string, string], Raw>("SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND re = ? ORDER BY seq");
     this.#delivered = db.prepare("UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND msg_id = ? AND delivered_ms IS NULL");
+    this.#purge = db.prepare("DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ?");
     this.#countUndelivered = db.prepare<[], { n: number }>("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NULL");
   }
 
@@ -53,6 +56,10 @@ export class OutboxRepo {
 
   markDelivered(deviceId: string, msgId: string, nowMs: number): boolean {
     return this.#delivered.run(nowMs, deviceId, msgId).changes === 1;
+  }
+
+  purgeDelivered(beforeMs: number): number {
+    return this.#purge.run(beforeMs).changes;
   }
 
   countUndelivered(): number {

@@ -1,0 +1,287 @@
+/**
+ * Payments: the five steps of the handoff, each message one transaction.
+ *
+ *   pay_request ─▶ find the agreement by blind index and open it (first state) ─▶ decide
+ *   auto or prompt (src/core/payment.ts) ─▶ record usage ─▶ prompt or task to the phone
+ *   payment_approve ─▶ open the agreement again (second state) ─▶ task to the phone
+ *   payment_execute ─▶ post the double-entry transfer ─▶ result to terminal and phone
+ *
+ * Every change goes through core `step`; this module loads what it needs, saves what it
+ * returns, and turns its effects into numbered payment events and outbox messages.
+ */
+import type { Logger } from "pino";
+import { resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent } from "../core/payment.ts";
+import type { Agreement } from "../core/agreement.ts";
+import type { Keyring } from "../crypto/keyring.ts";
+import { randomId } from "../crypto/random.ts";
+import type { UpBody } from "../protocol/messages.ts";
+import { AgreementRepo } from "../store/binding.ts";
+import type { Db } from "../store/db.ts";
+import { LedgerRepo } from "../store/ledger.ts";
+import { PaymentRepo, type PaymentRecord } from "../store/payments.ts";
+import { userIndex } from "./devices.ts";
+import { Refusal, type HandlerContext, type Inbox, type TxContext } from "./inbox.ts";
+import { agreementLookup, blindIndex, openAgreement, sameBytes, sealAgreement } from "./sealing.ts";
+
+export interface PaymentOptions {
+  readonly keyring: () => Keyring;
+  readonly log: Logger;
+  readonly deadlines: Deadlines;
+  /** Auto-confirmations in a row before the phone must be asked again. */
+  readonly maxConsecutiveAuto: number;
+  /** Unfinished payments one terminal may have at once. */
+  readonly maxLivePerTerminal: number;
+  /** Open prompts one phone may have at once. */
+  readonly maxPromptsPerPhone: number;
+}
+
+export const PAYMENT_DEFAULTS = { promptMs: 120_000, taskMs: 60_000, maxConsecutiveAuto: 5, maxLivePerTerminal: 20, maxPromptsPerPhone: 5 } as const;
+
+export class Payments {
+  readonly #o: PaymentOptions;
+  readonly #payments: PaymentRepo;
+  readonly #agreements: AgreementRepo;
+  readonly #ledger: LedgerRepo;
+
+  constructor(db: Db, options: PaymentOptions) {
+    this.#o = options;
+    this.#payments = new PaymentRepo(db);
+    this.#agreements = new AgreementRepo(db);
+    this.#ledger = new LedgerRepo(db);
+  }
+
+  register(inbox: Inbox): void {
+    inbox.on("pay_request", (ctx, body) => this.#payRequest(ctx, body as UpBody<"pay_request">));
+    inbox.on("prompt_received", (ctx, body) => this.#phoneAction(ctx, (body as UpBody<"prompt_received">).paymentId, () => ({ kind: "prompt_received" })));
+    inbox.on("payment_decline", (ctx, body) => this.#phoneAction(ctx, (body as UpBody<"payment_decline">).paymentId, () => ({ kind: "decline" })));
+    inbox.on("payment_approve", (ctx, raw) => {
+      const b = raw as UpBody<"payment_approve">;
+      this.#phoneAction(ctx, b.paymentId, (p) => ({
+        kind: "approve",
+        values: { amountMinor: b.amountMinor, currency: b.currency, merchantName: b.merchantName, terminalName: b.terminalName },
+        agreementActive: this.#secondState(p) !== null,
+      }));
+    });
+    inbox.on("payment_execute", (ctx, raw) => {
+      const b = raw as UpBody<"payment_execute">;
+      this.#phoneAction(ctx, b.paymentId, (p) => ({
+        kind: "execute",
+        values: { amountMinor: b.amountMinor, currency: b.currency, payee: b.payee },
+        walletBalanceMinor: this.#ledger.balanceOf(p.walletAccountId),
+        transferId: randomId("tr"),
+      }));
+    });
+    inbox.on("payment_cancel", (ctx, raw) => {
+      if (ctx.device.kind !== "terminal") throw new Refusal("wrong_device_kind", "only the terminal that asked may cancel a payment");
+      const record = this.#own(ctx, (raw as UpBody<"payment_cancel">).paymentId);
+      this.#apply(ctx, record, { kind: "cancel" });
+      ctx.reply("payment_state", { payment: this.#view(this.#payments.get(record.payment.id)!), events: [] });
+    });
+    inbox.on("payment_status", (ctx, raw) => {
+      const b = raw as UpBody<"payment_status">;
+      const record = this.#own(ctx, b.paymentId);
+      const events = this.#payments.events(record.payment.id, b.sinceSeq ?? 0).map((e) => ({ seq: e.seq, kind: e.kind, atMs: e.atMs, body: e.body }));
+      ctx.reply("payment_state", { payment: this.#view(record), events });
+    });
+  }
+
+  /** A deadline came due: run it through the core (a no-op if the payment moved on). */
+  fireDeadline(ctx: TxContext, paymentId: string, which: "prompt" | "task"): void {
+    const record = this.#payments.get(paymentId);
+    if (record === null) return;
+    this.#apply(ctx, record, { kind: "deadline", which });
+  }
+
+  #payRequest(ctx: HandlerContext, b: UpBody<"pay_request">): void {
+    if (ctx.device.kind !== "terminal") throw new Refusal("wrong_device_kind", "pay_request is sent by a terminal");
+    const keyring = this.#o.keyring();
+    const digest = blindIndex(keyring, "payment-request", b.login, b.merchantId, String(b.amountMinor), b.currency, b.orderRef, b.description ?? "");
+    const existing = this.#payments.byIdempotencyKey(ctx.device.id, b.idempotencyKey);
+    if (existing !== null) {
+      // The same request again gets the same payment, and nothing is sent twice.
+      if (!sameBytes(existing.requestDigest, digest)) throw new Refusal("idempotency_conflict", `idempotency key ${b.idempotencyKey} was used for payment ${existing.payment.id} with different fields`);
+      ctx.reply("payment_accepted", this.#view(existing));
+      return;
+    }
+    const row = this.#agreements.byLookup(agreementLookup(keyring, ctx.device.id, b.login));
+    if (row === null) throw new Refusal("not_bound", "this terminal has no active agreement for that login; bind it to the user's phone first");
+    const opened = openAgreement(keyring, row);
+    if (!opened.ok) {
+      this.#o.log.error({ agreement: row.id, code: opened.code }, "agreement cannot be opened");
+      throw new Refusal(opened.code, opened.detail);
+    }
+    const agreement = opened.value; // the first agreement state
+    const merchant = this.#ledger.merchant(b.merchantId);
+    if (merchant === null) throw new Refusal("unknown_merchant", `no merchant ${b.merchantId} is registered`);
+    const mode = decideMode(agreement.limits, agreement.usage, b.amountMinor, b.currency, ctx.nowMs, this.#o.maxConsecutiveAuto);
+    if (!mode.ok) throw new Refusal(mode.code, mode.detail);
+    if (this.#payments.liveForTerminal(ctx.device.id) >= this.#o.maxLivePerTerminal) {
+      throw new Refusal("rate_limited", `this terminal already has ${this.#o.maxLivePerTerminal} unfinished payments`);
+    }
+    if (mode.mode === "prompt" && this.#payments.pendingPromptsForPhone(agreement.phoneId) >= this.#o.maxPromptsPerPhone) {
+      throw new Refusal("rate_limited", `the phone already has ${this.#o.maxPromptsPerPhone} open prompts`);
+    }
+    const wallet = this.#ledger.account("wallet", userIndex(keyring, agreement.userId), b.currency, ctx.nowMs);
+    const { payment, effects } = startPayment(
+      {
+        id: randomId("pay"),
+        terminalId: ctx.device.id,
+        phoneId: agreement.phoneId,
+        agreementId: agreement.id,
+        merchantId: merchant.id,
+        merchantName: merchant.name,
+        terminalName: agreement.terminal.displayName,
+        amountMinor: b.amountMinor,
+        currency: b.currency,
+        walletAccountId: wallet.id,
+        createdMs: ctx.nowMs,
+      },
+      mode.mode,
+      this.#o.deadlines,
+    );
+    this.#payments.insert(payment, { idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null });
+    this.#saveAgreement(row.version, { ...agreement, usage: recordUsage(agreement.usage, b.amountMinor, mode.mode, ctx.nowMs), version: agreement.version + 1 });
+    const record = this.#payments.get(payment.id)!;
+    this.#effects(ctx, record, effects);
+    ctx.reply("payment_accepted", this.#view(this.#payments.get(payment.id)!));
+  }
+
+  /** A phone's answer about one of its payments. */
+  #phoneAction(ctx: HandlerContext, paymentId: string, event: (p: Payment) => PaymentEvent): void {
+    if (ctx.device.kind !== "phone") throw new Refusal("wrong_device_kind", `${ctx.msg.type} is sent by the payment's phone`);
+    const record = this.#own(ctx, paymentId);
+    this.#apply(ctx, record, event(record.payment));
+    ctx.reply("payment_state", { payment: this.#view(this.#payments.get(paymentId)!), events: [] });
+  }
+
+  /** The payment, if this device is its terminal or its phone. */
+  #own(ctx: HandlerContext, paymentId: string): PaymentRecord {
+    const record = this.#payments.get(paymentId);
+    if (record === null || (record.payment.terminalId !== ctx.device.id && record.payment.phoneId !== ctx.device.id)) {
+      throw new Refusal("payment_not_found", `no payment ${paymentId} belongs to this device`);
+    }
+    return record;
+  }
+
+  /** The second agreement state: the agreement, if it is still active and opens. */
+  #secondState(p: Payment): Agreement | null {
+    const row = this.#agreements.get(p.agreementId);
+    if (row === null || row.status !== "active") return null;
+    const opened = openAgreement(this.#o.keyring(), row);
+    if (!opened.ok) {
+      this.#o.log.error({ agreement: row.id, code: opened.code, payment: p.id }, "agreement cannot be opened at confirmation");
+      return null;
+    }
+    return opened.value;
+  }
+
+  #saveAgreement(expectedVersion: number, next: Agreement): void {
+    const { sealed, keyVersion } = sealAgreement(this.#o.keyring(), next);
+    if (!this.#agreements.reseal(next.id, sealed, keyVersion, next.version, expectedVersion)) {
+      throw new Error(`agreement ${next.id} changed under this transaction`);
+    }
+  }
+
+  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent): void {
+    const decision = step(record.payment, event, ctx.nowMs, this.#o.deadlines);
+    if (!decision.ok) throw new Refusal(decision.code, decision.detail);
+    if (decision.payment === record.payment) return;
+    this.#payments.save(decision.payment);
+    this.#effects(ctx, { ...record, payment: decision.payment }, decision.effects);
+  }
+
+  /** Turns core effects into rows and outbox messages, in the order the core gave them. */
+  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[]): void {
+    const p = record.payment;
+    let seq = this.#payments.get(p.id)!.seq;
+    for (const e of effects) {
+      switch (e.kind) {
+        case "progress":
+          seq = this.#payments.appendEvent(p.id, e.step, { status: p.status }, ctx.nowMs);
+          // "accepted" travels as the pay_request's reply; every later step is pushed.
+          if (e.step !== "accepted") ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: e.step, status: p.status, atMs: ctx.nowMs });
+          break;
+        case "send_prompt":
+          ctx.send(p.phoneId, "payment_prompt", {
+            paymentId: p.id,
+            seq,
+            amountMinor: p.amountMinor,
+            currency: p.currency,
+            merchantId: p.merchantId,
+            merchantName: p.merchantName,
+            terminalId: p.terminalId,
+            terminalName: p.terminalName,
+            description: record.description,
+            deadlineMs: p.promptDeadlineMs!,
+          });
+          break;
+        case "send_task":
+          ctx.send(p.phoneId, "payment_task", { paymentId: p.id, seq, amountMinor: p.amountMinor, currency: p.currency, payee: p.merchantId, merchantName: p.merchantName, deadlineMs: p.taskDeadlineMs! });
+          break;
+        case "arm_deadline":
+          this.#payments.arm(p.id, e.which, e.dueMs);
+          break;
+        case "disarm_deadlines":
+          this.#payments.disarm(p.id);
+          break;
+        case "reset_consecutive_auto": {
+          const agreement = this.#secondState(p);
+          const row = this.#agreements.get(p.agreementId);
+          if (agreement !== null && row !== null) this.#saveAgreement(row.version, { ...agreement, usage: resetConsecutiveAuto(agreement.usage), version: agreement.version + 1 });
+          break;
+        }
+        case "post_transfer": {
+          const merchant = this.#ledger.account("merchant", Buffer.from(p.merchantId), p.currency, ctx.nowMs);
+          this.#ledger.post({
+            id: e.transferId,
+            paymentId: p.id,
+            kind: "payment",
+            debitAccount: p.walletAccountId,
+            creditAccount: merchant.id,
+            amountMinor: p.amountMinor,
+            currency: p.currency,
+            reference: record.orderRef,
+            createdMs: ctx.nowMs,
+          });
+          break;
+        }
+        case "result": {
+          seq = this.#payments.appendEvent(p.id, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
+          const body = {
+            paymentId: p.id,
+            seq,
+            status: p.status as "completed",
+            reason: p.reason,
+            transferId: p.transferId,
+            amountMinor: p.amountMinor,
+            currency: p.currency,
+            merchantName: p.merchantName,
+            terminalName: p.terminalName,
+          };
+          ctx.send(p.terminalId, "payment_result", body);
+          ctx.send(p.phoneId, "payment_result", body);
+          break;
+        }
+      }
+    }
+  }
+
+  #view(r: PaymentRecord) {
+    const p = r.payment;
+    return {
+      paymentId: p.id,
+      status: p.status,
+      mode: p.mode,
+      amountMinor: p.amountMinor,
+      currency: p.currency,
+      merchantId: p.merchantId,
+      merchantName: p.merchantName,
+      terminalName: p.terminalName,
+      orderRef: r.orderRef,
+      deadlineMs: p.status === "awaiting_confirmation" ? p.promptDeadlineMs : p.status === "executing" ? p.taskDeadlineMs : null,
+      reason: p.reason,
+      transferId: p.transferId,
+      seq: r.seq,
+    };
+  }
+}

@@ -1,0 +1,275 @@
+/** Payments end to end over real MQTT: every path of the handoff, exactly once, on the ledger. */
+import { afterEach, describe, expect, it } from "vitest";
+import type { Device, Received } from "../../device-sim/device.ts";
+import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
+import { LedgerRepo } from "../../src/store/ledger.ts";
+import { startTestBroker, type TestBroker } from "../helpers.ts";
+
+const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
+
+let broker: TestBroker;
+afterEach(async () => {
+  await broker?.stop();
+});
+
+interface World {
+  terminal: Device;
+  phone: Device;
+  login: string;
+  userId: string;
+  agreementId: string;
+  pay(amountMinor: number, extra?: Record<string, unknown>): Promise<Received>;
+}
+
+let orderSeq = 0;
+
+async function world(overrides: Parameters<typeof startTestBroker>[0] = {}, fundsMinor = 50_000): Promise<World> {
+  broker = await startTestBroker(overrides);
+  const userId = `user-${Math.random().toString(36).slice(2, 8)}`;
+  const login = `${userId}@tv`;
+  expect(addMerchant(broker.db, { id: "coffee-corner", name: "Coffee Corner" }, Date.now())).toEqual({ ok: true });
+  if (fundsMinor > 0) expect(creditWallet(broker.db, broker.keyring, { userId, amountMinor: fundsMinor, currency: "CNY" }, Date.now()).ok).toBe(true);
+  const terminal = await broker.device(broker.register("terminal", { name: "Living room TV" }));
+  const phone = await broker.device(broker.register("phone", { userId }));
+  const code = (await terminal.call("bind_request", { login, terminal: { model: "TV", serial: "SN1", displayName: "Living room TV" } })).body.code;
+  const agreementId = (await phone.call("bind_confirm", { code, limits: LIMITS })).body.agreementId as string;
+  return {
+    terminal,
+    phone,
+    login,
+    userId,
+    agreementId,
+    pay: (amountMinor, extra = {}) =>
+      terminal.request("pay_request", { login, merchantId: "coffee-corner", amountMinor, currency: "CNY", orderRef: `order-${++orderSeq}`, idempotencyKey: `idem-${orderSeq}-${Math.random()}`, ...extra }),
+  };
+}
+
+const errorCode = (m: Received) => {
+  expect(m.type).toBe("error");
+  return (m.body as { code: string }).code;
+};
+
+/** The phone's side of the happy path: acknowledge, approve exactly what it showed, execute. */
+async function approveAndExecute(phone: Device, prompt: Received): Promise<void> {
+  const b = prompt.body as { paymentId: string; amountMinor: number; currency: string; merchantName: string; terminalName: string };
+  await phone.call("prompt_received", { paymentId: b.paymentId });
+  const task = phone.next("payment_task", 5000, (m) => m.body.paymentId === b.paymentId);
+  await phone.call("payment_approve", { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, merchantName: b.merchantName, terminalName: b.terminalName });
+  await execute(phone, await task);
+}
+
+async function execute(phone: Device, task: Received): Promise<Received> {
+  const t = task.body as { paymentId: string; amountMinor: number; currency: string; payee: string };
+  return phone.call("payment_execute", { paymentId: t.paymentId, amountMinor: t.amountMinor, currency: t.currency, payee: t.payee });
+}
+
+function ledgerHolds() {
+  const ledger = new LedgerRepo(broker.db);
+  for (const [currency, sum] of ledger.sums()) expect(sum, currency).toBe(0);
+}
+
+describe("payment", () => {
+  it("auto-confirms a small payment: the phone gets the task, executes, and both devices get the completed result", async () => {
+    const w = await world();
+    const task = w.phone.next("payment_task");
+    const steps: string[] = [];
+    w.terminal.on("message", (m) => m.type === "payment_update" && steps.push(m.body.step as string));
+    const terminalResult = w.terminal.next("payment_result");
+    const phoneResult = w.phone.next("payment_result");
+    const accepted = await w.pay(1280);
+    expect(accepted.type).toBe("payment_accepted");
+    expect(accepted.body).toMatchObject({ status: "executing", mode: "auto", amountMinor: 1280, currency: "CNY", merchantName: "Coffee Corner" });
+    await execute(w.phone, await task);
+    const [tr, pr] = await Promise.all([terminalResult, phoneResult]);
+    expect(tr.body).toMatchObject({ paymentId: accepted.body.paymentId, status: "completed", reason: null, amountMinor: 1280 });
+    expect(pr.body).toEqual(tr.body);
+    expect(steps).toEqual(["confirmed", "executing"]);
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000 - 1280);
+    expect(new LedgerRepo(broker.db).transferForPayment(accepted.body.paymentId as string)?.amountMinor).toBe(1280);
+    ledgerHolds();
+  });
+
+  it("prompts the phone for a larger payment; approval, then execution, completes it with progress the terminal sees", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    const steps: string[] = [];
+    w.terminal.on("message", (m) => m.type === "payment_update" && steps.push(m.body.step as string));
+    const result = w.terminal.next("payment_result");
+    const accepted = await w.pay(12_800, { description: "Two flat whites" });
+    expect(accepted.body).toMatchObject({ status: "awaiting_confirmation", mode: "prompt" });
+    const p = await prompt;
+    expect(p.body).toMatchObject({ amountMinor: 12_800, currency: "CNY", merchantName: "Coffee Corner", terminalName: "Living room TV", description: "Two flat whites" });
+    expect(p.body.deadlineMs as number).toBeGreaterThan(Date.now() + 100_000);
+    await approveAndExecute(w.phone, p);
+    expect((await result).body).toMatchObject({ status: "completed" });
+    expect(steps).toEqual(["prompt_sent", "prompt_delivered", "confirmed", "executing"]);
+    ledgerHolds();
+  });
+
+  it("ends the payment declined when the phone declines, and moves no money", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    const result = w.terminal.next("payment_result");
+    await w.pay(12_800);
+    await w.phone.call("payment_decline", { paymentId: (await prompt).body.paymentId });
+    expect((await result).body).toMatchObject({ status: "declined", reason: "declined" });
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
+  });
+
+  it("expires a prompt nobody answers, telling both devices", async () => {
+    const w = await world({ promptTtlMs: 400 });
+    const phoneResult = w.phone.next("payment_result");
+    const result = w.terminal.next("payment_result");
+    await w.pay(12_800);
+    expect((await result).body).toMatchObject({ status: "expired", reason: "prompt_expired" });
+    expect((await phoneResult).body).toMatchObject({ status: "expired" });
+  });
+
+  it("expires a confirmed payment the phone never executes", async () => {
+    const w = await world({ taskTtlMs: 400 });
+    const result = w.terminal.next("payment_result");
+    await w.pay(1000);
+    expect((await result).body).toMatchObject({ status: "expired", reason: "task_expired" });
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
+  });
+
+  it("lets the terminal cancel before execution; the phone's prompt is withdrawn", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    const phoneResult = w.phone.next("payment_result");
+    const accepted = await w.pay(12_800);
+    await prompt;
+    expect((await w.terminal.call("payment_cancel", { paymentId: accepted.body.paymentId })).body).toMatchObject({ payment: { status: "cancelled" } });
+    expect((await phoneResult).body).toMatchObject({ status: "cancelled", reason: "cancelled" });
+    const p = (await prompt).body;
+    expect(errorCode(await w.phone.request("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName }))).toBe("payment_not_pending");
+  });
+
+  it("fails a payment whose agreement was unbound while the prompt was open (the second agreement state)", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    const result = w.terminal.next("payment_result");
+    await w.pay(12_800);
+    const p = (await prompt).body;
+    await w.terminal.call("unbind", { agreementId: w.agreementId });
+    await w.phone.call("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName });
+    expect((await result).body).toMatchObject({ status: "failed", reason: "unbound" });
+    expect(errorCode(await w.pay(100))).toBe("not_bound");
+  });
+
+  it("fails with insufficient funds and never takes the wallet below zero", async () => {
+    const w = await world({}, 500);
+    const task = w.phone.next("payment_task");
+    const result = w.terminal.next("payment_result");
+    await w.pay(1000);
+    await execute(w.phone, await task);
+    expect((await result).body).toMatchObject({ status: "failed", reason: "insufficient_funds", transferId: null });
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(500);
+    ledgerHolds();
+  });
+
+  it.each([
+    [200_000, {}, "over_limit"],
+    [0, {}, "invalid_amount"],
+    [-5, {}, "invalid_amount"],
+    [12.5, {}, "invalid_amount"],
+    [100, { currency: "EUR" }, "currency_mismatch"],
+    [100, { merchantId: "nobody" }, "unknown_merchant"],
+    [100, { login: "someone-else" }, "not_bound"],
+  ])("rejects %j %j with %s", async (amount, extra, code) => {
+    const w = await world();
+    expect(errorCode(await w.pay(amount, extra))).toBe(code);
+  });
+
+  it("returns the same payment for a retried request and sends no second prompt; other fields under the key conflict", async () => {
+    const w = await world();
+    const prompts: Received[] = [];
+    w.phone.on("message", (m) => m.type === "payment_prompt" && prompts.push(m));
+    const fields = { idempotencyKey: "retry-me", orderRef: "order-r" };
+    const first = await w.pay(12_800, fields);
+    const again = await w.pay(12_800, fields);
+    expect(again.type).toBe("payment_accepted");
+    expect(again.body.paymentId).toBe(first.body.paymentId);
+    expect(errorCode(await w.pay(12_900, fields))).toBe("idempotency_conflict");
+    await w.phone.next("payment_prompt", 2000).catch(() => undefined);
+    expect(prompts).toHaveLength(1);
+  });
+
+  it.each([
+    ["amount", { amountMinor: 1 }],
+    ["currency", { currency: "EUR" }],
+    ["merchant", { merchantName: "Evil Corp" }],
+    ["terminal", { terminalName: "Other TV" }],
+  ])("refuses an approval whose %s differs from the prompt (dynamic linking)", async (_what, change) => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    await w.pay(12_800);
+    const p = (await prompt).body;
+    const approval = { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName, ...change };
+    expect(errorCode(await w.phone.request("payment_approve", approval))).toBe("dynamic_link_mismatch");
+    const state = await w.phone.call("payment_status", { paymentId: p.paymentId });
+    expect(state.body).toMatchObject({ payment: { status: "awaiting_confirmation" } });
+  });
+
+  it("refuses an execution naming another payee or amount", async () => {
+    const w = await world();
+    const task = w.phone.next("payment_task");
+    await w.pay(1000);
+    const t = (await task).body;
+    expect(errorCode(await w.phone.request("payment_execute", { paymentId: t.paymentId, amountMinor: t.amountMinor, currency: "CNY", payee: "evil" }))).toBe("dynamic_link_mismatch");
+    expect(errorCode(await w.phone.request("payment_execute", { paymentId: t.paymentId, amountMinor: 1, currency: "CNY", payee: t.payee }))).toBe("dynamic_link_mismatch");
+  });
+
+  it("prompts again after five auto-confirmations in a row, and auto-confirms again once the user confirmed", async () => {
+    const w = await world();
+    const modes: string[] = [];
+    const prompt = w.phone.next("payment_prompt");
+    for (let i = 0; i < 6; i++) modes.push((await w.pay(100)).body.mode as string);
+    expect(modes).toEqual(["auto", "auto", "auto", "auto", "auto", "prompt"]);
+    await approveAndExecute(w.phone, await prompt);
+    expect((await w.pay(100)).body.mode).toBe("auto");
+  });
+
+  it("prompts once today's auto-confirmed total would pass the daily limit", async () => {
+    const w = await world();
+    const modes: string[] = [];
+    for (let i = 0; i < 5; i++) modes.push((await w.pay(4500)).body.mode as string);
+    expect(modes).toEqual(["auto", "auto", "auto", "auto", "prompt"]);
+  });
+
+  it("tells a device the current state and the events it missed, in order, by sequence number", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    const result = w.terminal.next("payment_result");
+    const accepted = await w.pay(12_800);
+    await approveAndExecute(w.phone, await prompt);
+    await result;
+    const state = await w.terminal.call("payment_status", { paymentId: accepted.body.paymentId });
+    const events = state.body.events as { seq: number; kind: string }[];
+    expect(events.map((e) => e.kind)).toEqual(["accepted", "prompt_sent", "prompt_delivered", "confirmed", "executing", "completed"]);
+    expect(events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    const since = await w.phone.call("payment_status", { paymentId: accepted.body.paymentId, sinceSeq: 4 });
+    expect((since.body.events as { kind: string }[]).map((e) => e.kind)).toEqual(["executing", "completed"]);
+    const stranger = await broker.device(broker.register("terminal"));
+    expect(errorCode(await stranger.request("payment_status", { paymentId: accepted.body.paymentId }))).toBe("payment_not_found");
+  });
+
+  it("fires deadlines that were armed before a restart", async () => {
+    const w = await world({ promptTtlMs: 1500 });
+    await w.pay(12_800);
+    const dataDir = broker.dataDir;
+    await broker.stop({ keepData: true });
+    broker = await startTestBroker({ promptTtlMs: 1500 }, dataDir);
+    const result = await new Promise<number>((resolve) => {
+      const t = setInterval(() => {
+        const row = broker.db.prepare("SELECT count(*) AS n FROM payments WHERE status = 'expired'").get() as { n: number };
+        if (row.n === 1) {
+          clearInterval(t);
+          resolve(row.n);
+        }
+      }, 100);
+    });
+    expect(result).toBe(1);
+    expect(broker.db.prepare("SELECT count(*) AS n FROM deadlines").get()).toEqual({ n: 0 });
+  });
+});
