@@ -11,6 +11,9 @@ import { deviceUserId, registerDevice, revokeDevice } from "../src/service/devic
 import type { Db } from "../src/store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../src/store/devices.ts";
 import { keyUsage, removalProblem, reseal } from "../src/service/keys.ts";
+import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
+import { LedgerRepo } from "../src/store/ledger.ts";
+import { CURRENCY_EXPONENTS, formatAmount, parseAmount } from "../src/core/money.ts";
 import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo, type AgreementRow } from "../src/store/binding.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey, saveKeyring } from "./data-dir.ts";
@@ -26,6 +29,15 @@ Commands:
   agreement list                  all agreements: ids, devices, status, key version (no secrets)
   agreement show ID [--reveal]    one agreement; --reveal also opens the sealed data (prints
                                   the login, user id and terminal serial: handle with care)
+  merchant add --id ID --name NAME
+                                  register a merchant payments can go to
+  merchant list                   all merchants
+  ledger credit --user USER_ID --amount 100.00 --currency CNY [--reference REF]
+                                  fund a user's wallet from the funding account
+                                  (a repeated --reference does not pay twice)
+  ledger balance [--user USER_ID] every account's balance, and per currency the sum (always 0);
+                                  --user shows that user's wallets
+  ledger transfers [--limit N]    the latest transfers (default 20)
   keys list                       master key versions and what each still seals
   keys rotate                     add a master key version; new seals use it
   keys reseal [--batch N]         re-seal older data under the current version (default N 200)
@@ -42,6 +54,8 @@ Examples:
   npm run admin -- device add --kind phone --name "Alice's phone" --public-key <b64> --user alice
   npm run admin -- device list
   npm run admin -- device revoke d3k2...
+  npm run admin -- merchant add --id coffee-corner --name "Coffee Corner"
+  npm run admin -- ledger credit --user alice --amount 500.00 --currency CNY
   npm run admin -- keys rotate && npm run admin -- keys reseal && npm run admin -- keys remove 2`;
 
 const FLAGS = {
@@ -53,6 +67,11 @@ const FLAGS = {
   user: { type: "string" },
   reveal: { type: "boolean" },
   batch: { type: "string" },
+  id: { type: "string" },
+  amount: { type: "string" },
+  currency: { type: "string" },
+  reference: { type: "string" },
+  limit: { type: "string" },
 } as const;
 
 interface Ctx {
@@ -77,7 +96,7 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
     out(values.json ? JSON.stringify({ brokerPublicKey: toBase64(key) }) : toBase64(key));
     return 0;
   }
-  if (group !== "device" && group !== "keys" && group !== "agreement") throw new UsageError(`unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
+  if (!["device", "keys", "agreement", "merchant", "ledger"].includes(group ?? "")) throw new UsageError(`unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
   const masterKeyEnv = masterKeyFromEnv();
   const { keyring } = loadKeyring(dataDir, masterKeyEnv, (msg) => process.stderr.write(`warning: ${msg}\n`));
   const db = openDataDb(dataDir);
@@ -85,6 +104,8 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
   try {
     if (group === "keys") return keysCommand(ctx, command, rest, values, masterKeyEnv !== undefined);
     if (group === "agreement") return agreementCommand(ctx, command, rest, values.reveal === true);
+    if (group === "merchant") return merchantCommand(ctx, command, values);
+    if (group === "ledger") return ledgerCommand(ctx, command, values);
     switch (command) {
       case "add":
         return deviceAdd(ctx, values);
@@ -220,6 +241,82 @@ function keysCommand(ctx: Ctx, command: string | undefined, rest: string[], valu
     }
     default:
       throw new UsageError(`unknown keys command "${command ?? ""}"\n\n${USAGE}`);
+  }
+}
+
+function merchantCommand(ctx: Ctx, command: string | undefined, values: Record<string, unknown>): number {
+  const ledger = new LedgerRepo(ctx.db);
+  if (command === "add") {
+    const id = requireString(values, "id", USAGE);
+    const res = addMerchant(ctx.db, { id, name: requireString(values, "name", USAGE) }, Date.now());
+    if (!res.ok) throw new OperationError(res.error);
+    ctx.out(ctx.json ? JSON.stringify(ledger.merchant(id)) : `added merchant ${id}`);
+    return 0;
+  }
+  if (command === "list") {
+    const rows = ledger.merchants();
+    if (ctx.json) ctx.out(JSON.stringify(rows));
+    else if (rows.length === 0) ctx.out("no merchants yet: npm run admin -- merchant add --id ID --name NAME");
+    else for (const m of rows) ctx.out(`${m.id.padEnd(24)} ${m.name}`);
+    return 0;
+  }
+  throw new UsageError(`unknown merchant command "${command ?? ""}"\n\n${USAGE}`);
+}
+
+function ledgerCommand(ctx: Ctx, command: string | undefined, values: Record<string, unknown>): number {
+  const ledger = new LedgerRepo(ctx.db);
+  switch (command) {
+    case "credit": {
+      const currency = requireString(values, "currency", USAGE).toUpperCase();
+      const amountText = requireString(values, "amount", USAGE);
+      const amountMinor = parseAmount(amountText, currency);
+      if (amountMinor === null) throw new UsageError(`--amount ${amountText}: write an amount like 100.00 in ${currency} (ISO 4217; ${CURRENCY_EXPONENTS[currency] ?? "unknown"} decimals)`);
+      const res = creditWallet(
+        ctx.db,
+        ctx.keyring,
+        { userId: requireString(values, "user", USAGE), amountMinor, currency, ...(typeof values.reference === "string" ? { reference: values.reference } : {}) },
+        Date.now(),
+      );
+      if (!res.ok) throw new OperationError(res.error);
+      if (ctx.json) ctx.out(JSON.stringify({ transfer: res.transfer, balanceMinor: res.balanceMinor, repeated: res.repeated }));
+      else ctx.out(`${res.repeated ? "already credited" : "credited"} ${formatAmount(amountMinor, currency)} to ${values.user}: balance ${formatAmount(res.balanceMinor, currency)} (transfer ${res.transfer.id})`);
+      return 0;
+    }
+    case "balance": {
+      if (typeof values.user === "string") {
+        const user = values.user;
+        const wallets = Object.keys(CURRENCY_EXPONENTS)
+          .map((c) => ({ currency: c, balanceMinor: walletBalance(ctx.db, ctx.keyring, user, c) }))
+          .filter((w) => w.balanceMinor !== 0);
+        if (ctx.json) ctx.out(JSON.stringify({ user, wallets }));
+        else if (wallets.length === 0) ctx.out(`${user} has no money in any wallet`);
+        else for (const w of wallets) ctx.out(`${user}  ${formatAmount(w.balanceMinor, w.currency)}`);
+        return 0;
+      }
+      const accounts = ledger.accounts();
+      const sums = Object.fromEntries(ledger.sums());
+      if (ctx.json) ctx.out(JSON.stringify({ accounts, sums }));
+      else {
+        if (accounts.length === 0) ctx.out("no accounts yet: npm run admin -- ledger credit --help");
+        for (const a of accounts) ctx.out(`${a.id.padEnd(48)} ${formatAmount(a.balanceMinor, a.currency).padStart(18)}`);
+        for (const [currency, sum] of Object.entries(sums)) ctx.out(`sum of ${currency} balances: ${sum} (always 0: double entry)`);
+      }
+      return 0;
+    }
+    case "transfers": {
+      const limit = Number(values.limit ?? 20);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new UsageError("--limit must be a whole number from 1 to 10000");
+      const rows = ledger.transfers(limit);
+      if (ctx.json) ctx.out(JSON.stringify(rows));
+      else if (rows.length === 0) ctx.out("no transfers yet");
+      else
+        for (const t of rows) {
+          ctx.out(`${new Date(t.createdMs).toISOString()}  ${t.id}  ${t.kind.padEnd(7)} ${formatAmount(t.amountMinor, t.currency).padStart(14)}  ${t.debitAccount} → ${t.creditAccount}${t.paymentId ? `  (${t.paymentId})` : ""}`);
+        }
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown ledger command "${command ?? ""}"\n\n${USAGE}`);
   }
 }
 

@@ -10,6 +10,7 @@ import { OperationError, UsageError, parseFlags, requireString, runCli } from ".
 import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
+import { PhoneAgent, pay, type PromptAnswer } from "./agents.ts";
 import { Device, type Received } from "./device.ts";
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
@@ -36,6 +37,16 @@ One-shot device commands (connect, do one thing, print the outcome, exit):
                        change an agreement's limits (others stay as they are)
   terminal|phone --key FILE unbind AGREEMENT_ID
                        end an agreement; both devices are told
+  terminal --key FILE pay AMOUNT CURRENCY --login LOGIN --merchant ID [--order REF]
+                       [--idempotency-key KEY] [--description TEXT]
+                       ask for a payment and follow it to its result (exit 0 only if completed)
+  terminal --key FILE cancel PAYMENT_ID
+  terminal|phone --key FILE status PAYMENT_ID
+                       the payment's state and every event so far
+
+The phone, when connected without a command, answers payment prompts: it asks
+"Approve ¥128.00 to Coffee Corner, from Living room TV? [y/N]" and executes approved
+payments. --auto approve|decline|ignore answers every prompt that way without asking.
 
 Connection options (terminal, phone):
   --url URL            broker URL (env HANDOFF_URL, default mqtt://127.0.0.1:1883)
@@ -51,7 +62,9 @@ Examples:
   npm run sim -- phone --key phone.key --url mqtt://127.0.0.1:1883
   npm run sim -- terminal --key tv.key bind --login alice
   npm run sim -- phone --key phone.key pair BCDF-GHJK --auto-max 50 --max 500
-  npm run sim -- phone --key phone.key agreements`;
+  npm run sim -- phone --key phone.key agreements
+  npm run sim -- terminal --key tv.key pay 12.50 CNY --login alice --merchant coffee-corner --order A-1001
+  npm run sim -- phone --key phone.key --auto approve`;
 
 const FLAGS = {
   out: { type: "string" },
@@ -71,6 +84,11 @@ const FLAGS = {
   "auto-max": { type: "string" },
   "auto-daily": { type: "string" },
   max: { type: "string" },
+  merchant: { type: "string" },
+  order: { type: "string" },
+  "idempotency-key": { type: "string" },
+  description: { type: "string" },
+  auto: { type: "string" },
 } as const;
 
 type Values = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
@@ -146,7 +164,15 @@ function stamp(): string {
   return new Date().toISOString().slice(11, 23);
 }
 
-function describe(m: Received): string {
+function describe(m: Received): string | null {
+  const b = m.body as Record<string, unknown>;
+  const money = () => formatAmount(b.amountMinor as number, b.currency as string);
+  if (m.type === "payment_state" || m.type === "payment_prompt") return null; // own answers; prompts are asked about
+  if (m.type === "payment_task") return `paying ${money()} to ${b.merchantName as string}…`;
+  if (m.type === "payment_result") return `${String(b.status).toUpperCase()}${b.reason ? ` (${b.reason as string})` : ""}: ${money()} to ${b.merchantName as string}, from ${b.terminalName as string}`;
+  if (m.type === "payment_update") return `${b.paymentId as string}: ${STEP_TEXT[b.step as string] ?? (b.step as string)}`;
+  if (m.type === "unbound") return `unbound from ${(b.terminalName as string | null) ?? "a terminal"} (${b.agreementId as string}, by ${b.by as string})`;
+  if (m.type === "bound") return `bound to ${b.terminalName as string} (${b.agreementId as string})`;
   if (m.type === "error") {
     const b = m.body as { code: string; detail: string; inReplyTo: string | null };
     return `error ${b.code}: ${b.detail}${b.inReplyTo ? ` (re ${b.inReplyTo})` : ""}`;
@@ -166,7 +192,10 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
   const url = values.url ?? defaultBrokerUrl();
   const device = new Device({ url, key, brokerPublicKey: brokerKey(values) });
   const say = (line: string) => process.stdout.write(`${stamp()}  ${line}\n`);
-  device.on("message", (m) => say(`← ${describe(m)}`));
+  device.on("message", (m) => {
+    const line = describe(m);
+    if (line !== null) say(`← ${line}`);
+  });
   device.on("rejected", (reason) => say(`dropped a message: ${reason}`));
   device.on("offline", () => say("offline; reconnecting…"));
   device.on("connect", () => say(`connected to ${url} as ${kind} ${device.id}`));
@@ -198,6 +227,26 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
     throw new OperationError(`could not connect to ${url}: ${(err as Error).message}`);
   }
   const rl = createInterface({ input: process.stdin, terminal: false });
+  const auto = values.auto;
+  if (auto !== undefined && auto !== "approve" && auto !== "decline" && auto !== "ignore") throw new UsageError("--auto must be approve, decline or ignore");
+  // Prompts wait in line for the person's y/N; each is answered by the next line typed.
+  const waiting: ((answer: PromptAnswer) => void)[] = [];
+  if (kind === "phone") {
+    new PhoneAgent(
+      device,
+      (p) => {
+        const left = Math.max(0, Math.round((p.deadlineMs - Date.now()) / 1000));
+        const question = `Approve ${formatAmount(p.amountMinor, p.currency)} to ${p.merchantName}, from ${p.terminalName}?${p.description ? ` (${p.description})` : ""}`;
+        if (auto !== undefined) {
+          say(`${question} → ${auto} (--auto)`);
+          return auto as PromptAnswer;
+        }
+        say(`${question} [y/N] (${left} s left)`);
+        return new Promise<PromptAnswer>((resolve) => waiting.push(resolve));
+      },
+      (line) => say(line),
+    );
+  }
   const session = new Promise<number>((resolve) => {
     const quit = async () => {
       rl.close();
@@ -207,6 +256,8 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
     process.once("SIGINT", () => void quit());
     rl.on("line", (line) => {
       const cmd = line.trim();
+      const answer = waiting.shift();
+      if (answer !== undefined) return answer(/^y(es)?$/i.test(cmd) ? "approve" : "decline");
       if (cmd === "") return;
       if (cmd === "quit" || cmd === "exit") return void quit();
       if (cmd === "help") return say("commands: ping, help, quit");
@@ -244,6 +295,14 @@ function limitsText(l: Limits): string {
 }
 
 /** Shows a pairing code the way a TV would: big, boxed, with the time left. */
+const STEP_TEXT: Record<string, string> = {
+  accepted: "accepted",
+  prompt_sent: "asking the phone…",
+  prompt_delivered: "the phone shows the prompt",
+  confirmed: "confirmed",
+  executing: "the phone is paying…",
+};
+
 function codeBox(code: string, ttlMs: number): string {
   const line = `   ${code.split("").join(" ")}   `;
   const bar = "─".repeat(line.length);
@@ -261,6 +320,39 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
     const reply = await device.request("unbind", { agreementId: need("an agreement id") });
     if (reply.type === "error") throw new OperationError(failure(reply));
     out(`unbound ${reply.body.agreementId}${reply.body.terminalName ? ` (${reply.body.terminalName})` : ""}; both devices were told`);
+    return 0;
+  }
+  if (kind === "terminal" && verb === "pay") {
+    const currency = (action[2] ?? "").toUpperCase();
+    if (arg === undefined || !isCurrency(currency)) throw new UsageError(`terminal pay needs an amount and a currency, e.g. pay 12.50 CNY\n\n${USAGE}`);
+    const amountMinor = parseAmount(arg, currency);
+    if (amountMinor === null) throw new UsageError(`${arg} is not an amount in ${currency} (${CURRENCY_EXPONENTS[currency]} decimals)`);
+    const started = Date.now();
+    const outcome = await pay(
+      device,
+      {
+        login: requireString(values, "login", USAGE),
+        merchantId: requireString(values, "merchant", USAGE),
+        amountMinor,
+        currency,
+        orderRef: values.order ?? `order-${Date.now()}`,
+        ...(values["idempotency-key"] ? { idempotencyKey: values["idempotency-key"] } : {}),
+        ...(values.description ? { description: values.description } : {}),
+      },
+      (step, m) => out(`${stamp()}  ${STEP_TEXT[step] ?? step}${step === "accepted" ? ` ${m.body.paymentId} (${m.body.mode === "auto" ? "auto-confirm" : "the phone will be asked"})` : ""}`),
+    );
+    if (outcome.kind === "rejected") throw new OperationError(`${outcome.code}: ${outcome.detail}`);
+    const r = outcome.result;
+    out(`${stamp()}  ${r.status.toUpperCase()}${r.reason ? ` (${r.reason})` : ""}: ${formatAmount(r.amountMinor, r.currency)} to ${r.merchantName}${r.transferId ? `, transfer ${r.transferId}` : ""} — ${Date.now() - started} ms`);
+    return r.status === "completed" ? 0 : 1;
+  }
+  if (verb === "cancel" || verb === "status") {
+    const paymentId = need("a payment id");
+    const reply = verb === "cancel" ? await device.request("payment_cancel", { paymentId }) : await device.request("payment_status", { paymentId });
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    const p = reply.body.payment as { status: string; amountMinor: number; currency: string; merchantName: string; reason: string | null };
+    out(`${paymentId}: ${p.status}${p.reason ? ` (${p.reason})` : ""}, ${formatAmount(p.amountMinor, p.currency)} to ${p.merchantName}`);
+    for (const e of reply.body.events as { seq: number; kind: string; atMs: number }[]) out(`  #${e.seq} ${new Date(e.atMs).toISOString().slice(11, 23)} ${e.kind}`);
     return 0;
   }
   if (kind === "terminal" && verb === "bind") {

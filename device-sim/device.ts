@@ -207,6 +207,7 @@ export class Device extends EventEmitter<DeviceEvents> {
   async close(): Promise<void> {
     if (this.connected) this.flushAcks();
     else if (this.#ackTimer !== null) clearTimeout(this.#ackTimer);
+    const graceful = this.connected;
     for (const w of this.#waiters.values()) {
       clearTimeout(w.timer);
       w.reject(new Error("device closed"));
@@ -214,7 +215,8 @@ export class Device extends EventEmitter<DeviceEvents> {
     this.#waiters.clear();
     const client = this.#client;
     this.#client = null;
-    if (client !== null) await client.endAsync(true);
+    // A graceful end lets the last receipts reach the broker; otherwise it would resend those messages.
+    if (client !== null) await client.endAsync(!graceful);
   }
 
   /** Receipts go in batches: one signed `ack` for up to 100 ids. */

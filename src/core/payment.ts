@@ -15,6 +15,7 @@
  */
 import type { ErrorCode } from "../protocol/errors.ts";
 import type { Limits, Usage } from "./agreement.ts";
+import { formatAmount } from "./money.ts";
 
 export type PaymentStatus = "awaiting_confirmation" | "executing" | "completed" | "failed" | "declined" | "expired" | "cancelled";
 export const FINAL_STATUSES: readonly PaymentStatus[] = ["completed", "failed", "declined", "expired", "cancelled"];
@@ -114,7 +115,9 @@ function usageToday(u: Usage, nowMs: number): Usage {
 export function decideMode(limits: Limits, usage: Usage, amountMinor: number, currency: string, nowMs: number, maxConsecutiveAuto: number): Mode {
   if (!Number.isSafeInteger(amountMinor) || amountMinor <= 0) return { ok: false, code: "invalid_amount", detail: "amountMinor must be a positive integer of minor units" };
   if (currency !== limits.currency) return { ok: false, code: "currency_mismatch", detail: `this terminal's agreement pays in ${limits.currency}, not ${currency}` };
-  if (amountMinor > limits.perPaymentMaxMinor) return { ok: false, code: "over_limit", detail: `the amount is above this terminal's per-payment maximum of ${limits.perPaymentMaxMinor} minor units` };
+  if (amountMinor > limits.perPaymentMaxMinor) {
+    return { ok: false, code: "over_limit", detail: `${formatAmount(amountMinor, currency)} is above this terminal's per-payment maximum of ${formatAmount(limits.perPaymentMaxMinor, currency)}` };
+  }
   const u = usageToday(usage, nowMs);
   const auto = amountMinor <= limits.autoConfirmMaxMinor && u.todayAutoMinor + amountMinor <= limits.autoConfirmDailyMinor && u.consecutiveAuto < maxConsecutiveAuto;
   return { ok: true, mode: auto ? "auto" : "prompt" };
