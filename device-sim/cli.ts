@@ -193,12 +193,14 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
   const device = new Device({ url, key, brokerPublicKey: brokerKey(values) });
   const say = (line: string) => process.stdout.write(`${stamp()}  ${line}\n`);
   device.on("message", (m) => {
+    // A terminal's commands narrate their own replies, progress and results.
+    if (kind === "terminal" && (["payment_update", "payment_result", "payment_accepted", "payment_state", "bind_code", "bound"].includes(m.type) || (m.type === "error" && m.re !== undefined))) return;
     const line = describe(m);
     if (line !== null) say(`← ${line}`);
   });
   device.on("rejected", (reason) => say(`dropped a message: ${reason}`));
   device.on("offline", () => say("offline; reconnecting…"));
-  device.on("connect", () => say(`connected to ${url} as ${kind} ${device.id}`));
+  device.on("connect", () => say(`connected to ${url} as ${kind} ${device.id}; type help for commands`));
   device.on("error", (err) => say(`connection error: ${err.message}`));
   const refused = new Promise<number>((resolve) =>
     device.on("refused", (code, text) => {
@@ -260,12 +262,24 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
       if (answer !== undefined) return answer(/^y(es)?$/i.test(cmd) ? "approve" : "decline");
       if (cmd === "") return;
       if (cmd === "quit" || cmd === "exit") return void quit();
-      if (cmd === "help") return say("commands: ping, help, quit");
+      if (cmd === "help") return say(kind === "terminal" ? TERMINAL_HELP : PHONE_HELP);
       if (cmd === "ping") {
         const id = device.send("ping", { echo: "hello" });
         return say(`→ ping (${id})`);
       }
-      say(`unknown command "${cmd}"; type help`);
+      // Anything else is a device command, as on the command line; the session's flags
+      // (--login, --merchant, ...) are the defaults. It runs in the background, so a payment
+      // can be cancelled while it waits for the phone.
+      let parsed;
+      try {
+        parsed = parseFlags(splitWords(cmd), FLAGS, kind === "terminal" ? TERMINAL_HELP : PHONE_HELP);
+      } catch (err) {
+        return say((err as Error).message.split("\n")[0]!);
+      }
+      oneShot(kind, device, parsed.positionals, { ...values, ...parsed.values } as Values, key).then(
+        () => {},
+        (err: unknown) => say(err instanceof UsageError ? `${(err as Error).message.split("\n")[0]}; type help` : `error: ${(err as Error).message}`),
+      );
     });
     rl.on("close", () => {
       // stdin closed (e.g. piped input ran out): keep printing until Ctrl-C
@@ -295,6 +309,22 @@ function limitsText(l: Limits): string {
 }
 
 /** Shows a pairing code the way a TV would: big, boxed, with the time left. */
+const TERMINAL_HELP = `terminal commands:
+  bind [--login LOGIN]                          show a pairing code and wait for the phone
+  pay AMOUNT CURRENCY [--merchant ID] [--order REF] [--description TEXT] [--idempotency-key KEY]
+  cancel PAYMENT_ID      status PAYMENT_ID      unbind AGREEMENT_ID
+  ping   help   quit
+(start with --login and --merchant to set them once)`;
+
+const PHONE_HELP = `phone commands (a prompt is answered with y or n):
+  pair CODE [--auto-max A] [--max A]    agreements    limits AGREEMENT_ID [--auto-max A]
+  status PAYMENT_ID    unbind AGREEMENT_ID    ping   help   quit`;
+
+/** Splits a typed line into words; double quotes group words ("Two flat whites"). */
+function splitWords(line: string): string[] {
+  return [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+}
+
 const STEP_TEXT: Record<string, string> = {
   accepted: "accepted",
   prompt_sent: "asking the phone…",
