@@ -157,7 +157,8 @@ export class Inbox {
     const finished: (() => void)[] = [];
     for (const p of batch) {
       const v = this.#check(p, nowMs);
-      if ("refusal" in v) {
+      if ("drop" in v) finished.push(p.done);
+      else if ("refusal" in v) {
         direct.push(v.refusal);
         finished.push(p.done);
       } else verified.push(v);
@@ -172,8 +173,9 @@ export class Inbox {
       // Each sender hears "unavailable" and retries the same message id later.
       this.#o.log.error({ err: errorSummary(err), messages: verified.length }, "transaction failed; batch answered unavailable");
       direct.length = directBefore;
+      // (A lost receipt only means a resend on the next subscribe: receipts get no answer.)
       for (const v of verified) {
-        direct.push(this.#error(v.device.id, "unavailable", ERROR_CODES.unavailable, v.msg.payload.id, nowMs));
+        if (v.msg.payload.type !== "ack") direct.push(this.#error(v.device.id, "unavailable", ERROR_CODES.unavailable, v.msg.payload.id, nowMs));
       }
     }
     for (const v of verified) finished.push(v.done);
@@ -186,9 +188,11 @@ export class Inbox {
   }
 
   /** The checks that need no write. Returns the refusal to send, or the verified message. */
-  #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing } {
+  #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing } | { drop: true } {
     const parsed = parseEnvelope(p.bytes);
     if (this.#o.rateLimiter !== undefined && !this.#o.rateLimiter.take(p.deviceId, nowMs)) {
+      // Receipts are never answered: the answer would be acknowledged in turn, a loop.
+      if (parsed.ok && parsed.msg.payload.type === "ack") return { drop: true };
       const id = parsed.ok ? parsed.msg.payload.id : parsed.id;
       return { refusal: this.#error(p.deviceId, "rate_limited", ERROR_CODES.rate_limited, id, nowMs) };
     }

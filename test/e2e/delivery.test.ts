@@ -1,0 +1,130 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { DeviceKey } from "../../device-sim/keyfile.ts";
+import { downTopic } from "../../src/protocol/topics.ts";
+import { startTestBroker, type TestBroker } from "../helpers.ts";
+import { RawDevice, subscribeGranted } from "../wire.ts";
+
+describe("outbox delivery and receipts", () => {
+  let broker: TestBroker;
+  let key: DeviceKey;
+  const devices: RawDevice[] = [];
+
+  beforeEach(async () => {
+    broker = await startTestBroker();
+    key = broker.register("terminal");
+  });
+  afterEach(async () => {
+    await Promise.all(devices.splice(0).map((d) => d.close()));
+    await broker.stop();
+  });
+
+  async function connect(k: DeviceKey = key, subscribe = true): Promise<RawDevice> {
+    const d = await RawDevice.connect(broker.url, k, broker.publicKey, subscribe);
+    devices.push(d);
+    return d;
+  }
+
+  async function reconnect(d: RawDevice): Promise<RawDevice> {
+    devices.splice(devices.indexOf(d), 1);
+    await d.close();
+    const again = await connect(d.key);
+    // A ping is a sync point: whatever is resent on subscribe arrives before its pong.
+    await again.ping("sync");
+    return again;
+  }
+
+  const deliveredMs = (msgId: string) => (broker.db.prepare("SELECT delivered_ms FROM outbox WHERE msg_id = ?").get(msgId) as { delivered_ms: number | null } | undefined)?.delivered_ms;
+
+  it("sends a reply stored while the device was not subscribed once it subscribes", async () => {
+    const d = await connect(key, false);
+    const { id, bytes } = d.seal("ping", { echo: "kept" });
+    await d.publish(bytes); // PUBACK: handled and stored; nobody was subscribed to receive it
+    expect(d.received).toEqual([]);
+    expect(await subscribeGranted(d.client, downTopic(d.id))).toBe(1);
+    const reply = await d.waitFor((m) => m.payload?.re === id);
+    expect(reply.payload!.body.echo).toBe("kept");
+  });
+
+  it("sends an unacknowledged reply again, byte for byte, on every reconnect", async () => {
+    const first = await connect();
+    const pong = await first.ping("no receipt");
+    const original = first.repliesTo(pong.re!)[0]!;
+    const second = await reconnect(first);
+    const third = await reconnect(second);
+    for (const d of [second, third]) {
+      const again = d.received.filter((m) => m.payload?.id === pong.id);
+      expect(again).toHaveLength(1);
+      expect(again[0]!.bytes.equals(original.bytes)).toBe(true);
+    }
+  });
+
+  it("marks a reply delivered on the device's signed receipt, which is neither answered nor remembered", async () => {
+    const d = await connect();
+    const pong = await d.ping("ack me");
+    expect(deliveredMs(pong.id)).toBeNull();
+    const ackId = await d.ack([pong.id]);
+    expect(deliveredMs(pong.id)).toEqual(expect.any(Number));
+    await d.ping("sync");
+    expect(d.repliesTo(ackId)).toEqual([]);
+    expect(broker.db.prepare("SELECT count(*) AS n FROM seen_messages WHERE msg_id = ?").get(ackId)).toEqual({ n: 0 });
+  });
+
+  it("does not send an acknowledged reply again after a reconnect", async () => {
+    const first = await connect();
+    const pong = await first.ping("once is enough");
+    await first.ack([pong.id]);
+    const second = await reconnect(first);
+    expect(second.received.filter((m) => m.payload?.id === pong.id)).toEqual([]);
+  });
+
+  it("accepts the same receipt twice (receipts are idempotent)", async () => {
+    const d = await connect();
+    const pong = await d.ping();
+    await d.ack([pong.id]);
+    const firstMark = deliveredMs(pong.id);
+    await d.ack([pong.id]);
+    expect(deliveredMs(pong.id)).toBe(firstMark);
+  });
+
+  it("ignores a receipt for another device's message", async () => {
+    const owner = await connect();
+    const pong = await owner.ping();
+    const meddler = await connect(broker.register("phone"));
+    await meddler.ack([pong.id]);
+    expect(deliveredMs(pong.id)).toBeNull();
+    const again = await reconnect(owner);
+    expect(again.received.filter((m) => m.payload?.id === pong.id)).toHaveLength(1);
+  });
+
+  it("does not answer a receipt it could not store, so a device that acks every message cannot loop with it", async () => {
+    // docs/protocol.md §ack: "A valid ack is never answered" and "Acknowledge every broker
+    // message ..., error included". An `unavailable` answer to an ack would be acked in turn,
+    // answered again, and so on for as long as storage stays down.
+    const d = await connect();
+    const pong = await d.ping();
+    broker.db.pragma("query_only = ON");
+    try {
+      const ackId = await d.ack([pong.id]);
+      // Replies go out in order: anything answering the ack arrives before the answer to this ping.
+      const probe = await d.ping("storage down");
+      expect((probe.body as { code?: string }).code).toBe("unavailable");
+      expect(d.repliesTo(ackId)).toEqual([]);
+    } finally {
+      broker.db.pragma("query_only = OFF");
+    }
+  });
+
+  it.each([
+    ["no ids", { ids: [] }],
+    ["more than 100 ids", { ids: Array.from({ length: 101 }, (_, i) => `id-${i}`) }],
+    ["an id that breaks the id rules", { ids: ["has space"] }],
+    ["an extra field", { ids: ["x"], extra: 1 }],
+  ])("answers a receipt with %s with invalid_body", async (_label, body) => {
+    const d = await connect();
+    const { id, bytes } = d.seal("ack", body);
+    await d.publish(bytes);
+    const reply = await d.waitFor((m) => m.payload?.re === id);
+    expect(reply.payload!.type).toBe("error");
+    expect((reply.payload!.body as { code: string }).code).toBe("invalid_body");
+  });
+});

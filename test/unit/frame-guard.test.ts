@@ -1,0 +1,138 @@
+import mqttPacket from "mqtt-packet";
+import { describe, expect, it } from "vitest";
+import { FrameScanner, PacketTooLarge } from "../../broker/frame-guard.ts";
+
+/** An MQTT fixed header: type byte and the remaining-length varint [MQTT-2.2.3]. */
+function header(type: number, remainingLength: number): number[] {
+  const out = [type];
+  let n = remainingLength;
+  do {
+    let byte = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) byte |= 0x80;
+    out.push(byte);
+  } while (n > 0);
+  return out;
+}
+
+/** A whole packet with a body of `remainingLength` bytes. */
+function packet(remainingLength: number, type = 0x30): Uint8Array {
+  const bytes = new Uint8Array(header(type, remainingLength).length + remainingLength);
+  bytes.set(header(type, remainingLength));
+  bytes.fill(0x61, bytes.length - remainingLength);
+  return bytes;
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Feeds `bytes` in chunks cut at `cuts`; returns the first error and how many chunks it took. */
+function scanInChunks(scanner: FrameScanner, bytes: Uint8Array, cuts: number[]): Error | null {
+  let from = 0;
+  for (const cut of [...cuts, bytes.length]) {
+    const err = scanner.scan(bytes.subarray(from, cut));
+    if (err !== null) return err;
+    from = cut;
+  }
+  return null;
+}
+
+describe("FrameScanner", () => {
+  // Real packets as MQTT.js's encoder writes them, so the scanner is checked against the wire.
+  const stream = concat(
+    mqttPacket.generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, clientId: "dabc", keepalive: 30, username: "dabc", password: Buffer.from("hp1.x") }),
+    mqttPacket.generate({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "hp/v1/dabc/down", qos: 1 }] }),
+    mqttPacket.generate({ cmd: "publish", topic: "hp/v1/dabc/up", payload: Buffer.alloc(300, 0x62), qos: 1, messageId: 2, retain: false, dup: false }),
+    mqttPacket.generate({ cmd: "pingreq" }),
+    mqttPacket.generate({ cmd: "puback", messageId: 7 }),
+    mqttPacket.generate({ cmd: "publish", topic: "hp/v1/dabc/up", payload: Buffer.alloc(20_000, 0x63), qos: 0, retain: false, dup: false }),
+    mqttPacket.generate({ cmd: "disconnect" }),
+  );
+
+  it("accepts a stream of real packets split at every byte boundary", () => {
+    for (let cut = 0; cut <= stream.length; cut++) {
+      expect(scanInChunks(new FrameScanner(65_536), stream, [cut])).toBeNull();
+    }
+  });
+
+  it("accepts a stream of real packets fed one byte at a time", () => {
+    const scanner = new FrameScanner(65_536);
+    for (const byte of stream) expect(scanner.scan(Uint8Array.of(byte))).toBeNull();
+  });
+
+  it("finds an oversized packet after real packets wherever the chunk boundary falls around its header", () => {
+    const withBig = concat(stream, packet(70_000));
+    for (let cut = stream.length - 300; cut <= stream.length + 6; cut++) {
+      expect(scanInChunks(new FrameScanner(65_536), withBig, [cut])).toBeInstanceOf(PacketTooLarge);
+    }
+  });
+
+  it.each([
+    ["1-byte", 127, 2],
+    ["2-byte", 128, 3],
+    ["2-byte", 16_383, 3],
+    ["3-byte", 16_384, 4],
+    ["3-byte", 2_097_151, 4],
+    ["4-byte", 2_097_152, 5],
+  ])("reads a %s remaining length of %i (header %i bytes)", (_label, remaining, headerBytes) => {
+    expect(header(0x30, remaining)).toHaveLength(headerBytes);
+    const total = headerBytes + remaining;
+    expect(new FrameScanner(total).scan(packet(remaining))).toBeNull();
+    const err = new FrameScanner(total - 1).scan(Uint8Array.from(header(0x30, remaining)));
+    expect(err).toBeInstanceOf(PacketTooLarge);
+    expect(err).toMatchObject({ announcedBytes: total, maxBytes: total - 1 });
+  });
+
+  it.each([
+    ["exactly the limit", 0, null],
+    ["one byte over the limit", 1, PacketTooLarge],
+  ])("handles a packet of %s", (_label, over, expected) => {
+    const limit = 2048;
+    const remaining = limit - 3 + over; // 1 type byte + 2 length bytes
+    const result = new FrameScanner(limit).scan(packet(remaining));
+    if (expected === null) expect(result).toBeNull();
+    else expect(result).toBeInstanceOf(expected);
+  });
+
+  it("refuses an oversized packet from its header alone, before any body arrives", () => {
+    const err = new FrameScanner(1024).scan(Uint8Array.from(header(0x30, 10_000_000)));
+    expect(err).toBeInstanceOf(PacketTooLarge);
+  });
+
+  it("keeps scanning correctly after many packets at the limit", () => {
+    const scanner = new FrameScanner(100);
+    const p = packet(98);
+    for (let i = 0; i < 50; i++) expect(scanner.scan(p)).toBeNull();
+    expect(scanner.scan(packet(99))).toBeInstanceOf(PacketTooLarge);
+  });
+
+  it("accepts packets with no body (remaining length 0) back to back", () => {
+    const scanner = new FrameScanner(2);
+    expect(scanner.scan(Uint8Array.of(0xc0, 0x00, 0xd0, 0x00, 0xe0, 0x00))).toBeNull();
+    expect(scanner.scan(Uint8Array.of(0x30, 0x01, 0x61))).toBeInstanceOf(PacketTooLarge);
+  });
+
+  it.each([
+    ["in one chunk", [] as number[]],
+    ["one byte at a time", [1, 2, 3, 4, 5]],
+  ])("refuses a remaining length of 5 bytes %s", (_label, cuts) => {
+    const bytes = Uint8Array.of(0x30, 0x80, 0x80, 0x80, 0x80, 0x01);
+    const err = scanInChunks(new FrameScanner(16 * 1024 * 1024 * 1024), bytes, cuts);
+    expect(err).toBeInstanceOf(Error);
+    expect(err).not.toBeInstanceOf(PacketTooLarge);
+    expect(err?.message).toMatch(/more than 4 bytes/);
+  });
+
+  it("accepts the largest 4-byte remaining length when the limit allows it", () => {
+    const bytes = Uint8Array.of(0x30, 0xff, 0xff, 0xff, 0x7f);
+    expect(new FrameScanner(268_435_455 + 5).scan(bytes)).toBeNull();
+    expect(new FrameScanner(268_435_455 + 4).scan(bytes)).toBeInstanceOf(PacketTooLarge);
+  });
+});
