@@ -155,4 +155,51 @@ describe("admin CLI", () => {
       if (existsSync(file)) expect(readFileSync(file).includes("zelda-unique-user-7")).toBe(false);
     }
   });
+
+  it("manages merchants and the ledger: idempotent credits by reference, balances that sum to zero, clear errors", async () => {
+    const dataDir = dir();
+    const out: string[] = [];
+    const admin = (...args: string[]) => adminMain([...args, "--data-dir", dataDir, "--json"], (l) => out.push(l));
+    expect(await admin("merchant", "add", "--id", "coffee-corner", "--name", "Coffee Corner")).toBe(0);
+    await expect(admin("merchant", "add", "--id", "coffee-corner", "--name", "Again")).rejects.toThrow("already exists");
+    await expect(admin("merchant", "add", "--id", "Bad Id", "--name", "x")).rejects.toThrow("merchant id");
+    expect(await admin("ledger", "credit", "--user", "alice", "--amount", "500.00", "--currency", "CNY", "--reference", "r1")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toMatchObject({ balanceMinor: 50000, repeated: false });
+    expect(await admin("ledger", "credit", "--user", "alice", "--amount", "500.00", "--currency", "cny", "--reference", "r1")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toMatchObject({ balanceMinor: 50000, repeated: true });
+    await expect(admin("ledger", "credit", "--user", "alice", "--amount", "1.005", "--currency", "CNY")).rejects.toThrow("write an amount like");
+    await expect(admin("ledger", "credit", "--user", "alice", "--amount=-1", "--currency", "CNY")).rejects.toThrow("write an amount like");
+    expect(await admin("ledger", "balance")).toBe(0);
+    expect(JSON.parse(out.pop()!).sums).toEqual({ CNY: 0 });
+    expect(await admin("ledger", "balance", "--user", "alice")).toBe(0);
+    expect(JSON.parse(out.pop()!).wallets).toEqual([{ currency: "CNY", balanceMinor: 50000 }]);
+    expect(await admin("ledger", "transfers")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toHaveLength(1);
+  });
+
+  it("rotates, reseals and removes master key versions from the command line", async () => {
+    const dataDir = dir();
+    const out: string[] = [];
+    const admin = (...args: string[]) => adminMain([...args, "--data-dir", dataDir, "--json"], (l) => out.push(l));
+    await admin("device", "add", "--kind", "phone", "--name", "P", "--public-key", "E".repeat(43) + "=", "--user", "u1");
+    expect(await admin("keys", "rotate")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toEqual({ current: 2, versions: [1, 2] });
+    expect(await admin("keys", "rotate")).toBe(0);
+    await expect(admin("keys", "remove", "2")).resolves.toBe(0); // nothing was sealed under 2
+    await expect(admin("keys", "remove", "3")).rejects.toThrow("current");
+    await expect(admin("keys", "remove", "1")).rejects.toThrow("blind indexes");
+    expect(await admin("keys", "list")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toEqual([
+      { version: 1, current: false, agreements: 0, devices: 1, pairings: 0 },
+      { version: 3, current: true, agreements: 0, devices: 0, pairings: 0 },
+    ]);
+    expect(await admin("keys", "reseal")).toBe(0);
+    expect(JSON.parse(out.pop()!)).toMatchObject({ resealed: 0, devicesResealed: 1, current: 3 });
+    expect(await admin("device", "list")).toBe(0);
+    expect(JSON.parse(out.pop()!)[0].user).toBe("u1");
+    const env = { HANDOFF_MASTER_KEY: Buffer.alloc(32, 7).toString("base64") };
+    const res = await finish(run("broker/admin.ts", ["keys", "rotate", "--data-dir", dir()], env));
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain("HANDOFF_MASTER_KEY");
+  });
 });
