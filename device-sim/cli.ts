@@ -167,7 +167,7 @@ function stamp(): string {
 function describe(m: Received): string | null {
   const b = m.body as Record<string, unknown>;
   const money = () => formatAmount(b.amountMinor as number, b.currency as string);
-  if (m.type === "payment_state" || m.type === "payment_prompt") return null; // own answers; prompts are asked about
+  if (m.type === "payment_state" || m.type === "payment_prompt" || m.type === "agreements") return null; // narrated elsewhere
   if (m.type === "payment_task") return `paying ${money()} to ${b.merchantName as string}…`;
   if (m.type === "payment_result") return `${String(b.status).toUpperCase()}${b.reason ? ` (${b.reason as string})` : ""}: ${money()} to ${b.merchantName as string}, from ${b.terminalName as string}`;
   if (m.type === "payment_update") return `${b.paymentId as string}: ${STEP_TEXT[b.step as string] ?? (b.step as string)}`;
@@ -234,20 +234,54 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
   // Prompts wait in line for the person's y/N; each is answered by the next line typed.
   const waiting: ((answer: PromptAnswer) => void)[] = [];
   if (kind === "phone") {
+    const live = process.stdout.isTTY === true;
     new PhoneAgent(
       device,
       (p) => {
-        const left = Math.max(0, Math.round((p.deadlineMs - Date.now()) / 1000));
         const question = `Approve ${formatAmount(p.amountMinor, p.currency)} to ${p.merchantName}, from ${p.terminalName}?${p.description ? ` (${p.description})` : ""}`;
+        const left = () => Math.max(0, Math.round((p.deadlineMs - Date.now()) / 1000));
         if (auto !== undefined) {
           say(`${question} → ${auto} (--auto)`);
           return auto as PromptAnswer;
         }
-        say(`${question} [y/N] (${left} s left)`);
-        return new Promise<PromptAnswer>((resolve) => waiting.push(resolve));
+        say(`${question} [y/N] (${left()} s left)`);
+        return new Promise<PromptAnswer>((resolve) => {
+          // On a terminal the countdown ticks in place on the line below the question.
+          const tick = live ? setInterval(() => process.stdout.write(`\r\x1b[K  ${left()} s left — y or n: `), 1000) : null;
+          let settled = false;
+          const settle = (answer: PromptAnswer) => {
+            if (settled) return;
+            settled = true;
+            if (tick !== null) clearInterval(tick);
+            if (live) process.stdout.write("\r\x1b[K");
+            const i = waiting.indexOf(answerLine);
+            if (i >= 0) waiting.splice(i, 1);
+            device.off("message", ended);
+            resolve(answer);
+          };
+          const answerLine = (answer: PromptAnswer) => settle(answer);
+          // The prompt can end without an answer: expired, or cancelled by the terminal.
+          const ended = (m: Received) => {
+            if (m.type === "payment_result" && m.body.paymentId === p.paymentId) settle("ignore");
+          };
+          device.on("message", ended);
+          waiting.push(answerLine);
+        });
       },
       (line) => say(line),
     );
+    // Shows what this phone is bound to, now and on every reconnect.
+    const showBound = () =>
+      device.request("agreements_list", {}).then(
+        (reply) => {
+          const items = (reply.body.items ?? []) as { terminalName?: string; agreementId: string; limits?: Limits }[];
+          if (items.length === 0) say("not bound to any terminal yet: pair CODE binds one");
+          for (const i of items) say(`bound to ${i.terminalName ?? "(unreadable agreement)"} (${i.agreementId})${i.limits ? `: ${limitsText(i.limits)}` : ""}`);
+        },
+        () => {},
+      );
+    void showBound();
+    device.on("connect", () => void showBound());
   }
   const session = new Promise<number>((resolve) => {
     const quit = async () => {
