@@ -114,6 +114,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     maxConsecutiveAuto: config.maxConsecutiveAuto,
     maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal,
     maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone,
+    isOnline: (deviceId) => (aedes as unknown as { clients: Record<string, unknown> }).clients[deviceId] !== undefined,
   });
   payments.register(inbox);
   const authenticator = new ConnectAuthenticator(db, config.freshnessMs);

@@ -362,6 +362,7 @@ function splitWords(line: string): string[] {
 const STEP_TEXT: Record<string, string> = {
   accepted: "accepted",
   prompt_sent: "asking the phone…",
+  waiting_for_phone: "waiting for the phone to come online…",
   prompt_delivered: "the phone shows the prompt",
   confirmed: "confirmed",
   executing: "the phone is paying…",

@@ -122,7 +122,7 @@ export const downBodies = {
   unbound: z.strictObject({ agreementId: z.string(), by: z.enum(["phone", "terminal", "replaced", "operator"]), terminalName: z.string().nullable() }),
   payment_accepted: paymentView,
   payment_state: z.strictObject({ payment: paymentView, events: z.array(z.strictObject({ seq: z.number().int(), kind: z.string(), atMs: z.number().int(), body: z.record(z.string(), z.unknown()) })) }),
-  payment_update: z.strictObject({ paymentId: z.string(), seq: z.number().int(), step: z.enum(["prompt_sent", "prompt_delivered", "confirmed", "executing"]), status: z.string(), atMs: z.number().int() }),
+  payment_update: z.strictObject({ paymentId: z.string(), seq: z.number().int(), step: z.enum(["prompt_sent", "waiting_for_phone", "prompt_delivered", "confirmed", "executing"]), status: z.string(), atMs: z.number().int() }),
   payment_prompt: z.strictObject({
     paymentId: z.string(),
     seq: z.number().int(),

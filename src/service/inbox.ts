@@ -41,7 +41,10 @@ export interface InboxOptions {
 export interface TxContext {
   readonly nowMs: number;
   readonly db: Db;
-  send<T extends DownType>(to: string, type: T, body: DownBody<T>): void;
+  /** `msgId` names the message when the sender must find it again (e.g. to withdraw it). */
+  send<T extends DownType>(to: string, type: T, body: DownBody<T>, msgId?: string): void;
+  /** Withdraws a message not yet delivered: it will not be sent again. */
+  withdraw(to: string, msgId: string): void;
 }
 
 /** What a handler may do inside the message's transaction. */
@@ -260,7 +263,8 @@ export class Inbox {
           msg: payload,
           db,
           reply: (type, b) => outgoing.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
-          send: (to, type, b) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs)),
+          send: (to, type, b, msgId) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs, msgId)),
+          withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
         };
         try {
           db.transaction(() => handler(ctx, body.data))();
@@ -284,7 +288,12 @@ export class Inbox {
   /** A job in its own savepoint: a bug in one rolls back only its writes (a storage fault, all). */
   #runJob(job: Job, nowMs: number): OutboxRow[] {
     const outgoing: Outgoing[] = [];
-    const ctx: TxContext = { nowMs, db: this.#o.db, send: (to, type, b) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs)) };
+    const ctx: TxContext = {
+      nowMs,
+      db: this.#o.db,
+      send: (to, type, b, msgId) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs, msgId)),
+      withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
+    };
     try {
       this.#o.db.transaction(() => job.run(ctx))();
     } catch (err) {
@@ -293,6 +302,12 @@ export class Inbox {
       return [];
     }
     return outgoing.map((o) => this.#store(o, nowMs));
+  }
+
+  #withdraw(to: string, msgId: string, nowMs: number, pending: Outgoing[]): void {
+    this.#outbox.markDelivered(to, msgId, nowMs);
+    const i = pending.findIndex((o) => o.to === to && o.msgId === msgId);
+    if (i >= 0) pending.splice(i, 1);
   }
 
   #store(o: Outgoing, nowMs: number): OutboxRow {

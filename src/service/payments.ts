@@ -33,6 +33,8 @@ export interface PaymentOptions {
   readonly maxLivePerTerminal: number;
   /** Open prompts one phone may have at once. */
   readonly maxPromptsPerPhone: number;
+  /** Whether a device is connected right now (the transport knows); absent means "assume yes". */
+  readonly isOnline?: (deviceId: string) => boolean;
 }
 
 export const PAYMENT_DEFAULTS = { promptMs: 120_000, taskMs: 60_000, maxConsecutiveAuto: 5, maxLivePerTerminal: 20, maxPromptsPerPhone: 5 } as const;
@@ -213,10 +215,15 @@ export class Payments {
             terminalName: p.terminalName,
             description: record.description,
             deadlineMs: p.promptDeadlineMs!,
-          });
+          }, `${p.id}.prompt`);
+          // The outbox delivers the prompt when the phone connects; meanwhile the terminal knows.
+          if (this.#o.isOnline !== undefined && !this.#o.isOnline(p.phoneId)) {
+            seq = this.#payments.appendEvent(p.id, "waiting_for_phone", { status: p.status }, ctx.nowMs);
+            ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: "waiting_for_phone", status: p.status, atMs: ctx.nowMs });
+          }
           break;
         case "send_task":
-          ctx.send(p.phoneId, "payment_task", { paymentId: p.id, seq, amountMinor: p.amountMinor, currency: p.currency, payee: p.merchantId, merchantName: p.merchantName, deadlineMs: p.taskDeadlineMs! });
+          ctx.send(p.phoneId, "payment_task", { paymentId: p.id, seq, amountMinor: p.amountMinor, currency: p.currency, payee: p.merchantId, merchantName: p.merchantName, deadlineMs: p.taskDeadlineMs! }, `${p.id}.task`);
           break;
         case "arm_deadline":
           this.#payments.arm(p.id, e.which, e.dueMs);
@@ -246,6 +253,9 @@ export class Payments {
           break;
         }
         case "result": {
+          // A phone that was offline must not be asked about a payment that has ended.
+          ctx.withdraw(p.phoneId, `${p.id}.prompt`);
+          ctx.withdraw(p.phoneId, `${p.id}.task`);
           seq = this.#payments.appendEvent(p.id, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
           const body = {
             paymentId: p.id,

@@ -1,6 +1,7 @@
 /** Payments end to end over real MQTT: every path of the handoff, exactly once, on the ledger. */
 import { afterEach, describe, expect, it } from "vitest";
 import type { Device, Received } from "../../device-sim/device.ts";
+import type { DeviceKey } from "../../device-sim/keyfile.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
@@ -15,6 +16,7 @@ afterEach(async () => {
 interface World {
   terminal: Device;
   phone: Device;
+  phoneKey: DeviceKey;
   login: string;
   userId: string;
   agreementId: string;
@@ -30,12 +32,14 @@ async function world(overrides: Parameters<typeof startTestBroker>[0] = {}, fund
   expect(addMerchant(broker.db, { id: "coffee-corner", name: "Coffee Corner" }, Date.now())).toEqual({ ok: true });
   if (fundsMinor > 0) expect(creditWallet(broker.db, broker.keyring, { userId, amountMinor: fundsMinor, currency: "CNY" }, Date.now()).ok).toBe(true);
   const terminal = await broker.device(broker.register("terminal", { name: "Living room TV" }));
-  const phone = await broker.device(broker.register("phone", { userId }));
+  const phoneKey = broker.register("phone", { userId });
+  const phone = await broker.device(phoneKey);
   const code = (await terminal.call("bind_request", { login, terminal: { model: "TV", serial: "SN1", displayName: "Living room TV" } })).body.code;
   const agreementId = (await phone.call("bind_confirm", { code, limits: LIMITS })).body.agreementId as string;
   return {
     terminal,
     phone,
+    phoneKey,
     login,
     userId,
     agreementId,
@@ -271,5 +275,38 @@ describe("payment", () => {
     });
     expect(result).toBe(1);
     expect(broker.db.prepare("SELECT count(*) AS n FROM deadlines").get()).toEqual({ n: 0 });
+  });
+});
+
+describe("offline phone", () => {
+  it("tells the terminal it is waiting for the phone, and delivers the prompt when the phone connects", async () => {
+    const w = await world();
+    await w.phone.close();
+    const waiting = w.terminal.next("payment_update", 5000, (m) => m.body.step === "waiting_for_phone");
+    const accepted = await w.pay(12_800);
+    expect((await waiting).body.paymentId).toBe(accepted.body.paymentId);
+    const again = await broker.device(w.phoneKey, { connect: false });
+    const prompt = again.next("payment_prompt");
+    await again.connect();
+    expect((await prompt).body.paymentId).toBe(accepted.body.paymentId);
+    const delivered = w.terminal.next("payment_update", 5000, (m) => m.body.step === "prompt_delivered");
+    await again.call("prompt_received", { paymentId: accepted.body.paymentId });
+    await delivered;
+  });
+
+  it("gives both devices the expired result after the deadline, the phone on its next connect", async () => {
+    const w = await world({ promptTtlMs: 500 });
+    await w.phone.close();
+    const result = w.terminal.next("payment_result");
+    const accepted = await w.pay(12_800);
+    expect((await result).body).toMatchObject({ status: "expired" });
+    const again = await broker.device(w.phoneKey, { connect: false });
+    const seen: string[] = [];
+    again.on("message", (m) => m.body.paymentId === accepted.body.paymentId && seen.push(m.type));
+    const phoneResult = again.next("payment_result");
+    await again.connect();
+    expect((await phoneResult).body).toMatchObject({ status: "expired" });
+    // The prompt was withdrawn when the payment ended: only the result reaches the phone.
+    expect(seen).toEqual(["payment_result"]);
   });
 });
