@@ -29,7 +29,11 @@ function sim(args: string[]) {
   const waiters: { text: string; resolve: () => void }[] = [];
   const onData = (d: Buffer) => {
     output += d.toString();
-    for (const w of [...waiters]) if (output.includes(w.text)) waiters.splice(waiters.indexOf(w), 1) && w.resolve();
+    for (const w of [...waiters]) {
+      if (!output.includes(w.text)) continue;
+      waiters.splice(waiters.indexOf(w), 1);
+      w.resolve();
+    }
   };
   child.stdout.on("data", onData);
   child.stderr.on("data", onData);
