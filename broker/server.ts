@@ -178,9 +178,13 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     if (resent > 0) log.info({ device: client.id, resent }, "resent undelivered messages");
   });
   aedes.on("clientDisconnect", (client) => log.info({ device: client.id }, "disconnected"));
+  const errorLogged = new WeakSet<Client>();
   aedes.on("clientError", (client, err) => {
-    // A refused CONNECT was already logged, with its reason, by authenticate.
-    if ((err as { returnCode?: number }).returnCode === undefined) log.info({ device: client.id, err: err.message }, "client error; connection closed");
+    // A refused CONNECT was already logged, with its reason, by authenticate; and one line per
+    // client is enough (a drain timeout fires once for every message stuck behind it).
+    if ((err as { returnCode?: number }).returnCode !== undefined || errorLogged.has(client)) return;
+    errorLogged.add(client);
+    log.info({ device: client.id, err: err.message }, "client error; connection closed");
   });
   aedes.on("connectionError", (client, err) => log.info({ clientId: client?.id?.slice(0, 64), err: err.message, remote: remoteOf(client) }, "connection error"));
   aedes.on("keepaliveTimeout", (client) => log.info({ device: client.id }, "keepalive timeout"));
