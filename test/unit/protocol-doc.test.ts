@@ -1,0 +1,507 @@
+/**
+ * Keeps docs/protocol.md honest: the document a stranger writes a device from must say what the
+ * code does. It checks the error table against ERROR_CODES (names and order), every message
+ * type, CONNECT refusal and default limit it names, the currency table, the payment field
+ * patterns against the body schemas, which device kind may send which message against the
+ * real handlers, and every test vector against the real signing code and the broker's own
+ * checks. When python3 with `cryptography` is installed, it also runs the document's Python
+ * sketch against the vectors.
+ */
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pino from "pino";
+import { describe, expect, it } from "vitest";
+import { computeVectors } from "../../scripts/vectors.ts";
+import { BROKER_OPTIONS } from "../../src/config.ts";
+import { CURRENCY_EXPONENTS } from "../../src/core/money.ts";
+import { FINAL_STATUSES } from "../../src/core/payment.ts";
+import { CODE_ALPHABET, MAX_WRONG_TRIES } from "../../src/core/pairing.ts";
+import { keyPairFromSeed, Signer, verify } from "../../src/crypto/ed25519.ts";
+import { fromBase64, toBase32, toBase64 } from "../../src/crypto/encoding.ts";
+import { DEVICE_ID_RE, deviceIdFor } from "../../src/crypto/ids.ts";
+import { BROKER_ID, MESSAGE_ID_RE, parseEnvelope, payloadSchema, sealEnvelope, type Payload } from "../../src/protocol/envelope.ts";
+import { ERROR_CODES } from "../../src/protocol/errors.ts";
+import { downBodies, upBodies } from "../../src/protocol/messages.ts";
+import { NONCE_RE, parseToken, tokenSignedBytes } from "../../src/protocol/token.ts";
+import { TOPIC_ROOT, downTopic, upTopic } from "../../src/protocol/topics.ts";
+import { BINDING_DEFAULTS, registerBinding } from "../../src/service/binding.ts";
+import { CONNECT_REFUSALS, ConnectAuthenticator } from "../../src/service/connect.ts";
+import { Inbox } from "../../src/service/inbox.ts";
+import { signedDown } from "../../src/service/outgoing.ts";
+import { PAYMENT_DEFAULTS, Payments } from "../../src/service/payments.ts";
+import { registerDevice } from "../../src/service/devices.ts";
+import { Keyring } from "../../src/crypto/keyring.ts";
+import { openDatabase } from "../../src/store/db.ts";
+import { DeviceRepo } from "../../src/store/devices.ts";
+
+const DOC = readFileSync(new URL("../../docs/protocol.md", import.meta.url), "utf8");
+const utf8 = new TextEncoder();
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+const fromHex = (h: string) => new Uint8Array(Buffer.from(h, "hex"));
+
+/** The text of a `## title` section, up to the next `## ` heading. */
+function section(title: string): string {
+  const start = DOC.indexOf(`\n## ${title}\n`);
+  if (start < 0) throw new Error(`docs/protocol.md has no "## ${title}" section`);
+  const end = DOC.indexOf("\n## ", start + 1);
+  return DOC.slice(start, end < 0 ? undefined : end);
+}
+
+/** The first backticked word of each table row, in order: "| `code` | …". */
+function rowKeys(text: string): string[] {
+  return [...text.matchAll(/^\| `([a-z_]+)` \|/gm)].map((m) => m[1]!);
+}
+
+/** The labelled vector blocks: ```vector <label>\n<value>\n```, in document order. */
+const DOC_VECTORS: [string, string][] = [...DOC.matchAll(/^```vector ([a-z0-9.-]+)\n([\s\S]*?)\n```$/gm)].map((m) => [m[1]!, m[2]!]);
+const VECTORS = new Map(DOC_VECTORS);
+
+function vec(label: string): string {
+  const value = VECTORS.get(label);
+  if (value === undefined) throw new Error(`docs/protocol.md has no vector block "${label}"`);
+  return value;
+}
+
+const FRESHNESS_MS = Number(BROKER_OPTIONS.find((o) => o.key === "freshnessMs")!.def);
+const optionDefault = (key: string) => BROKER_OPTIONS.find((o) => o.key === key)!.def;
+
+/** The first markdown table after `header` (a line starting with it): its rows of cells. */
+function tableAfter(text: string, header: string): string[][] {
+  const lines = text.split("\n");
+  const first = lines.findIndex((l) => l.startsWith(header));
+  if (first < 0) throw new Error(`no table with the header "${header}"`);
+  const rows: string[][] = [];
+  for (const line of lines.slice(first + 2)) {
+    if (!line.startsWith("|")) break;
+    rows.push(line.slice(1, -1).split(" | ").map((c) => c.trim()));
+  }
+  return rows;
+}
+
+/** The backticked words of a table cell. */
+const ticked = (cell: string) => [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
+
+/** The text of a `### \`type\` (…)` message subsection, up to the next `### ` or `## ` heading. */
+function messageSection(type: string): string {
+  const text = section("Messages");
+  const start = text.search(new RegExp(`^### \`${type}\` \\(`, "m"));
+  if (start < 0) throw new Error(`§Messages has no subsection for ${type}`);
+  const bodyStart = text.indexOf("\n", start) + 1;
+  const end = text.slice(bodyStart).search(/^##/m);
+  return text.slice(start, end < 0 ? undefined : bodyStart + end);
+}
+
+describe("docs/protocol.md §Errors", () => {
+  const documented = rowKeys(section("Errors"));
+  const declared = Object.keys(ERROR_CODES);
+
+  it("documents every error code the broker declares", () => {
+    expect(declared.filter((c) => !documented.includes(c))).toEqual([]);
+  });
+
+  it("documents no error code the broker does not declare", () => {
+    expect(documented.filter((c) => !declared.includes(c))).toEqual([]);
+  });
+
+  it("lists the codes once each, in the precedence order of ERROR_CODES", () => {
+    expect(documented).toEqual(declared);
+  });
+});
+
+describe("docs/protocol.md §Messages", () => {
+  const text = section("Messages");
+  const headings = [...text.matchAll(/^### `([a-z_]+)` \((device → broker|broker → device)\)$/gm)].map((m) => ({ type: m[1]!, up: m[2] === "device → broker" }));
+
+  it.each(Object.keys(upBodies))("documents the up message type %s (device → broker)", (type) => {
+    expect(headings).toContainEqual({ type, up: true });
+  });
+
+  it.each(Object.keys(downBodies))("documents the down message type %s (broker → device)", (type) => {
+    expect(headings).toContainEqual({ type, up: false });
+  });
+
+  it("lists the supported currencies and the pairing code alphabet as the code has them", () => {
+    expect(text).toContain(`| one of ${Object.keys(CURRENCY_EXPONENTS).join(" ")} |`);
+    expect(text).toContain(`8 letters from \`${CODE_ALPHABET}\``);
+  });
+
+  it("documents no message type the code does not have", () => {
+    const known = (h: { type: string; up: boolean }) => Object.hasOwn(h.up ? upBodies : downBodies, h.type);
+    expect(headings.filter((h) => !known(h))).toEqual([]);
+  });
+});
+
+describe("docs/protocol.md §Messages: payments", () => {
+  const text = section("Messages");
+
+  it("gives the currency table of src/core/money.ts, minor-unit digits included", () => {
+    const rows = tableAfter(text, "| minor-unit digits | currencies |");
+    const documented = Object.fromEntries(rows.flatMap((r) => ticked(r[1]!).map((c) => [c, Number(r[0])])));
+    expect(documented).toEqual({ ...CURRENCY_EXPONENTS });
+  });
+
+  it("gives a result reason for each final status and only for those", () => {
+    const rows = tableAfter(text, "| reason | status | when |");
+    expect([...new Set(rows.map((r) => ticked(r[1]!)[0]))].sort()).toEqual([...FINAL_STATUSES].sort());
+    expect(downBodies.payment_result.shape.status.options.slice().sort()).toEqual([...FINAL_STATUSES].sort());
+  });
+
+  it("states the payment defaults and fixed limits the broker has", () => {
+    expect(text).toContain(`(\`--prompt-ttl-ms\`, ${optionDefault("promptTtlMs")} ms by default)`);
+    expect(text).toContain(`(\`--task-ttl-ms\`, ${optionDefault("taskTtlMs")} ms)`);
+    expect(text).toContain(`(default ${optionDefault("maxConsecutiveAuto")}, option \`--max-consecutive-auto\`)`);
+    expect(text).toContain(`may have ${PAYMENT_DEFAULTS.maxLivePerTerminal} unfinished payments`);
+    expect(text).toContain(`and a phone ${PAYMENT_DEFAULTS.maxPromptsPerPhone} open prompts`);
+    const limits = section("Limits");
+    expect(limits).toContain(`| unfinished payments per terminal | ${PAYMENT_DEFAULTS.maxLivePerTerminal} | fixed | \`rate_limited\` |`);
+    expect(limits).toContain(`| open prompts per phone | ${PAYMENT_DEFAULTS.maxPromptsPerPhone} | fixed | \`rate_limited\` |`);
+    // The service's own defaults (used where no config is given) agree with the broker options.
+    expect([PAYMENT_DEFAULTS.promptMs, PAYMENT_DEFAULTS.taskMs, PAYMENT_DEFAULTS.maxConsecutiveAuto].map(String)).toEqual([optionDefault("promptTtlMs"), optionDefault("taskTtlMs"), optionDefault("maxConsecutiveAuto")]);
+    expect(String(BINDING_DEFAULTS.pairingTtlMs)).toBe(optionDefault("pairingTtlMs"));
+  });
+
+  /** Strings on both sides of the documented id and key patterns. */
+  const SAMPLES = ["", "a", "A", "0", "-a", "a-b.c_d", "a:b", "a b", "ä", "a\n", "coffee-corner", "Coffee", "a".repeat(64), "a".repeat(65), "pay_" + "a".repeat(20), "pay_" + "a".repeat(19), "pay_" + "a".repeat(21), "pay_" + "2".repeat(20), "pay_" + "1".repeat(20), "pay_" + "A".repeat(20), "PAY_" + "a".repeat(20), "ag_" + "a".repeat(20)];
+
+  const patterned = Object.keys(upBodies).flatMap((type) => {
+    if (!/^(pay_|payment_|prompt_)/.test(type)) return [];
+    return tableAfter(messageSection(type), "| body member | type | limits |").flatMap((r) => {
+      const pattern = /`(\^[^`]+\$)`/.exec(r[2]!)?.[1];
+      return pattern === undefined ? [] : [[type, ticked(r[0]!)[0]!, pattern] as const];
+    });
+  });
+
+  it("documents a pattern for the ids and keys of every payment message", () => {
+    const members = patterned.map(([type, member]) => `${type}.${member}`);
+    for (const type of ["prompt_received", "payment_approve", "payment_decline", "payment_execute", "payment_cancel", "payment_status"]) expect(members).toContain(`${type}.paymentId`);
+    expect(members).toEqual(expect.arrayContaining(["pay_request.merchantId", "pay_request.idempotencyKey"]));
+  });
+
+  it.each(patterned)("documents for %s.%s a pattern (%s) that accepts exactly what the body schema accepts", (type, member, pattern) => {
+    const schema = (upBodies[type as keyof typeof upBodies] as unknown as { shape: Record<string, { safeParse(v: unknown): { success: boolean } }> }).shape[member];
+    expect(schema, `${type} has no member ${member}`).toBeDefined();
+    const re = new RegExp(pattern);
+    for (const s of SAMPLES) expect({ s, documented: re.test(s) }).toEqual({ s, documented: schema!.safeParse(s).success });
+  });
+});
+
+describe("docs/protocol.md: which device kind sends what, against the real handlers", () => {
+  const paymentId = "pay_" + "a".repeat(20);
+  const agreementId = "ag_" + "a".repeat(20);
+  const limits = { currency: "CNY", autoConfirmMaxMinor: 100, autoConfirmDailyMinor: 1000, perPaymentMaxMinor: 10_000 };
+  /** A body of the right shape for each type that has a handler beyond the foundation. */
+  const BODIES: Record<string, Record<string, unknown>> = {
+    bind_request: { login: "alice@tv", terminal: { model: "TV", serial: "SN1", displayName: "Living room TV" } },
+    bind_confirm: { code: "BCDF-GHJK", limits },
+    agreements_list: {},
+    set_limits: { agreementId, limits },
+    unbind: { agreementId },
+    pay_request: { login: "alice@tv", merchantId: "coffee-corner", amountMinor: 100, currency: "CNY", orderRef: "order-1", idempotencyKey: "key-1" },
+    prompt_received: { paymentId },
+    payment_approve: { paymentId, amountMinor: 100, currency: "CNY", merchantName: "Coffee Corner", terminalName: "Living room TV" },
+    payment_decline: { paymentId },
+    payment_execute: { paymentId, amountMinor: 100, currency: "CNY", payee: "coffee-corner" },
+    payment_cancel: { paymentId },
+    payment_status: { paymentId },
+  };
+
+  /** type → the kinds the broker answers wrong_device_kind. */
+  async function refusals(): Promise<Map<string, Set<"terminal" | "phone">>> {
+    const nowMs = 1_767_225_600_000;
+    const db = openDatabase(":memory:");
+    try {
+      const keyring = new Keyring(new Map([[1, new Uint8Array(32).fill(7)]]), 1);
+      const log = pino({ level: "silent" });
+      const devices = (["terminal", "phone"] as const).map((kind, i) => {
+        const pair = keyPairFromSeed(new Uint8Array(32).fill(i + 1));
+        const res = registerDevice(db, keyring, { kind, name: kind, publicKey: toBase64(pair.publicKey), ...(kind === "phone" ? { userId: "alice" } : {}) }, nowMs);
+        if (!res.ok) throw new Error(res.error);
+        return { kind, id: res.device.id, signer: new Signer(pair) };
+      });
+      const sent: Uint8Array[] = [];
+      const inbox = new Inbox({ db, signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))), log, freshnessMs: FRESHNESS_MS, clock: () => nowMs, publish: (_to, bytes) => sent.push(bytes) });
+      registerBinding(inbox, db, { keyring: () => keyring, log, pairingTtlMs: BINDING_DEFAULTS.pairingTtlMs, bindRequestsPerWindow: BINDING_DEFAULTS.bindRequestsPerWindow, bindWindowMs: BINDING_DEFAULTS.bindWindowMs });
+      new Payments(db, { keyring: () => keyring, log, deadlines: { promptMs: PAYMENT_DEFAULTS.promptMs, taskMs: PAYMENT_DEFAULTS.taskMs }, maxConsecutiveAuto: PAYMENT_DEFAULTS.maxConsecutiveAuto, maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal, maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone }).register(inbox);
+      const asked = new Map<string, { type: string; kind: "terminal" | "phone" }>();
+      for (const [type, body] of Object.entries(BODIES)) {
+        for (const d of devices) {
+          const id = `${type}.${d.kind}`;
+          asked.set(id, { type, kind: d.kind });
+          inbox.submit(d.id, sealEnvelope({ v: 1, type, id, from: d.id, to: BROKER_ID, ts: nowMs, body }, (b) => d.signer.sign(b)).bytes);
+        }
+      }
+      await inbox.idle();
+      const refused = new Map<string, Set<"terminal" | "phone">>(Object.keys(BODIES).map((t) => [t, new Set()]));
+      const answered = new Set<string>();
+      for (const bytes of sent) {
+        const parsed = parseEnvelope(bytes);
+        if (!parsed.ok || parsed.msg.payload.re === undefined) continue;
+        const q = asked.get(parsed.msg.payload.re);
+        if (q === undefined) continue;
+        answered.add(parsed.msg.payload.re);
+        const body = parsed.msg.payload.body as { code?: string };
+        if (parsed.msg.payload.type === "error") expect(body.code, `${parsed.msg.payload.re} is answered, not failed`).not.toBe("invalid_body");
+        if (parsed.msg.payload.type === "error" && body.code === "wrong_device_kind") refused.get(q.type)!.add(q.kind);
+      }
+      expect([...asked.keys()].filter((id) => !answered.has(id))).toEqual([]);
+      return refused;
+    } finally {
+      db.close();
+    }
+  }
+
+  it("lists in the wrong_device_kind row exactly the types one kind may not send, and which kind may", async () => {
+    const refused = await refusals();
+    const row = tableAfter(section("Errors"), "| code | answers |").find((r) => r[0] === "`wrong_device_kind`")!;
+    const restricted = [...refused].filter(([, kinds]) => kinds.size > 0).map(([type]) => type);
+    expect(ticked(row[1]!).sort()).toEqual(restricted.sort());
+    const [forTerminals, forPhones] = row[2]!.split("are for terminals");
+    expect(ticked(forTerminals!).sort()).toEqual(restricted.filter((t) => refused.get(t)!.has("phone")).sort());
+    expect(ticked(forPhones!.split("are for phones")[0]!).sort()).toEqual(restricted.filter((t) => refused.get(t)!.has("terminal")).sort());
+    for (const [type, kinds] of refused) expect({ type, both: kinds.size === 2 }).toEqual({ type, both: false });
+  });
+
+  it("names in §Payments the sender and the answer of each payment message as the handlers have them", async () => {
+    const refused = await refusals();
+    const rows = tableAfter(section("Messages"), "| message | sent by | answered with |");
+    const paymentTypes = Object.keys(upBodies).filter((t) => /^(pay_|payment_|prompt_)/.test(t));
+    expect(rows.map((r) => ticked(r[0]!)[0]).sort()).toEqual(paymentTypes.sort());
+    for (const r of rows) {
+      const type = ticked(r[0]!)[0]!;
+      const allowed = (["terminal", "phone"] as const).filter((k) => !refused.get(type)!.has(k));
+      expect({ type, sentBy: r[1] }).toEqual({ type, sentBy: allowed.join(" or ") });
+      expect(Object.keys(downBodies)).toContain(ticked(r[2]!)[0]);
+    }
+  });
+});
+
+describe("docs/protocol.md §Errors: the answers column", () => {
+  it("names only message types the protocol has", () => {
+    const rows = tableAfter(section("Errors"), "| code | answers |");
+    expect(rows.map((r) => r[0])).toEqual(Object.keys(ERROR_CODES).map((c) => `\`${c}\``));
+    for (const r of rows) for (const type of ticked(r[1]!)) expect(Object.keys(upBodies), `${r[0]} answers ${type}`).toContain(type);
+  });
+});
+
+describe("docs/protocol.md §Connecting", () => {
+  it("gives every CONNECT refusal with the CONNACK return code the broker sends", () => {
+    const rows = [...section("Connecting").matchAll(/^\| `([a-z_]+)` \| `(\d)` /gm)].map((m) => [m[1]!, Number(m[2])] as const);
+    expect(rows.map(([reason]) => reason).sort()).toEqual(Object.keys(CONNECT_REFUSALS).sort());
+    for (const [reason, code] of rows) expect({ reason, code }).toEqual({ reason, code: CONNECT_REFUSALS[reason as keyof typeof CONNECT_REFUSALS].returnCode });
+  });
+
+  it("shows the token example of the test vectors", () => {
+    expect(section("Connecting")).toContain(vec("token.password"));
+  });
+});
+
+describe("docs/protocol.md §Limits", () => {
+  const rows = [...section("Limits").matchAll(/^\| [^|]+ \| `([^`]+)`[^|]*\| `--([a-z-]+)` \/ `([A-Z_]+)` \|/gm)].map((m) => ({ def: m[1]!, flag: m[2]!, env: m[3]! }));
+
+  it("states each option's default and environment variable as the broker has them", () => {
+    for (const row of rows) {
+      const option = BROKER_OPTIONS.find((o) => o.flag === row.flag);
+      expect(option, `--${row.flag} is not a broker option`).toBeDefined();
+      expect(row).toEqual({ def: option!.def, flag: option!.flag, env: option!.env });
+    }
+  });
+
+  it("covers every broker option except the ones only an operator sees", () => {
+    const operatorOnly = ["host", "port", "data-dir", "log-level"];
+    const deviceFacing = BROKER_OPTIONS.map((o) => o.flag).filter((f) => !operatorOnly.includes(f));
+    expect(rows.map((r) => r.flag).sort()).toEqual(deviceFacing.sort());
+  });
+
+  it("states the fixed binding limits the code has", () => {
+    const text = section("Limits");
+    expect(text).toContain(`| pairing codes per terminal | ${BINDING_DEFAULTS.bindRequestsPerWindow} in any ${BINDING_DEFAULTS.bindWindowMs / 60_000} minutes |`);
+    expect(text).toContain(`| wrong tries per pairing code | ${MAX_WRONG_TRIES}, `);
+  });
+});
+
+describe("docs/protocol.md wire rules", () => {
+  it("quotes the code's patterns for message ids, nonces and device ids", () => {
+    for (const re of [MESSAGE_ID_RE, NONCE_RE, DEVICE_ID_RE]) expect(DOC).toContain(re.source);
+  });
+
+  it("names the topics the code uses", () => {
+    expect(upTopic("{id}")).toBe(`${TOPIC_ROOT}/{id}/up`);
+    expect(section("Topics and ACL")).toContain("`hp/v1/{id}/up`");
+    expect(section("Topics and ACL")).toContain("`hp/v1/{id}/down`");
+    expect(downTopic("{id}")).toBe("hp/v1/{id}/down");
+  });
+
+  it("documents a type pattern that accepts exactly what the envelope schema accepts", () => {
+    const documented = /^\| `type` \| string \| `([^`]+)` \|/m.exec(section("Envelope"))?.[1];
+    expect(documented).toBeDefined();
+    const re = new RegExp(documented!);
+    const base: Payload = { v: 1, type: "ping", id: "x", from: "d", to: BROKER_ID, ts: 0, body: {} };
+    for (const type of ["a", "ping", "pay_request2", "a".repeat(32), "a".repeat(33), "", "Ping", "1a", "a-b", "_a", "a b"]) {
+      expect({ type, documented: re.test(type) }).toEqual({ type, documented: payloadSchema.safeParse({ ...base, type }).success });
+    }
+  });
+});
+
+describe("docs/protocol.md §Test vectors", () => {
+  const seed = fromHex(vec("device.seed.hex"));
+  const pair = keyPairFromSeed(seed);
+  const signer = new Signer(pair);
+  const deviceId = vec("device.id");
+  const brokerPair = keyPairFromSeed(fromHex(vec("broker.seed.hex")));
+
+  it("holds exactly what scripts/vectors.ts computes with the real code", () => {
+    expect(DOC_VECTORS).toEqual(computeVectors());
+  });
+
+  it("derives the public key and the device id from the seed", () => {
+    expect(seed).toHaveLength(32);
+    expect(hex(pair.publicKey)).toBe(vec("device.public-key.hex"));
+    expect(toBase64(pair.publicKey)).toBe(vec("device.public-key.base64"));
+    const digest = new Uint8Array(createHash("sha256").update(pair.publicKey).digest());
+    expect(hex(digest)).toBe(vec("device.public-key.sha256.hex"));
+    expect(toBase32(digest)).toBe(vec("device.public-key.sha256.base32"));
+    expect(deviceIdFor(pair.publicKey)).toBe(deviceId);
+    expect("d" + vec("device.public-key.sha256.base32").slice(0, 19)).toBe(deviceId);
+    expect(deviceId).toMatch(DEVICE_ID_RE);
+  });
+
+  it("repeats the same values in the worked example of §Device identity", () => {
+    const example = section("Device identity");
+    for (const label of ["device.public-key.hex", "device.public-key.sha256.hex", "device.public-key.sha256.base32", "device.id"]) expect(example).toContain(vec(label));
+  });
+
+  it("gives a connect token whose signed bytes and signature are the code's", () => {
+    const ts = Number(vec("token.ts"));
+    const nonce = vec("token.nonce");
+    const signed = tokenSignedBytes(deviceId, ts, nonce);
+    expect(hex(signed)).toBe(vec("token.signed-hex"));
+    expect(hex(utf8.encode(vec("token.signed-text")))).toBe(vec("token.signed-hex"));
+    expect(toBase64(signer.sign(signed))).toBe(vec("token.signature.base64"));
+    expect(verify(pair.publicKey, signed, fromBase64(vec("token.signature.base64"))!)).toBe(true);
+    expect(vec("token.password")).toBe(`hp1.${deviceId}.${ts}.${nonce}.${vec("token.signature.base64")}`);
+    const parsed = parseToken(vec("token.password"));
+    expect(parsed).not.toBeNull();
+    expect({ deviceId: parsed!.deviceId, tsMs: parsed!.tsMs, nonce: parsed!.nonce }).toEqual({ deviceId, tsMs: ts, nonce });
+    expect(hex(parsed!.signedBytes)).toBe(vec("token.signed-hex"));
+  });
+
+  it("gives a ping whose signature and envelope are what Signer and sealEnvelope produce", () => {
+    const payloadText = vec("ping.payload");
+    const signature = signer.sign(utf8.encode(payloadText));
+    expect(toBase64(signature)).toBe(vec("ping.signature.base64"));
+    expect(verify(pair.publicKey, utf8.encode(payloadText), fromBase64(vec("ping.signature.base64"))!)).toBe(true);
+
+    const parsed = parseEnvelope(utf8.encode(vec("ping.envelope")));
+    if (!parsed.ok) throw new Error(`the ping vector does not parse: ${parsed.code} ${parsed.detail}`);
+    expect(new TextDecoder().decode(parsed.msg.payloadBytes)).toBe(payloadText);
+    expect(toBase64(parsed.msg.signature)).toBe(vec("ping.signature.base64"));
+    expect(parsed.msg.payload).toMatchObject({ v: 1, type: "ping", from: deviceId, to: BROKER_ID, ts: Number(vec("token.ts")) });
+    expect(upBodies.ping.safeParse(parsed.msg.payload.body).success).toBe(true);
+
+    const sealed = sealEnvelope(payloadSchema.parse(JSON.parse(payloadText)), (b) => signer.sign(b));
+    expect(sealed.text).toBe(vec("ping.envelope"));
+  });
+
+  it("gives a pong that the broker's signedDown produces byte for byte", () => {
+    expect(toBase64(brokerPair.publicKey)).toBe(vec("broker.public-key.base64"));
+    const parsed = parseEnvelope(utf8.encode(vec("pong.envelope")));
+    if (!parsed.ok) throw new Error(`the pong vector does not parse: ${parsed.code} ${parsed.detail}`);
+    expect(new TextDecoder().decode(parsed.msg.payloadBytes)).toBe(vec("pong.payload"));
+    expect(toBase64(parsed.msg.signature)).toBe(vec("pong.signature.base64"));
+    expect(verify(fromBase64(vec("broker.public-key.base64"))!, parsed.msg.payloadBytes, parsed.msg.signature)).toBe(true);
+    expect(verify(pair.publicKey, parsed.msg.payloadBytes, parsed.msg.signature)).toBe(false);
+
+    const p = parsed.msg.payload;
+    expect(p).toMatchObject({ type: "pong", from: BROKER_ID, to: deviceId, re: "ping-0001" });
+    const body = downBodies.pong.parse(p.body);
+    const again = signedDown(new Signer(brokerPair), deviceId, "pong", body, p.re!, p.ts, p.id);
+    expect(new TextDecoder().decode(again.bytes)).toBe(vec("pong.envelope"));
+  });
+
+  it("has a token and a ping that the broker's own checks accept, once each", async () => {
+    const ts = Number(vec("token.ts"));
+    const nowMs = ts + 42;
+    const db = openDatabase(":memory:");
+    try {
+      new DeviceRepo(db).insert({ id: deviceId, kind: "terminal", name: "test vector device", publicKey: pair.publicKey, userIndex: null, userSealed: null, createdMs: 0 });
+
+      const auth = new ConnectAuthenticator(db, FRESHNESS_MS);
+      const password = Buffer.from(vec("token.password"));
+      expect(auth.authenticate(deviceId, deviceId, password, nowMs)).toMatchObject({ ok: true });
+      expect(auth.authenticate(deviceId, deviceId, password, nowMs)).toEqual({ ok: false, reason: "reused_token" });
+
+      const sent: { to: string; bytes: Uint8Array }[] = [];
+      const inbox = new Inbox({ db, signer: new Signer(brokerPair), log: pino({ level: "silent" }), freshnessMs: FRESHNESS_MS, clock: () => nowMs, publish: (to, bytes) => sent.push({ to, bytes }) });
+      inbox.submit(deviceId, utf8.encode(vec("ping.envelope")));
+      await inbox.idle();
+      expect(sent).toHaveLength(1);
+      const reply = parseEnvelope(sent[0]!.bytes);
+      if (!reply.ok) throw new Error(`the broker's reply does not parse: ${reply.detail}`);
+      expect(verify(brokerPair.publicKey, reply.msg.payloadBytes, reply.msg.signature)).toBe(true);
+      // The broker picks a random message id; everything else is the documented pong.
+      const documented = JSON.parse(vec("pong.payload")) as Payload;
+      expect(reply.msg.payload).toEqual({ ...documented, id: reply.msg.payload.id });
+
+      // A retry of the same bytes is a duplicate: it gets the stored pong again, byte for byte.
+      inbox.submit(deviceId, utf8.encode(vec("ping.envelope")));
+      await inbox.idle();
+      expect(sent).toHaveLength(2);
+      expect(Buffer.from(sent[1]!.bytes).equals(Buffer.from(sent[0]!.bytes))).toBe(true);
+    } finally {
+      db.close();
+    }
+  });
+});
+
+const HAS_PYTHON_CRYPTOGRAPHY = spawnSync("python3", ["-c", "import cryptography"], { stdio: "ignore" }).status === 0;
+
+/** Loads the document's Python sketch as a module and computes the vectors with it. */
+const HARNESS = `
+import importlib.util, json, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+spec = importlib.util.spec_from_file_location("device", sys.argv[1])
+d = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(d)
+v = json.load(sys.stdin)
+key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["device.seed.hex"]))
+broker = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["broker.seed.hex"])).public_key()
+pub = d.public_key_bytes(key)
+me = d.device_id(pub)
+pong = v["pong.envelope"].encode("utf-8")
+print(json.dumps({
+    "device.public-key.hex": pub.hex(),
+    "device.id": me,
+    "token.password": d.connect_token(key, me, int(v["token.ts"]), v["token.nonce"]),
+    "ping.envelope": d.seal(key, json.loads(v["ping.payload"])).decode("utf-8"),
+    "pong": d.open_broker_message(broker, me, pong),
+    "pong tampered": d.open_broker_message(broker, me, pong.replace(b"hello", b"hellO")),
+    "pong to another device": d.open_broker_message(broker, "d" + "a" * 19, pong),
+}))
+`;
+
+describe("docs/protocol.md §A device in Python", () => {
+  it.skipIf(!HAS_PYTHON_CRYPTOGRAPHY)("reproduces the test vectors with the document's Python code", () => {
+    const sketch = /```python\n([\s\S]*?)\n```/.exec(section("A device in Python"))?.[1];
+    expect(sketch).toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), "hp-protocol-doc-"));
+    try {
+      writeFileSync(join(dir, "device.py"), sketch!);
+      const run = spawnSync("python3", ["-c", HARNESS, join(dir, "device.py")], { input: JSON.stringify(Object.fromEntries(VECTORS)), encoding: "utf8", timeout: 30_000 });
+      expect(run.stderr).toBe("");
+      expect(JSON.parse(run.stdout)).toEqual({
+        "device.public-key.hex": vec("device.public-key.hex"),
+        "device.id": vec("device.id"),
+        "token.password": vec("token.password"),
+        "ping.envelope": vec("ping.envelope"),
+        pong: JSON.parse(vec("pong.payload")),
+        "pong tampered": null,
+        "pong to another device": null,
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
