@@ -100,13 +100,6 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     publish,
     rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
   });
-  registerBinding(inbox, db, {
-    keyring: () => keyring,
-    log,
-    pairingTtlMs: config.pairingTtlMs,
-    bindRequestsPerWindow: BINDING_DEFAULTS.bindRequestsPerWindow,
-    bindWindowMs: BINDING_DEFAULTS.bindWindowMs,
-  });
   const payments = new Payments(db, {
     keyring: () => keyring,
     log,
@@ -115,6 +108,14 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal,
     maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone,
     isOnline: (deviceId) => (aedes as unknown as { clients: Record<string, unknown> }).clients[deviceId] !== undefined,
+  });
+  registerBinding(inbox, db, {
+    keyring: () => keyring,
+    log,
+    pairingTtlMs: config.pairingTtlMs,
+    bindRequestsPerWindow: BINDING_DEFAULTS.bindRequestsPerWindow,
+    bindWindowMs: BINDING_DEFAULTS.bindWindowMs,
+    onUnbound: (ctx, agreementId) => payments.endForAgreement(ctx, agreementId),
   });
   payments.register(inbox);
   const authenticator = new ConnectAuthenticator(db, config.freshnessMs);

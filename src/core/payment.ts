@@ -4,14 +4,14 @@
  * Pure: no clock, no randomness, no I/O. The caller (src/service/payments.ts) passes `nowMs`,
  * loads what a transition needs (the agreement's second state, the wallet balance) into the
  * event, and applies the returned effects in the message's SQLite transaction. The transition
- * table is docs/payment-states.md; test/unit/payment.test.ts checks every cell of it.
+ * table is docs/payment-states.md; test/unit/payment-states-doc.test.ts checks every cell of it.
  *
  *   awaiting_confirmation ──approve──▶ executing ──execute──▶ completed
  *        │   │   │                       │   │
  *        │   │   └─decline─▶ declined     │   └─(insufficient funds)─▶ failed
  *        │   └─deadline─▶ expired        ├─deadline─▶ expired
  *        └─cancel─▶ cancelled            └─cancel─▶ cancelled
- *   (approve with the agreement unbound meanwhile ─▶ failed)
+ *   (approve with the agreement unbound meanwhile, or unbinding while live ─▶ failed)
  */
 import type { ErrorCode } from "../protocol/errors.ts";
 import type { Limits, Usage } from "./agreement.ts";
@@ -21,7 +21,7 @@ export type PaymentStatus = "awaiting_confirmation" | "executing" | "completed" 
 export const FINAL_STATUSES: readonly PaymentStatus[] = ["completed", "failed", "declined", "expired", "cancelled"];
 export const PAYMENT_STATUSES: readonly PaymentStatus[] = ["awaiting_confirmation", "executing", ...FINAL_STATUSES];
 
-export type FailureReason = "declined" | "prompt_expired" | "task_expired" | "cancelled" | "unbound" | "insufficient_funds" | "agreement_unreadable";
+export type FailureReason = "declined" | "prompt_expired" | "task_expired" | "cancelled" | "unbound" | "insufficient_funds";
 
 export interface Payment {
   readonly id: string;
@@ -67,7 +67,9 @@ export type PaymentEvent =
   | { readonly kind: "decline" }
   | { readonly kind: "execute"; readonly values: ExecutionValues; readonly walletBalanceMinor: number; readonly transferId: string }
   | { readonly kind: "cancel" }
-  | { readonly kind: "deadline"; readonly which: "prompt" | "task" };
+  | { readonly kind: "deadline"; readonly which: "prompt" | "task" }
+  /** The agreement was unbound (or replaced) while the payment was live: an unbound agreement never pays. */
+  | { readonly kind: "unbound" };
 
 /** What the shell must do after a transition, in order. */
 export type Effect =
@@ -215,6 +217,11 @@ export function step(p: Payment, ev: PaymentEvent, nowMs: number, d: Deadlines):
     case "cancel":
       if (p.status !== "awaiting_confirmation" && p.status !== "executing") return notPending(p, "cancel");
       return end(p, "cancelled", "cancelled", nowMs);
+
+    case "unbound":
+      // Sent by the broker to every live payment of the agreement; a final one stays as it is.
+      if (p.status !== "awaiting_confirmation" && p.status !== "executing") return { ok: true, payment: p, effects: [] };
+      return end(p, "failed", "unbound", nowMs);
 
     case "deadline": {
       // A deadline that fires after the payment moved on is a no-op, not an error.

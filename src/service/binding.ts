@@ -16,7 +16,7 @@ import { AgreementRepo, PairingRepo, type AgreementRow } from "../store/binding.
 import type { Db } from "../store/db.ts";
 import { DeviceRepo } from "../store/devices.ts";
 import { deviceUserId } from "./devices.ts";
-import { Refusal, type HandlerContext, type Inbox } from "./inbox.ts";
+import { Refusal, type HandlerContext, type Inbox, type TxContext } from "./inbox.ts";
 import { agreementLookup, openAgreement, openJson, pairingVerifierHash, sameBytes, sealAgreement, sealJson } from "./sealing.ts";
 
 export interface BindingOptions {
@@ -27,6 +27,8 @@ export interface BindingOptions {
   /** Bind requests one terminal may make per window. */
   readonly bindRequestsPerWindow: number;
   readonly bindWindowMs: number;
+  /** Called, inside the transaction, for every agreement that ends (unbound or replaced). */
+  readonly onUnbound?: (ctx: TxContext, agreementId: string) => void;
 }
 
 export const BINDING_DEFAULTS = { pairingTtlMs: 5 * 60_000, bindRequestsPerWindow: 5, bindWindowMs: 10 * 60_000 } as const;
@@ -150,6 +152,7 @@ export function registerBinding(inbox: Inbox, db: Db, o: BindingOptions): void {
     const previous = agreements.byLookup(lookup);
     if (previous !== null) {
       agreements.shred(previous.id, "replaced", ctx.nowMs);
+      o.onUnbound?.(ctx, previous.id);
       if (previous.phoneId !== ctx.device.id) ctx.send(previous.phoneId, "unbound", { agreementId: previous.id, by: "replaced", terminalName: terminal.displayName });
     }
     const agreement = newAgreement({ id: randomId("ag"), terminal, login, userId, phoneId: ctx.device.id, limits: body.limits, nowMs: ctx.nowMs });
@@ -194,6 +197,7 @@ export function registerBinding(inbox: Inbox, db: Db, o: BindingOptions): void {
     const terminalName = opened.ok ? opened.value.terminal.displayName : (devices.get(row.terminalId)?.name ?? null);
     const by = ctx.device.id === row.phoneId ? "phone" : "terminal";
     agreements.shred(row.id, by, ctx.nowMs);
+    o.onUnbound?.(ctx, row.id);
     const message = { agreementId: row.id, by, terminalName } as const;
     ctx.reply("unbound", message);
     ctx.send(ctx.device.id === row.phoneId ? row.terminalId : row.phoneId, "unbound", message);

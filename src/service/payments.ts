@@ -87,6 +87,11 @@ export class Payments {
     });
   }
 
+  /** The agreement was unbound: each of its unfinished payments fails now, telling both devices. */
+  endForAgreement(ctx: TxContext, agreementId: string): void {
+    for (const id of this.#payments.liveForAgreement(agreementId)) this.#apply(ctx, this.#payments.get(id)!, { kind: "unbound" });
+  }
+
   /** A deadline came due: run it through the core (a no-op if the payment moved on). */
   fireDeadline(ctx: TxContext, paymentId: string, which: "prompt" | "task"): void {
     const record = this.#payments.get(paymentId);

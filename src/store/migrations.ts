@@ -164,4 +164,8 @@ export const MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX deadlines_by_due ON deadlines (due_ms);
   `,
+  // 4: unbinding ends the agreement's live payments, found by this index.
+  `
+  CREATE INDEX payments_live_by_agreement ON payments (agreement_id) WHERE status IN ('awaiting_confirmation', 'executing');
+  `,
 ];

@@ -45,6 +45,9 @@ export class PaymentRepo {
   readonly #count;
 
   constructor(db: Db) {
+    this.#liveForAgreement = db.prepare<[string], { id: string }>(
+      "SELECT id FROM payments WHERE agreement_id = ? AND status IN ('awaiting_confirmation', 'executing') ORDER BY created_ms",
+    );
     this.#insert = db.prepare(
       `INSERT INTO payments (id, terminal_id, phone_id, agreement_id, merchant_id, idempotency_key, request_digest, order_ref, description, state, status, seq, created_ms, updated_ms)
        VALUES (@id, @terminalId, @phoneId, @agreementId, @merchantId, @idempotencyKey, @requestDigest, @orderRef, @description, @state, @status, 0, @createdMs, @createdMs)`,
@@ -73,6 +76,12 @@ export class PaymentRepo {
 
   readonly #bumpSeq;
   readonly #seqOf;
+  readonly #liveForAgreement;
+
+  /** Ids of the agreement's unfinished payments. */
+  liveForAgreement(agreementId: string): string[] {
+    return this.#liveForAgreement.all(agreementId).map((r) => r.id);
+  }
 
   insert(p: Payment, extra: { idempotencyKey: string; requestDigest: Uint8Array; orderRef: string; description: string | null }): void {
     this.#insert.run({

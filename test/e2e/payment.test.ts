@@ -149,16 +149,44 @@ describe("payment", () => {
     expect(errorCode(await w.phone.request("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName }))).toBe("payment_not_pending");
   });
 
-  it("fails a payment whose agreement was unbound while the prompt was open (the second agreement state)", async () => {
+  it("fails a payment at once when its agreement is unbound while the prompt is open, telling both devices", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    const result = w.terminal.next("payment_result");
+    const phoneResult = w.phone.next("payment_result");
+    await w.pay(12_800);
+    const p = (await prompt).body;
+    await w.terminal.call("unbind", { agreementId: w.agreementId });
+    expect((await result).body).toMatchObject({ status: "failed", reason: "unbound" });
+    expect((await phoneResult).body).toMatchObject({ status: "failed", reason: "unbound" });
+    expect(errorCode(await w.phone.request("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName }))).toBe("payment_not_pending");
+    expect(errorCode(await w.pay(100))).toBe("not_bound");
+  });
+
+  it("never pays from an agreement unbound after confirmation: the executing payment fails, execution is refused", async () => {
+    const w = await world();
+    const task = w.phone.next("payment_task");
+    const result = w.terminal.next("payment_result");
+    await w.pay(1000);
+    const t = await task;
+    await w.phone.call("unbind", { agreementId: w.agreementId });
+    expect((await result).body).toMatchObject({ status: "failed", reason: "unbound" });
+    const b = t.body as { paymentId: string; amountMinor: number; currency: string; payee: string };
+    expect(errorCode(await w.phone.request("payment_execute", { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, payee: b.payee }))).toBe("payment_not_pending");
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
+    expect(new LedgerRepo(broker.db).transferForPayment(b.paymentId)).toBeNull();
+  });
+
+  it("fails the payment on approval when the agreement was unbound by other means (the second agreement state)", async () => {
     const w = await world();
     const prompt = w.phone.next("payment_prompt");
     const result = w.terminal.next("payment_result");
     await w.pay(12_800);
     const p = (await prompt).body;
-    await w.terminal.call("unbind", { agreementId: w.agreementId });
+    // Shredded directly in the database, as if by an operator: no unbound event reached the payment.
+    broker.db.prepare("UPDATE agreements SET status = 'unbound', sealed = NULL, lookup = NULL WHERE id = ?").run(w.agreementId);
     await w.phone.call("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName });
     expect((await result).body).toMatchObject({ status: "failed", reason: "unbound" });
-    expect(errorCode(await w.pay(100))).toBe("not_bound");
   });
 
   it("fails with insufficient funds and never takes the wallet below zero", async () => {

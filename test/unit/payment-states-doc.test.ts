@@ -56,7 +56,7 @@ function outcomeOf(text: string): Outcome {
   throw new Error(`"${text}" is neither a status, an error code nor "no change"`);
 }
 
-const EVENT_KEYS = ["prompt_received", "approve", "decline", "execute", "cancel", "deadline prompt", "deadline task"] as const;
+const EVENT_KEYS = ["prompt_received", "approve", "decline", "execute", "cancel", "deadline prompt", "deadline task", "unbound"] as const;
 type EventKey = (typeof EVENT_KEYS)[number];
 
 interface Cell {
@@ -181,6 +181,7 @@ function eventFor(key: EventKey, p: Payment, k: Knobs): PaymentEvent {
     case "prompt_received":
     case "decline":
     case "cancel":
+    case "unbound":
       return { kind: key };
     case "approve":
       return { kind: "approve", values: { amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName, ...k.change }, agreementActive: k.inactive !== true };
