@@ -96,6 +96,11 @@ export function loadKeyring(dir: string, fromEnv: string | undefined, warn: (msg
   if (fromEnv !== undefined) return { keyring: Keyring.fromEnv(fromEnv), source: "env" };
   const file = join(dir, MASTER_KEY_FILE);
   if (!existsSync(file)) {
+    // A database without its key file is the wrong dir or a lost key: a new key would seal new
+    // data that the real key cannot open, and could not open the old data at all.
+    if (existsSync(join(dir, DB_FILE))) {
+      throw new DataDirError(`${dir} has a database but no ${MASTER_KEY_FILE}: restore the key file, set HANDOFF_MASTER_KEY, or check --data-dir`);
+    }
     const keyring = Keyring.fresh();
     writeSecretFile(file, keyring.toFileJson());
     return { keyring, source: "created" };

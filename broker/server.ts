@@ -62,10 +62,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   let signer: Signer;
   let publicKey: Uint8Array;
   try {
-    db = openDataDb(dataDir);
+    // The key first: it refuses a database whose key file is missing.
     const loaded = loadKeyring(dataDir, deps.masterKeyEnv, (msg) => log.warn(msg));
     keyring = loaded.keyring;
     if (loaded.source === "created") log.info({ dataDir }, "created master key file master.key (mode 0600)");
+    db = openDataDb(dataDir);
     const identity = loadBrokerIdentity(dataDir);
     signer = new Signer(identity);
     publicKey = identity.publicKey;

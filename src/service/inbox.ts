@@ -243,6 +243,8 @@ export class Inbox {
       for (const id of body.data.ids) this.#outbox.markDelivered(v.device.id, id, nowMs);
       return [];
     }
+    // The answer to a message leaves before anything the message caused (progress, results).
+    const replies: Outgoing[] = [];
     const outgoing: Outgoing[] = [];
     try {
       return db.transaction(() => {
@@ -262,7 +264,7 @@ export class Inbox {
           device: v.device,
           msg: payload,
           db,
-          reply: (type, b) => outgoing.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
+          reply: (type, b) => replies.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
           send: (to, type, b, msgId) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs, msgId)),
           withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
         };
@@ -273,7 +275,7 @@ export class Inbox {
           if (err instanceof Refusal) return answer(err.code, err.message);
           throw err;
         }
-        return outgoing.map((o) => this.#store(o, nowMs));
+        return [...replies, ...outgoing].map((o) => this.#store(o, nowMs));
       })();
     } catch (err) {
       // A storage fault fails the whole batch (nothing half-written). Anything else is a bug in

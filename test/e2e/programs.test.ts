@@ -103,6 +103,19 @@ describe("broker program", () => {
     expect(await first.exited).toBe(0);
   });
 
+  it("refuses a data dir whose database has lost its master key file, instead of making a new key", async () => {
+    const dataDir = dir();
+    const first = await startProcess(dataDir);
+    first.child.kill("SIGTERM");
+    expect(await first.exited).toBe(0);
+    rmSync(join(dataDir, "master.key"));
+    const again = await finish(run("broker/main.ts", ["--port", "0", "--data-dir", dataDir]));
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain("has a database but no master.key");
+    await expect(adminMain(["device", "list", "--data-dir", dataDir], () => {})).rejects.toThrow("no master.key");
+    expect(existsSync(join(dataDir, "master.key"))).toBe(false);
+  });
+
   it("prints help with every option, and exits 2 on a bad flag or value", async () => {
     const help = await finish(run("broker/main.ts", ["--help"]));
     expect(help.code).toBe(0);
