@@ -11,6 +11,7 @@ import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { PhoneAgent, pay, type PromptAnswer } from "./agents.ts";
+import { STEP_TEXT, codeBox, limitsText } from "./present.ts";
 import { Device, type Received } from "./device.ts";
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
@@ -338,11 +339,6 @@ function failure(reply: Received): string {
   return `${b.code}: ${b.detail}`;
 }
 
-function limitsText(l: Limits): string {
-  return `auto-confirm up to ${formatAmount(l.autoConfirmMaxMinor, l.currency)} (at most ${formatAmount(l.autoConfirmDailyMinor, l.currency)} a day), any payment up to ${formatAmount(l.perPaymentMaxMinor, l.currency)}`;
-}
-
-/** Shows a pairing code the way a TV would: big, boxed, with the time left. */
 const TERMINAL_HELP = `terminal commands:
   bind [--login LOGIN]                          show a pairing code and wait for the phone
   pay AMOUNT CURRENCY [--merchant ID] [--order REF] [--description TEXT] [--idempotency-key KEY]
@@ -357,21 +353,6 @@ const PHONE_HELP = `phone commands (a prompt is answered with y or n):
 /** Splits a typed line into words; double quotes group words ("Two flat whites"). */
 function splitWords(line: string): string[] {
   return [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!);
-}
-
-const STEP_TEXT: Record<string, string> = {
-  accepted: "accepted",
-  prompt_sent: "asking the phone…",
-  waiting_for_phone: "waiting for the phone to come online…",
-  prompt_delivered: "the phone shows the prompt",
-  confirmed: "confirmed",
-  executing: "the phone is paying…",
-};
-
-function codeBox(code: string, ttlMs: number): string {
-  const line = `   ${code.split("").join(" ")}   `;
-  const bar = "─".repeat(line.length);
-  return [`┌${bar}┐`, `│${line}│`, `└${bar}┘`, `valid for ${Math.round(ttlMs / 60_000)} minutes`].join("\n");
 }
 
 async function oneShot(kind: "terminal" | "phone", device: Device, action: string[], values: Values, key: DeviceKey): Promise<number> {
@@ -429,7 +410,8 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
     if (reply.type === "error") throw new OperationError(failure(reply));
     const body = reply.body as { code: string; ttlMs: number; expiresAtMs: number; display: string };
     out(body.display);
-    out(codeBox(body.code, body.ttlMs));
+    out(codeBox(body.code));
+    out(`valid for ${Math.round(body.ttlMs / 60_000)} minutes`);
     out("waiting for the phone…");
     try {
       const bound = await device.next("bound", Math.max(0, body.expiresAtMs - Date.now()) + 2000);

@@ -41,6 +41,7 @@
  * it. The runner ends with a ledger step: every wallet and merchant moved by exactly the
  * payments expected to complete, and each currency's balances sum to zero.
  */
+import { STEP_TEXT, codeBox, limitsText } from "./present.ts";
 import { randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { z } from "zod";
@@ -456,26 +457,11 @@ interface PaymentRun {
   abandon(): Promise<void>;
 }
 
-const STEP_TEXT: Record<string, string> = {
-  prompt_sent: "the phone is asked",
-  waiting_for_phone: "the phone is offline: the prompt waits for it",
-  prompt_delivered: "the phone shows the prompt",
-  confirmed: "confirmed",
-  executing: "the phone is paying…",
-};
 
 const short = (v: unknown) => (typeof v === "string" && v.length > 12 ? `${v.slice(0, 10)}…` : String(v));
 const money = (b: Record<string, unknown>) => formatAmount(b.amountMinor as number, b.currency as string);
 
-export function limitsText(l: { currency: string; autoConfirmMaxMinor: number; autoConfirmDailyMinor: number; perPaymentMaxMinor: number }): string {
-  return `auto-confirm up to ${formatAmount(l.autoConfirmMaxMinor, l.currency)} (${formatAmount(l.autoConfirmDailyMinor, l.currency)} a day), at most ${formatAmount(l.perPaymentMaxMinor, l.currency)} a payment`;
-}
 
-function codeBox(code: string): string {
-  const line = `   ${code.split("").join(" ")}   `;
-  const bar = "─".repeat(line.length);
-  return [`┌${bar}┐`, `│${line}│`, `└${bar}┘`].join("\n");
-}
 
 /** The outcome of a pay step, in the notation scenarios expect. */
 export function payOutcomeText(o: PayOutcome, withMode: boolean): string {

@@ -1,0 +1,938 @@
+/**
+ * `npm run test:chaos`: pays through a broker that keeps being killed, then proves nothing was
+ * lost or paid twice.
+ *
+ * The broker runs as a child process (`node --import tsx broker/main.ts`) on a temporary data
+ * dir, with short prompt and task deadlines and a per-device rate limit high enough not to
+ * interfere. Devices, the merchant and wallet credits are written into the database first, as
+ * the admin tool does; each terminal is then bound to its phone over MQTT. Then every pair pays,
+ * one payment after another, while the broker is SIGKILLed at seeded random moments (some during
+ * its start) and restarted on the same data dir and port:
+ *
+ *   - the terminal re-sends its pay_request, with the same idempotency key, until it is answered;
+ *     then follows the payment to its end (the payment_result, or payment_status when quiet);
+ *   - the phone approves, declines or ignores each prompt, and executes or ignores each task, as
+ *     the payment's plan says (the plan is the amount's last digit, so the phone needs no side
+ *     channel), re-sending each answer until the broker answers it;
+ *   - some payments are cancelled by the terminal, racing the phone's execution, and some wallets
+ *     are small enough to run out of money.
+ *
+ * Devices reconnect by themselves with fresh tokens; the broker's outbox sends what they missed.
+ * After the last restart the driver lets every payment end, waits for every result to reach
+ * both devices, stops the broker cleanly and checks, from the devices' records and the database:
+ * every payment final (or live within its deadline); one ledger transfer per completed payment
+ * and one completed payment per payment transfer; balances summing to zero per currency, and
+ * each wallet and the merchant holding exactly what the completed payments moved; one result
+ * per payment per device, the same on both, matching the database; no payment lost (every
+ * idempotency key answered, every answered payment in the database) and none doubled (one
+ * payment id per idempotency key); and no payment completed, confirmed or declined that its
+ * phone did not ask for.
+ *
+ * The seed fixes the kill moments and every device's choices; the interleaving of messages is up
+ * to the machine, so a replay re-creates the same storm, not the same microseconds.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomInt } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
+import { UsageError, parseFlags, runCli } from "../src/cli/args.ts";
+import { FINAL_STATUSES, type Payment, type PaymentStatus } from "../src/core/payment.ts";
+import { toBase64 } from "../src/crypto/encoding.ts";
+import { registerDevice } from "../src/service/devices.ts";
+import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
+import { LedgerRepo } from "../src/store/ledger.ts";
+import { Device, type Received } from "./device.ts";
+import { newDeviceKey, type DeviceKey } from "./keyfile.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const BROKER_MAIN = join(ROOT, "broker", "main.ts");
+
+export const CHAOS_DEFAULTS = { kills: 20, pairs: 24, promptTtlMs: 3000, taskTtlMs: 3000 } as const;
+
+export interface ChaosOptions {
+  /** Fixes kill moments and device choices; random when absent (and printed). */
+  readonly seed?: number;
+  /** SIGKILLs before the final restart (default 20). */
+  readonly kills?: number;
+  /** Terminal/phone pairs paying at once (default 24). */
+  readonly pairs?: number;
+  readonly promptTtlMs?: number;
+  readonly taskTtlMs?: number;
+  /** Keep the data dir afterwards (it is always kept when the run fails). */
+  readonly keepDataDir?: boolean;
+  /** Where progress lines go (default: stdout). */
+  readonly log?: (line: string) => void;
+}
+
+export interface ChaosReport {
+  readonly seed: number;
+  readonly kills: number;
+  /** Payments the driver started (idempotency keys). */
+  readonly payments: number;
+  readonly completed: number;
+  /** Started payments without a known final outcome, or answered but missing from the database. */
+  readonly lost: number;
+  /** Idempotency keys (order references) that led to more than one payment. */
+  readonly doubled: number;
+  readonly ok: boolean;
+  readonly outcomes: Readonly<Record<string, number>>;
+  readonly checked: Readonly<Record<string, number>>;
+  readonly problems: readonly string[];
+  readonly durationMs: number;
+  readonly dataDir: string | null;
+}
+
+// ── Timing ──────────────────────────────────────────────────────────────────────────────────
+
+/** How long one try waits for the broker's answer before sending again. */
+const ANSWER_MS = 2500;
+/** How long a device waits for its connection before a try is skipped. */
+const READY_MS = 3000;
+/** A quiet payment: the terminal asks payment_status after this long without a result. */
+const STATUS_POLL_MS = 2000;
+/** Broker uptime before a kill, after it logged "listening" (uniform in this range). */
+const UPTIME_MS: readonly [number, number] = [400, 2600];
+/** Share of kills that land while the broker starts (before or just after it listens). */
+const EARLY_KILL_SHARE = 0.15;
+/** After the last payment ended: how long results may take to reach both devices. */
+const DELIVERY_WAIT_MS = 20_000;
+
+/** Answers that mean "try again later", not "no". */
+const RETRY_CODES = new Set(["unavailable", "rate_limited", "stale"]);
+
+const CURRENCY = "CNY";
+const MERCHANT = { id: "chaos-mart", name: "Chaos Mart" } as const;
+const LIMITS = { currency: CURRENCY, autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 1_000_000_000, perPaymentMaxMinor: 100_000 } as const;
+const RICH_MINOR = 100_000_000;
+/** Every fifth pair's wallet runs dry after a few payments: insufficient_funds is an outcome too. */
+const POOR_MINOR = 30_000;
+
+// ── Seeded randomness ──────────────────────────────────────────────────────────────────────
+
+/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const between = (rng: () => number, lo: number, hi: number) => lo + Math.floor(rng() * (hi - lo + 1));
+
+// ── Plans: what each payment's devices do, carried in the amount's last digit ──────────────
+
+type Plan = "approve" | "decline" | "ignore_prompt" | "ignore_task" | "cancel";
+const PLAN_DIGIT: Record<Plan, number> = { approve: 1, decline: 2, ignore_prompt: 3, ignore_task: 4, cancel: 5 };
+const PLAN_WEIGHTS: readonly [Plan, number][] = [
+  ["approve", 50],
+  ["decline", 15],
+  ["ignore_prompt", 10],
+  ["ignore_task", 10],
+  ["cancel", 15],
+];
+
+function pickPlan(rng: () => number): Plan {
+  let r = rng() * 100;
+  for (const [plan, w] of PLAN_WEIGHTS) if ((r -= w) < 0) return plan;
+  return "approve";
+}
+
+function planOf(amountMinor: number): Plan {
+  const digit = amountMinor % 10;
+  return (Object.keys(PLAN_DIGIT) as Plan[]).find((p) => PLAN_DIGIT[p] === digit) ?? "approve";
+}
+
+/** The phone's answer to a prompt and to a task, by plan. */
+const promptAnswer = (plan: Plan): "approve" | "decline" | "ignore" => (plan === "decline" ? "decline" : plan === "ignore_prompt" ? "ignore" : "approve");
+const executesTask = (plan: Plan): boolean => plan !== "ignore_task";
+
+// ── Small helpers ──────────────────────────────────────────────────────────────────────────
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const isFinal = (status: string) => (FINAL_STATUSES as readonly string[]).includes(status);
+const errorCode = (m: Received) => (m.body as { code?: string }).code ?? "?";
+
+async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+// ── The broker child process ───────────────────────────────────────────────────────────────
+
+interface Spawned {
+  /** Resolves when the broker logs "broker listening"; rejects if it exits first. */
+  readonly listening: Promise<Record<string, unknown>>;
+  readonly exited: Promise<number | null>;
+  readonly child: ChildProcess;
+}
+
+class BrokerProcess {
+  /** Error and fatal log lines of every run, and a start that failed. */
+  readonly errors: string[] = [];
+  #current: Spawned | null = null;
+  #stderrTail = "";
+
+  constructor(readonly args: readonly string[]) {}
+
+  spawn(): Spawned {
+    // The broker's settings come from our flags only: HANDOFF_* from the caller's shell stay out.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HANDOFF_")));
+    const child = spawn(process.execPath, ["--import", "tsx", BROKER_MAIN, ...this.args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    const listening = new Promise<Record<string, unknown>>((resolveListening, reject) => {
+      let buffer = "";
+      child.stdout!.on("data", (d: Buffer) => {
+        buffer += d.toString();
+        let nl;
+        while ((nl = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 1);
+          let obj: Record<string, unknown>;
+          try {
+            obj = JSON.parse(line) as Record<string, unknown>;
+          } catch {
+            continue;
+          }
+          if (String(obj.msg).startsWith("broker listening")) resolveListening(obj);
+          if (typeof obj.level === "number" && obj.level >= 50) this.errors.push(`${String(obj.msg)} ${JSON.stringify(obj.err ?? obj.code ?? "")}`);
+        }
+      });
+      child.stderr!.on("data", (d: Buffer) => {
+        this.#stderrTail = (this.#stderrTail + d.toString()).slice(-2000);
+      });
+      void exited.then((code) => reject(new Error(`broker exited (${code ?? "killed"}) before it listened${this.#stderrTail ? `: ${this.#stderrTail.trim()}` : ""}`)));
+    });
+    listening.catch(() => {}); // a kill during start is expected; callers that wait see the rejection
+    this.#current = { listening, exited, child };
+    return this.#current;
+  }
+
+  /** SIGKILL: no cleanup of any kind, as a power cut or the OOM killer would do it. */
+  async kill(): Promise<void> {
+    const c = this.#current;
+    if (c === null) return;
+    c.child.kill("SIGKILL");
+    await c.exited;
+    this.#current = null;
+  }
+
+  /** SIGTERM and wait; the exit code (0 after a clean stop). */
+  async stop(): Promise<number | null> {
+    const c = this.#current;
+    if (c === null) return null;
+    c.child.kill("SIGTERM");
+    const timer = setTimeout(() => c.child.kill("SIGKILL"), 20_000);
+    const code = await c.exited;
+    clearTimeout(timer);
+    this.#current = null;
+    return code;
+  }
+}
+
+// ── A device as the driver uses it ─────────────────────────────────────────────────────────
+
+interface ResultRecord {
+  readonly msgIds: string[];
+  readonly bodies: string[];
+  readonly status: string;
+}
+
+class SimDevice {
+  readonly device: Device;
+  /** Connected and subscribed to its down topic. */
+  ready = false;
+  closed = false;
+  refusals = 0;
+  /** Every payment_result received, by payment id (the Device already drops same-id copies). */
+  readonly results = new Map<string, ResultRecord>();
+  readonly #waiters = new Map<string, Set<() => void>>();
+
+  constructor(
+    readonly label: string,
+    url: string,
+    key: DeviceKey,
+    brokerPublicKey: Uint8Array,
+  ) {
+    this.device = new Device({ url, key, brokerPublicKey, reconnectMs: 200, connectTimeoutMs: 3000, keepaliveS: 10, ackDelayMs: 20 });
+    this.device.on("connect", () => (this.ready = true));
+    this.device.on("offline", () => (this.ready = false));
+    this.device.on("reconnecting", () => (this.ready = false));
+    this.device.on("error", () => {}); // a broker that vanished: the client reconnects by itself
+    this.device.on("refused", () => {
+      // A refusal stops the client. A registered device with a fresh token should never see one
+      // (a CONNACK 3 while the broker opens its database is the only excusable one): count it,
+      // and come back.
+      this.ready = false;
+      this.refusals++;
+      void sleep(300).then(() => this.connect());
+    });
+    this.device.on("message", (m) => {
+      if (m.type !== "payment_result") return;
+      const body = m.body as { paymentId: string; status: string };
+      const rec = this.results.get(body.paymentId) ?? { msgIds: [], bodies: [], status: body.status };
+      rec.msgIds.push(m.id);
+      rec.bodies.push(JSON.stringify(m.body));
+      this.results.set(body.paymentId, rec);
+      for (const w of this.#waiters.get(body.paymentId) ?? []) w();
+    });
+  }
+
+  /** Connects, retrying until it works or the device is closed. */
+  async connect(): Promise<void> {
+    while (!this.closed) {
+      try {
+        await this.device.connect();
+        return;
+      } catch {
+        await sleep(300);
+      }
+    }
+  }
+
+  async waitReady(maxMs: number): Promise<boolean> {
+    const until = Date.now() + maxMs;
+    while (!this.ready && !this.closed && Date.now() < until) await sleep(25);
+    return this.ready;
+  }
+
+  /** Resolves true when the payment's result is here, false after `ms`. */
+  waitResult(paymentId: string, ms: number): Promise<boolean> {
+    if (this.results.has(paymentId)) return Promise.resolve(true);
+    return new Promise((resolveWait) => {
+      const set = this.#waiters.get(paymentId) ?? new Set();
+      this.#waiters.set(paymentId, set);
+      const done = (got: boolean) => {
+        clearTimeout(timer);
+        set.delete(wake);
+        if (set.size === 0) this.#waiters.delete(paymentId);
+        resolveWait(got);
+      };
+      const wake = () => done(true);
+      const timer = setTimeout(() => done(false), ms);
+      set.add(wake);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.device.close().catch(() => {});
+  }
+}
+
+interface Stats {
+  tries: number;
+  timeouts: number;
+  retryAnswers: number;
+}
+
+/**
+ * Sends a message until the broker answers it (with anything but "try later"), each try with a
+ * new message id: the broker is idempotent by idempotency key and by payment state, so a second
+ * copy that arrives after all is harmless. Null when `stop` says to give up or time runs out.
+ */
+async function askUntilAnswered(sim: SimDevice, type: string, body: Record<string, unknown>, stats: Stats, stop: () => boolean, maxMs: number): Promise<Received | null> {
+  const until = Date.now() + maxMs;
+  for (let attempt = 0; Date.now() < until; attempt++) {
+    if (stop() || sim.closed) return null;
+    if (!(await sim.waitReady(READY_MS))) continue;
+    if (stop()) return null;
+    let reply: Received;
+    stats.tries++;
+    try {
+      reply = await sim.device.request(type, body, ANSWER_MS);
+    } catch {
+      stats.timeouts++;
+      continue;
+    }
+    if (reply.type === "error" && RETRY_CODES.has(errorCode(reply))) {
+      stats.retryAnswers++;
+      await sleep(Math.min(100 * (attempt + 1), 1000));
+      continue;
+    }
+    return reply;
+  }
+  return null;
+}
+
+// ── What the driver remembers ──────────────────────────────────────────────────────────────
+
+interface Track {
+  readonly pair: number;
+  readonly key: string;
+  readonly orderRef: string;
+  readonly amountMinor: number;
+  readonly plan: Plan;
+  paymentId: string | null;
+  mode: "auto" | "prompt" | null;
+  /** The final status, from a payment_result or a payment_status answer. */
+  outcome: string | null;
+  /** An answer that was neither an acceptance nor "try later". */
+  rejected: string | null;
+}
+
+interface Pair {
+  readonly index: number;
+  readonly userId: string;
+  readonly login: string;
+  readonly creditMinor: number;
+  readonly terminalKey: DeviceKey;
+  readonly phoneKey: DeviceKey;
+  terminal: SimDevice | null;
+  phone: SimDevice | null;
+  /** What the phone sent at least once, by payment id. */
+  readonly approved: Set<string>;
+  readonly declined: Set<string>;
+  readonly executed: Set<string>;
+}
+
+// ── The run ────────────────────────────────────────────────────────────────────────────────
+
+export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport> {
+  const started = Date.now();
+  const seed = (options.seed ?? randomInt(0, 2 ** 31)) >>> 0;
+  const killsWanted = options.kills ?? CHAOS_DEFAULTS.kills;
+  const pairCount = options.pairs ?? CHAOS_DEFAULTS.pairs;
+  const promptTtlMs = options.promptTtlMs ?? CHAOS_DEFAULTS.promptTtlMs;
+  const taskTtlMs = options.taskTtlMs ?? CHAOS_DEFAULTS.taskTtlMs;
+  const say = options.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)}s`;
+  if (!Number.isInteger(killsWanted) || killsWanted < 0) throw new UsageError("--kills must be a whole number, 0 or more");
+  if (!Number.isInteger(pairCount) || pairCount < 1) throw new UsageError("--pairs must be a whole number, 1 or more");
+
+  const problems: string[] = [];
+  const problem = (line: string) => {
+    if (problems.length < 200) problems.push(line);
+  };
+  const stats: Stats = { tries: 0, timeouts: 0, retryAnswers: 0 };
+  const rootRng = mulberry32(seed);
+  const killRng = mulberry32(Math.floor(rootRng() * 2 ** 32));
+  const pairSeeds = Array.from({ length: pairCount }, () => Math.floor(rootRng() * 2 ** 32));
+
+  say(`chaos: seed ${seed}, ${killsWanted} kills, ${pairCount} pairs; prompt ttl ${promptTtlMs} ms, task ttl ${taskTtlMs} ms (replay: npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount})`);
+
+  // Setup, in the database, as the admin tool does it.
+  const dataDir = mkdtempSync(join(tmpdir(), "hp-chaos-"));
+  const pairs: Pair[] = [];
+  {
+    const db = openDataDb(dataDir);
+    try {
+      const { keyring } = loadKeyring(dataDir, undefined);
+      const now = Date.now();
+      const added = addMerchant(db, MERCHANT, now);
+      if (!added.ok) throw new Error(added.error);
+      for (let i = 0; i < pairCount; i++) {
+        const userId = `chaos-user-${i}`;
+        const terminalKey = newDeviceKey("terminal", `Chaos terminal ${i}`);
+        const phoneKey = newDeviceKey("phone", `Chaos phone ${i}`);
+        for (const [key, kind] of [
+          [terminalKey, "terminal"],
+          [phoneKey, "phone"],
+        ] as const) {
+          const res = registerDevice(db, keyring, { kind, name: key.name!, publicKey: toBase64(key.pair.publicKey), ...(kind === "phone" ? { userId } : {}) }, now);
+          if (!res.ok) throw new Error(res.error);
+        }
+        const creditMinor = i % 5 === 4 ? POOR_MINOR : RICH_MINOR;
+        const credit = creditWallet(db, keyring, { userId, amountMinor: creditMinor, currency: CURRENCY, reference: `chaos-credit-${i}` }, now);
+        if (!credit.ok) throw new Error(credit.error);
+        pairs.push({ index: i, userId, login: `${userId}@chaos-tv`, creditMinor, terminalKey, phoneKey, terminal: null, phone: null, approved: new Set(), declined: new Set(), executed: new Set() });
+      }
+    } finally {
+      db.close();
+    }
+  }
+
+  const port = await freePort();
+  const url = `mqtt://127.0.0.1:${port}`;
+  const broker = new BrokerProcess([
+    "--port", String(port),
+    "--data-dir", dataDir,
+    "--prompt-ttl-ms", String(promptTtlMs),
+    "--task-ttl-ms", String(taskTtlMs),
+    "--device-rate", "100000",
+    "--device-burst", "100000",
+    "--log-level", "info",
+  ]); // prettier-ignore
+
+  /** Starts the broker and waits until it listens; a start that fails is retried a few times. */
+  const startListening = async (): Promise<Record<string, unknown>> => {
+    for (let attempt = 1; ; attempt++) {
+      const s = broker.spawn();
+      try {
+        return await s.listening;
+      } catch (err) {
+        broker.errors.push(`start ${attempt} failed: ${(err as Error).message}`);
+        if (attempt >= 5) throw err;
+        await sleep(500);
+      }
+    }
+  };
+
+  const tracks: Track[] = [];
+  /** Every payment id each terminal was told for an order reference (payment_accepted). */
+  const acceptedByOrder = new Map<string, Set<string>>();
+  let stopNew = false;
+  let abandon = false;
+  let kills = 0;
+  const sims: SimDevice[] = [];
+  let report: ChaosReport | null = null;
+
+  try {
+    await startListening();
+    const brokerPublicKey = readBrokerPublicKey(dataDir);
+    if (brokerPublicKey === null) throw new Error(`${dataDir}/broker.pub is missing after the broker started`);
+
+    // Devices connect, and each terminal binds to its phone, while the broker is left alone.
+    for (const p of pairs) {
+      p.terminal = new SimDevice(`terminal ${p.index}`, url, p.terminalKey, brokerPublicKey);
+      p.phone = new SimDevice(`phone ${p.index}`, url, p.phoneKey, brokerPublicKey);
+      sims.push(p.terminal, p.phone);
+    }
+    await Promise.all(sims.map((s) => s.connect()));
+    await Promise.all(
+      pairs.map(async (p) => {
+        const code = (await p.terminal!.device.call("bind_request", { login: p.login, terminal: { model: "ChaosTV", serial: `CH-${p.index}`, displayName: `Chaos TV ${p.index}` } })).body.code;
+        await p.phone!.device.call("bind_confirm", { code, limits: LIMITS });
+      }),
+    );
+    say(`setup: ${pairCount} pairs registered, bound and connected to ${url} (data dir ${dataDir}) at ${elapsed()}`);
+
+    for (const p of pairs) {
+      p.terminal!.device.on("message", (m) => {
+        if (m.type !== "payment_accepted") return;
+        const b = m.body as { orderRef: string; paymentId: string };
+        const set = acceptedByOrder.get(b.orderRef) ?? new Set();
+        set.add(b.paymentId);
+        acceptedByOrder.set(b.orderRef, set);
+      });
+      wirePhone(p, mulberry32(pairSeeds[p.index]! ^ 0x5bd1e995), stats, () => abandon);
+    }
+
+    // Every pair pays, one payment after another, until the kills are over.
+    const payTimeoutMs = promptTtlMs + taskTtlMs + 60_000;
+    const loops = pairs.map(async (p) => {
+      const rng = mulberry32(pairSeeds[p.index]!);
+      for (let n = 1; !stopNew && !abandon; n++) {
+        const plan = pickPlan(rng);
+        const prompted = rng() < 0.5;
+        const base = prompted ? between(rng, 501, 5000) : between(rng, 10, 499);
+        const track: Track = {
+          pair: p.index,
+          key: `chaos-${seed}-${p.index}-${n}`,
+          orderRef: `order-${p.index}-${n}`,
+          amountMinor: base * 10 + PLAN_DIGIT[plan],
+          plan,
+          paymentId: null,
+          mode: null,
+          outcome: null,
+          rejected: null,
+        };
+        tracks.push(track);
+        await followPayment(p, track, rng, stats, () => abandon, payTimeoutMs);
+        await sleep(between(rng, 0, 150));
+      }
+    });
+
+    // The storm: kill, wait a little, restart; some kills land while the broker is starting.
+    let listeningAt = Date.now();
+    for (let k = 1; k <= killsWanted; k++) {
+      const early = killRng() < EARLY_KILL_SHARE;
+      const uptime = early ? between(killRng, 0, 400) : between(killRng, UPTIME_MS[0], UPTIME_MS[1]);
+      const downtime = between(killRng, 0, 400);
+      if (early) {
+        // The previous start is still in flight or just listened: kill it `uptime` ms after spawn.
+        await sleep(uptime);
+      } else {
+        await sleep(Math.max(0, listeningAt + uptime - Date.now()));
+      }
+      await broker.kill();
+      kills++;
+      const known = tracks.filter((t) => t.outcome !== null);
+      say(
+        `kill ${kills}/${killsWanted} at ${elapsed()} (${early ? "while starting, " : ""}${uptime} ms after ${early ? "spawn" : "listening"}; down ${downtime} ms): ` +
+          `${tracks.length} payments, ${known.filter((t) => t.outcome === "completed").length} completed, ${known.length} ended, ${stats.timeouts} timed-out tries`,
+      );
+      await sleep(downtime);
+      if (k < killsWanted && killRng() < EARLY_KILL_SHARE) {
+        // Next kill may land during this start: do not wait for it to listen.
+        broker.spawn();
+        listeningAt = Date.now();
+        continue;
+      }
+      const line = await startListening();
+      listeningAt = Date.now();
+      if (k === killsWanted) say(`restarted for good at ${elapsed()}: ${String(line.undeliveredOutbox)} undelivered outbox messages, ${String(line.armedDeadlines)} armed deadlines`);
+    }
+    if (killsWanted === 0) say("no kills asked for: the broker keeps running");
+
+    // The end: no new payments; every payment runs to its end; every result reaches both devices.
+    stopNew = true;
+    const loopsDone = await Promise.race([Promise.all(loops).then(() => true), sleep(payTimeoutMs + 10_000).then(() => false)]);
+    if (!loopsDone) {
+      abandon = true;
+      problem(`payments still unresolved ${Math.round((payTimeoutMs + 10_000) / 1000)} s after the last restart`);
+      await Promise.race([Promise.all(loops), sleep(ANSWER_MS + READY_MS + 1000)]);
+    }
+    say(`all ${tracks.length} payments ended at ${elapsed()}; waiting for every result to reach both devices`);
+    const answered = tracks.filter((t) => t.paymentId !== null);
+    const delivered = () => answered.every((t) => pairs[t.pair]!.terminal!.results.has(t.paymentId!) && pairs[t.pair]!.phone!.results.has(t.paymentId!));
+    const deliveryUntil = Date.now() + DELIVERY_WAIT_MS;
+    while (!delivered() && Date.now() < deliveryUntil) await sleep(100);
+    abandon = true;
+    // Let the last receipts reach the broker, then stop everything cleanly.
+    await sleep(200);
+    await Promise.all(sims.map((s) => s.close()));
+    const exitCode = await broker.stop();
+    if (exitCode !== 0) problem(`the broker's clean stop exited ${String(exitCode)}, not 0`);
+
+    report = verify({ seed, kills, dataDir, pairs, tracks, acceptedByOrder, problems, problem, started });
+    const r = report;
+    say(
+      `checked: ${r.checked.paymentsInDb} payments in the database (${r.checked.liveInDb} live), ${r.checked.paymentTransfers} payment transfers, ` +
+        `${r.checked.currencies} currency sums, ${r.checked.balances} balances, ${r.checked.resultsDelivered} results on devices; ` +
+        `outcomes ${JSON.stringify(r.outcomes)}; ${stats.tries} requests, ${stats.timeouts} timed out, ${stats.retryAnswers} answered "try later"; ` +
+        `${sims.reduce((n, s) => n + s.refusals, 0)} connect refusals`,
+    );
+    if (broker.errors.length > 0) say(`broker error lines (${broker.errors.length}):\n  ${broker.errors.slice(0, 10).join("\n  ")}`);
+    for (const line of r.problems.slice(0, 40)) say(`PROBLEM: ${line}`);
+    if (r.problems.length > 40) say(`... and ${r.problems.length - 40} more problems`);
+    return report;
+  } catch (err) {
+    problem(`the run stopped: ${(err as Error).message}`);
+    report = { seed, kills, payments: tracks.length, completed: 0, lost: 0, doubled: 0, ok: false, outcomes: {}, checked: {}, problems, durationMs: Date.now() - started, dataDir };
+    for (const line of problems) say(`PROBLEM: ${line}`);
+    return report;
+  } finally {
+    abandon = true;
+    await Promise.all(sims.map((s) => s.close()));
+    await broker.kill();
+    const keep = options.keepDataDir === true || report === null || !report.ok;
+    if (keep) say(`data dir kept: ${dataDir}`);
+    else rmSync(dataDir, { recursive: true, force: true });
+    if (report !== null && !report.ok) say(`FAILED: replay with npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount}`);
+  }
+}
+
+/** The phone: answers prompts and tasks by the payment's plan, re-sending until answered. */
+function wirePhone(p: Pair, rng: () => number, stats: Stats, abandoned: () => boolean): void {
+  const phone = p.phone!;
+  const done = (paymentId: string) => () => abandoned() || phone.results.has(paymentId);
+  const handled = new Set<string>();
+  phone.device.on("message", (m) => {
+    if (m.type !== "payment_prompt" && m.type !== "payment_task") return;
+    const b = m.body as { paymentId: string; amountMinor: number; currency: string; merchantName: string; terminalName: string; payee: string };
+    const key = `${m.type}:${b.paymentId}`;
+    if (handled.has(key)) return;
+    handled.add(key);
+    const plan = planOf(b.amountMinor);
+    const think = between(rng, 0, 300);
+    void (async () => {
+      if (m.type === "payment_prompt") {
+        try {
+          phone.device.send("prompt_received", { paymentId: b.paymentId });
+        } catch {
+          // offline: the receipt is optional
+        }
+        const answer = promptAnswer(plan);
+        if (answer === "ignore") return;
+        await sleep(think);
+        if (answer === "approve") {
+          p.approved.add(b.paymentId);
+          const body = { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, merchantName: b.merchantName, terminalName: b.terminalName };
+          await askUntilAnswered(phone, "payment_approve", body, stats, done(b.paymentId), 60_000);
+        } else {
+          p.declined.add(b.paymentId);
+          await askUntilAnswered(phone, "payment_decline", { paymentId: b.paymentId }, stats, done(b.paymentId), 60_000);
+        }
+      } else {
+        if (!executesTask(plan)) return;
+        await sleep(think);
+        p.executed.add(b.paymentId);
+        const body = { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, payee: b.payee };
+        await askUntilAnswered(phone, "payment_execute", body, stats, done(b.paymentId), 60_000);
+      }
+    })().catch(() => {});
+  });
+}
+
+/** The terminal's side of one payment: ask until answered, cancel if planned, follow it to its end. */
+async function followPayment(p: Pair, t: Track, rng: () => number, stats: Stats, abandoned: () => boolean, maxMs: number): Promise<void> {
+  const terminal = p.terminal!;
+  const until = Date.now() + maxMs;
+  const body = { login: p.login, merchantId: MERCHANT.id, amountMinor: t.amountMinor, currency: CURRENCY, orderRef: t.orderRef, idempotencyKey: t.key };
+  const reply = await askUntilAnswered(terminal, "pay_request", body, stats, abandoned, maxMs);
+  if (reply === null) return; // never answered: counted as lost
+  if (reply.type !== "payment_accepted") {
+    t.rejected = reply.type === "error" ? errorCode(reply) : reply.type;
+    return;
+  }
+  t.paymentId = reply.body.paymentId as string;
+  t.mode = reply.body.mode as "auto" | "prompt";
+  const paymentId = t.paymentId;
+  if (t.plan === "cancel") {
+    await sleep(between(rng, 0, 400));
+    await askUntilAnswered(terminal, "payment_cancel", { paymentId }, stats, () => abandoned() || terminal.results.has(paymentId), maxMs);
+  }
+  while (t.outcome === null && !abandoned() && Date.now() < until) {
+    if (await terminal.waitResult(paymentId, STATUS_POLL_MS)) {
+      t.outcome = terminal.results.get(paymentId)!.status;
+      break;
+    }
+    const state = await askUntilAnswered(terminal, "payment_status", { paymentId }, stats, () => abandoned() || terminal.results.has(paymentId), ANSWER_MS + READY_MS);
+    const status = (state?.body.payment as { status?: string } | undefined)?.status;
+    if (state?.type === "payment_state" && status !== undefined && isFinal(status)) t.outcome = status;
+  }
+}
+
+// ── The checks ─────────────────────────────────────────────────────────────────────────────
+
+interface VerifyInput {
+  readonly seed: number;
+  readonly kills: number;
+  readonly dataDir: string;
+  readonly pairs: readonly Pair[];
+  readonly tracks: readonly Track[];
+  readonly acceptedByOrder: ReadonlyMap<string, ReadonlySet<string>>;
+  readonly problems: string[];
+  readonly problem: (line: string) => void;
+  readonly started: number;
+}
+
+interface PaymentRow {
+  id: string;
+  terminal_id: string;
+  idempotency_key: string;
+  order_ref: string;
+  status: PaymentStatus;
+  state: string;
+}
+
+interface TransferRow {
+  id: string;
+  payment_id: string | null;
+  amount_minor: number;
+  currency: string;
+  debit_account: string;
+  credit_account: string;
+}
+
+function verify(v: VerifyInput): ChaosReport {
+  const { pairs, tracks, problem } = v;
+  const db = openDataDb(v.dataDir);
+  const checked: Record<string, number> = {};
+  let lost = 0;
+  let doubled = 0;
+  try {
+    const { keyring } = loadKeyring(v.dataDir, undefined);
+    const now = Date.now();
+    const rows = db.prepare<[], PaymentRow>("SELECT id, terminal_id, idempotency_key, order_ref, status, state FROM payments").all();
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    checked.paymentsInDb = rows.length;
+    checked.liveInDb = 0;
+
+    // Every payment is final, or still live within its deadline.
+    for (const r of rows) {
+      if (isFinal(r.status)) continue;
+      checked.liveInDb++;
+      const p = JSON.parse(r.state) as Payment;
+      const due = r.status === "awaiting_confirmation" ? p.promptDeadlineMs : p.taskDeadlineMs;
+      if (due === null || due <= now) problem(`payment ${r.id} is ${r.status} ${due === null ? "without a deadline" : `${now - due} ms past its deadline`}`);
+    }
+
+    // One transfer per completed payment; one completed payment per payment transfer.
+    const transfers = db.prepare<[], TransferRow>("SELECT id, payment_id, amount_minor, currency, debit_account, credit_account FROM transfers WHERE kind = 'payment'").all();
+    checked.paymentTransfers = transfers.length;
+    const transfersByPayment = new Map<string, TransferRow[]>();
+    for (const t of transfers) {
+      if (t.payment_id === null) {
+        problem(`payment transfer ${t.id} names no payment`);
+        continue;
+      }
+      transfersByPayment.set(t.payment_id, [...(transfersByPayment.get(t.payment_id) ?? []), t]);
+      const r = byId.get(t.payment_id);
+      if (r === undefined || r.status !== "completed") problem(`transfer ${t.id} pays for ${t.payment_id}, which is ${r?.status ?? "not in the database"}`);
+    }
+    for (const r of rows) {
+      if (r.status !== "completed") continue;
+      const ts = transfersByPayment.get(r.id) ?? [];
+      const p = JSON.parse(r.state) as Payment;
+      if (ts.length !== 1) problem(`completed payment ${r.id} has ${ts.length} ledger transfers`);
+      else if (ts[0]!.amount_minor !== p.amountMinor || ts[0]!.id !== p.transferId) problem(`completed payment ${r.id}: transfer ${ts[0]!.id} of ${ts[0]!.amount_minor} does not match ${p.transferId} of ${p.amountMinor}`);
+    }
+
+    // Per currency the balances sum to zero; each wallet and the merchant hold exactly what moved.
+    const ledger = new LedgerRepo(db);
+    const sums = ledger.sums();
+    checked.currencies = sums.size;
+    for (const [currency, sum] of sums) if (sum !== 0) problem(`${currency} balances sum to ${sum}, not 0`);
+    checked.balances = 0;
+    let merchantExpected = 0;
+    for (const pair of pairs) {
+      const terminalId = pair.terminalKey.deviceId;
+      const paid = rows.filter((r) => r.terminal_id === terminalId && r.status === "completed").reduce((n, r) => n + (JSON.parse(r.state) as Payment).amountMinor, 0);
+      merchantExpected += paid;
+      const balance = walletBalance(db, keyring, pair.userId, CURRENCY);
+      checked.balances++;
+      if (balance !== pair.creditMinor - paid) problem(`wallet of ${pair.userId} holds ${balance}, expected ${pair.creditMinor} - ${paid} = ${pair.creditMinor - paid}`);
+    }
+    const merchantBalance = ledger.accounts().find((a) => a.kind === "merchant" && a.id === `merchant:${MERCHANT.id}:${CURRENCY}`)?.balanceMinor ?? 0;
+    checked.balances++;
+    if (merchantBalance !== merchantExpected) problem(`merchant ${MERCHANT.id} holds ${merchantBalance}, expected ${merchantExpected}`);
+
+    // Nothing lost, nothing doubled: the driver's view against the database's.
+    const ordersInDb = new Map<string, string[]>();
+    for (const r of rows) ordersInDb.set(`${r.terminal_id}/${r.order_ref}`, [...(ordersInDb.get(`${r.terminal_id}/${r.order_ref}`) ?? []), r.id]);
+    const knownOrders = new Set<string>();
+    checked.resultsDelivered = 0;
+    for (const t of tracks) {
+      const pair = pairs[t.pair]!;
+      const orderKey = `${pair.terminalKey.deviceId}/${t.orderRef}`;
+      knownOrders.add(orderKey);
+      const inDb = ordersInDb.get(orderKey) ?? [];
+      const told = v.acceptedByOrder.get(t.orderRef) ?? new Set<string>();
+      const ids = new Set([...inDb, ...told]);
+      if (ids.size > 1) {
+        doubled++;
+        problem(`idempotency key ${t.key} (${t.orderRef}) led to ${ids.size} payments: ${[...ids].join(", ")}`);
+      }
+      if (t.rejected !== null) {
+        problem(`pay_request ${t.key} was refused with ${t.rejected}`);
+        continue;
+      }
+      if (t.paymentId === null) {
+        lost++;
+        problem(`pay_request ${t.key} was never answered${inDb.length > 0 ? ` (the database has ${inDb.join(", ")})` : ""}`);
+        continue;
+      }
+      const row = byId.get(t.paymentId);
+      if (row === undefined) {
+        lost++;
+        problem(`payment ${t.paymentId} (${t.key}) was accepted but is not in the database`);
+        continue;
+      }
+      if (t.outcome === null) {
+        lost++;
+        problem(`payment ${t.paymentId} (${t.key}, plan ${t.plan}) has no known outcome; the database says ${row.status}`);
+        continue;
+      }
+      if (t.outcome !== row.status) problem(`payment ${t.paymentId}: the terminal learned ${t.outcome}, the database says ${row.status}`);
+      // Every result reached both devices, once, the same.
+      const seen: string[] = [];
+      for (const sim of [pair.terminal!, pair.phone!]) {
+        const rec = sim.results.get(t.paymentId);
+        if (rec === undefined) {
+          problem(`${sim.label} never received the result of ${t.paymentId} (${row.status})`);
+          continue;
+        }
+        checked.resultsDelivered++;
+        if (new Set(rec.bodies).size > 1) problem(`${sim.label} received ${new Set(rec.bodies).size} different results for ${t.paymentId}: ${rec.bodies.join(" / ")}`);
+        else if (rec.msgIds.length > 1) problem(`${sim.label} received the result of ${t.paymentId} in ${rec.msgIds.length} messages (ids ${rec.msgIds.join(", ")})`);
+        if (rec.status !== row.status) problem(`${sim.label} was told ${t.paymentId} ended ${rec.status}; the database says ${row.status}`);
+        seen.push(rec.bodies[0]!);
+      }
+      if (seen.length === 2 && seen[0] !== seen[1]) problem(`terminal and phone were told different results for ${t.paymentId}: ${seen[0]} / ${seen[1]}`);
+      // Nothing happened that the phone did not ask for.
+      const p = JSON.parse(row.state) as Payment;
+      if (row.status === "completed" && !pair.executed.has(t.paymentId)) problem(`payment ${t.paymentId} completed, but its phone never sent payment_execute`);
+      if (row.status === "completed" && p.mode === "prompt" && !pair.approved.has(t.paymentId)) problem(`prompted payment ${t.paymentId} completed, but its phone never approved it`);
+      if (row.status === "declined" && !pair.declined.has(t.paymentId)) problem(`payment ${t.paymentId} was declined, but its phone never declined it`);
+      if (row.status === "cancelled" && t.plan !== "cancel") problem(`payment ${t.paymentId} was cancelled, but its terminal never cancelled it`);
+    }
+    for (const [orderKey, ids] of ordersInDb) if (!knownOrders.has(orderKey)) problem(`the database has payments ${ids.join(", ")} for ${orderKey}, which the driver never asked for`);
+  } finally {
+    db.close();
+  }
+
+  const outcomes: Record<string, number> = {};
+  for (const t of tracks) {
+    const k = t.outcome ?? (t.rejected !== null ? `rejected:${t.rejected}` : "unknown");
+    outcomes[k] = (outcomes[k] ?? 0) + 1;
+  }
+  return {
+    seed: v.seed,
+    kills: v.kills,
+    payments: tracks.length,
+    completed: outcomes.completed ?? 0,
+    lost,
+    doubled,
+    ok: v.problems.length === 0,
+    outcomes,
+    checked,
+    problems: v.problems,
+    durationMs: Date.now() - v.started,
+    dataDir: v.dataDir,
+  };
+}
+
+// ── The command line ───────────────────────────────────────────────────────────────────────
+
+const USAGE = `Usage: npm run test:chaos -- [options]
+
+Runs the broker as a child process and SIGKILLs it at seeded random moments while terminal/phone
+pairs pay through it (auto-confirmed and prompted; approved, declined, cancelled, left to expire),
+restarting it on the same data dir each time. Then it checks that every payment ended once, on
+both devices and in the ledger: none lost, none doubled, balances summing to zero.
+
+It prints its seed first, a line per kill, the counts it checked, and last one JSON line:
+{"seed", "kills", "payments", "completed", "lost", "doubled", "ok"}.
+Exit status: 0 all checks passed; 1 a check failed (the lines before say which, and how to
+replay the seed; the data dir is kept); 2 a bad command line.
+
+Options:
+  --seed N           replay a run: the same kill moments and device choices (default: random)
+  --kills N          SIGKILLs before the final restart (default ${CHAOS_DEFAULTS.kills})
+  --pairs N          terminal/phone pairs paying at once (default ${CHAOS_DEFAULTS.pairs})
+  --prompt-ttl-ms N  the broker's prompt deadline (default ${CHAOS_DEFAULTS.promptTtlMs})
+  --task-ttl-ms N    the broker's task deadline (default ${CHAOS_DEFAULTS.taskTtlMs})
+  --keep-data        keep the data dir afterwards (it is always kept when a check fails)
+  -h, --help         show this help`;
+
+function wholeNumber(values: Record<string, unknown>, name: string, min: number): number | undefined {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (typeof raw !== "string" || !/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < min) throw new UsageError(`--${name} must be a whole number, at least ${min}\n\n${USAGE}`);
+  return n;
+}
+
+export async function chaosMain(argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parseFlags(
+    argv,
+    { seed: { type: "string" }, kills: { type: "string" }, pairs: { type: "string" }, "prompt-ttl-ms": { type: "string" }, "task-ttl-ms": { type: "string" }, "keep-data": { type: "boolean" } },
+    USAGE,
+  );
+  if (values.help === true) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0]}\n\n${USAGE}`);
+  const seed = wholeNumber(values, "seed", 0);
+  if (seed !== undefined && seed > 0xffffffff) throw new UsageError(`--seed must be at most ${0xffffffff}\n\n${USAGE}`);
+  const report = await runChaos({
+    ...(seed === undefined ? {} : { seed }),
+    kills: wholeNumber(values, "kills", 0) ?? CHAOS_DEFAULTS.kills,
+    pairs: wholeNumber(values, "pairs", 1) ?? CHAOS_DEFAULTS.pairs,
+    promptTtlMs: wholeNumber(values, "prompt-ttl-ms", 100) ?? CHAOS_DEFAULTS.promptTtlMs,
+    taskTtlMs: wholeNumber(values, "task-ttl-ms", 100) ?? CHAOS_DEFAULTS.taskTtlMs,
+    keepDataDir: values["keep-data"] === true,
+  });
+  const { seed: s, kills, payments, completed, lost, doubled, ok } = report;
+  process.stdout.write(`${JSON.stringify({ seed: s, kills, payments, completed, lost, doubled, ok })}\n`);
+  return ok ? 0 : 1;
+}
+
+const isMain = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+if (isMain) runCli(chaosMain);
