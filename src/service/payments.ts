@@ -76,8 +76,7 @@ export class Payments {
     inbox.on("payment_cancel", (ctx, raw) => {
       if (ctx.device.kind !== "terminal") throw new Refusal("wrong_device_kind", "only the terminal that asked may cancel a payment");
       const record = this.#own(ctx, (raw as UpBody<"payment_cancel">).paymentId);
-      this.#apply(ctx, record, { kind: "cancel" });
-      ctx.reply("payment_state", { payment: this.#view(this.#payments.get(record.payment.id)!), events: [] });
+      ctx.reply("payment_state", { payment: this.#view(this.#apply(ctx, record, { kind: "cancel" })), events: [] });
     });
     inbox.on("payment_status", (ctx, raw) => {
       const b = raw as UpBody<"payment_status">;
@@ -148,17 +147,15 @@ export class Payments {
     );
     this.#payments.insert(payment, { idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null });
     this.#saveAgreement(row.version, { ...agreement, usage: recordUsage(agreement.usage, b.amountMinor, mode.mode, ctx.nowMs), version: agreement.version + 1 });
-    const record = this.#payments.get(payment.id)!;
-    this.#effects(ctx, record, effects);
-    ctx.reply("payment_accepted", this.#view(this.#payments.get(payment.id)!));
+    const record: PaymentRecord = { payment, idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null, seq: 0 };
+    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects) }));
   }
 
   /** A phone's answer about one of its payments. */
   #phoneAction(ctx: HandlerContext, paymentId: string, event: (p: Payment) => PaymentEvent): void {
     if (ctx.device.kind !== "phone") throw new Refusal("wrong_device_kind", `${ctx.msg.type} is sent by the payment's phone`);
     const record = this.#own(ctx, paymentId);
-    this.#apply(ctx, record, event(record.payment));
-    ctx.reply("payment_state", { payment: this.#view(this.#payments.get(paymentId)!), events: [] });
+    ctx.reply("payment_state", { payment: this.#view(this.#apply(ctx, record, event(record.payment))), events: [] });
   }
 
   /** The payment, if this device is its terminal or its phone. */
@@ -189,22 +186,25 @@ export class Payments {
     }
   }
 
-  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent): void {
+  /** Runs one event through the core and saves the outcome; returns the payment as it now is. */
+  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent): PaymentRecord {
     const decision = step(record.payment, event, ctx.nowMs, this.#o.deadlines);
     if (!decision.ok) throw new Refusal(decision.code, decision.detail);
-    if (decision.payment === record.payment) return;
+    if (decision.payment === record.payment) return record;
     this.#payments.save(decision.payment);
-    this.#effects(ctx, { ...record, payment: decision.payment }, decision.effects);
+    const next = { ...record, payment: decision.payment };
+    return { ...next, seq: this.#effects(ctx, next, decision.effects) };
   }
 
   /** Turns core effects into rows and outbox messages, in the order the core gave them. */
-  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[]): void {
+  /** Returns the payment's last event number after the effects. */
+  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[]): number {
     const p = record.payment;
-    let seq = this.#payments.get(p.id)!.seq;
+    let seq = record.seq;
     for (const e of effects) {
       switch (e.kind) {
         case "progress":
-          seq = this.#payments.appendEvent(p.id, e.step, { status: p.status }, ctx.nowMs);
+          seq = this.#payments.appendEvent(p.id, ++seq, e.step, { status: p.status }, ctx.nowMs);
           // "accepted" travels as the pay_request's reply; every later step is pushed.
           if (e.step !== "accepted") ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: e.step, status: p.status, atMs: ctx.nowMs });
           break;
@@ -223,7 +223,7 @@ export class Payments {
           }, `${p.id}.prompt`);
           // The outbox delivers the prompt when the phone connects; meanwhile the terminal knows.
           if (this.#o.isOnline !== undefined && !this.#o.isOnline(p.phoneId)) {
-            seq = this.#payments.appendEvent(p.id, "waiting_for_phone", { status: p.status }, ctx.nowMs);
+            seq = this.#payments.appendEvent(p.id, ++seq, "waiting_for_phone", { status: p.status }, ctx.nowMs);
             ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: "waiting_for_phone", status: p.status, atMs: ctx.nowMs });
           }
           break;
@@ -261,7 +261,7 @@ export class Payments {
           // A phone that was offline must not be asked about a payment that has ended.
           ctx.withdraw(p.phoneId, `${p.id}.prompt`);
           ctx.withdraw(p.phoneId, `${p.id}.task`);
-          seq = this.#payments.appendEvent(p.id, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
+          seq = this.#payments.appendEvent(p.id, ++seq, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
           const body = {
             paymentId: p.id,
             seq,
@@ -279,6 +279,7 @@ export class Payments {
         }
       }
     }
+    return seq;
   }
 
   #view(r: PaymentRecord) {

@@ -55,9 +55,7 @@ export class PaymentRepo {
     this.#get = db.prepare<[string], Record<string, unknown>>("SELECT * FROM payments WHERE id = ?");
     this.#byKey = db.prepare<[string, string], Record<string, unknown>>("SELECT * FROM payments WHERE terminal_id = ? AND idempotency_key = ?");
     this.#update = db.prepare("UPDATE payments SET state = ?, status = ?, updated_ms = ? WHERE id = ?");
-    this.#appendEvent = db.prepare<[string, string, string, number, string]>(
-      "INSERT INTO payment_events (payment_id, seq, kind, body, at_ms) SELECT ?, seq + 1, ?, ?, ? FROM payments WHERE id = ?",
-    );
+    this.#appendEvent = db.prepare("INSERT INTO payment_events (payment_id, seq, kind, body, at_ms) VALUES (?, ?, ?, ?, ?)");
     this.#events = db.prepare<[string, number], { seq: number; kind: string; body: string; at_ms: number }>(
       "SELECT seq, kind, body, at_ms FROM payment_events WHERE payment_id = ? AND seq > ? ORDER BY seq",
     );
@@ -70,12 +68,10 @@ export class PaymentRepo {
     this.#liveTerminal = db.prepare<[string], { n: number }>("SELECT count(*) AS n FROM payments WHERE terminal_id = ? AND status IN ('awaiting_confirmation', 'executing')");
     this.#livePhone = db.prepare<[string], { n: number }>("SELECT count(*) AS n FROM payments WHERE phone_id = ? AND status = 'awaiting_confirmation'");
     this.#count = db.prepare<[], { n: number }>("SELECT count(*) AS n FROM deadlines");
-    this.#bumpSeq = db.prepare("UPDATE payments SET seq = seq + 1 WHERE id = ?");
-    this.#seqOf = db.prepare<[string], { seq: number }>("SELECT seq FROM payments WHERE id = ?");
+    this.#setSeq = db.prepare("UPDATE payments SET seq = ? WHERE id = ?");
   }
 
-  readonly #bumpSeq;
-  readonly #seqOf;
+  readonly #setSeq;
   readonly #liveForAgreement;
 
   /** Ids of the agreement's unfinished payments. */
@@ -114,11 +110,11 @@ export class PaymentRepo {
     this.#update.run(JSON.stringify(p), p.status, p.updatedMs, p.id);
   }
 
-  /** Appends the payment's next numbered event; returns its sequence number. */
-  appendEvent(paymentId: string, kind: string, body: Record<string, unknown>, atMs: number): number {
-    this.#appendEvent.run(paymentId, kind, JSON.stringify(body), atMs, paymentId);
-    this.#bumpSeq.run(paymentId);
-    return this.#seqOf.get(paymentId)!.seq;
+  /** Appends event number `seq`, the payment's last plus one (the primary key refuses a number twice); returns it. */
+  appendEvent(paymentId: string, seq: number, kind: string, body: Record<string, unknown>, atMs: number): number {
+    this.#appendEvent.run(paymentId, seq, kind, JSON.stringify(body), atMs);
+    this.#setSeq.run(seq, paymentId);
+    return seq;
   }
 
   events(paymentId: string, sinceSeq: number): PaymentEventRow[] {
