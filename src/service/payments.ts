@@ -204,7 +204,7 @@ export class Payments {
     for (const e of effects) {
       switch (e.kind) {
         case "progress":
-          seq = this.#payments.appendEvent(p.id, ++seq, e.step, { status: p.status }, ctx.nowMs);
+          seq = this.#payments.appendEvent(p.id, seq + 1, e.step, { status: p.status }, ctx.nowMs);
           // "accepted" travels as the pay_request's reply; every later step is pushed.
           if (e.step !== "accepted") ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: e.step, status: p.status, atMs: ctx.nowMs });
           break;
@@ -223,7 +223,7 @@ export class Payments {
           }, `${p.id}.prompt`);
           // The outbox delivers the prompt when the phone connects; meanwhile the terminal knows.
           if (this.#o.isOnline !== undefined && !this.#o.isOnline(p.phoneId)) {
-            seq = this.#payments.appendEvent(p.id, ++seq, "waiting_for_phone", { status: p.status }, ctx.nowMs);
+            seq = this.#payments.appendEvent(p.id, seq + 1, "waiting_for_phone", { status: p.status }, ctx.nowMs);
             ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: "waiting_for_phone", status: p.status, atMs: ctx.nowMs });
           }
           break;
@@ -261,7 +261,7 @@ export class Payments {
           // A phone that was offline must not be asked about a payment that has ended.
           ctx.withdraw(p.phoneId, `${p.id}.prompt`);
           ctx.withdraw(p.phoneId, `${p.id}.task`);
-          seq = this.#payments.appendEvent(p.id, ++seq, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
+          seq = this.#payments.appendEvent(p.id, seq + 1, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
           const body = {
             paymentId: p.id,
             seq,
