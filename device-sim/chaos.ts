@@ -15,7 +15,9 @@
  *     the payment's plan says (the plan is the amount's last digit, so the phone needs no side
  *     channel), re-sending each answer until the broker answers it;
  *   - some payments are cancelled by the terminal, racing the phone's execution, and some wallets
- *     are small enough to run out of money.
+ *     are small enough to run out of money;
+ *   - a fifth of requests are sent twice at once under different message ids (a double tap), so
+ *     idempotency is tested on every run, not only when a kill happens to cut a request short.
  *
  * Devices reconnect by themselves with fresh tokens; the broker's outbox sends what they missed.
  * After the last restart the driver lets every payment end, waits for every result to reach
@@ -43,6 +45,8 @@ import { UsageError, parseFlags, runCli } from "../src/cli/args.ts";
 import { FINAL_STATUSES, type Payment, type PaymentStatus } from "../src/core/payment.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
+import { openAgreement } from "../src/service/sealing.ts";
+import { AgreementRepo } from "../src/store/binding.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
 import { Device, type Received } from "./device.ts";
@@ -88,16 +92,25 @@ export interface ChaosReport {
 
 // ── Timing ──────────────────────────────────────────────────────────────────────────────────
 
-/** How long one try waits for the broker's answer before sending again. */
-const ANSWER_MS = 2500;
+/**
+ * How long one try waits for the broker's answer before sending again (with a new message id).
+ * Short on purpose: a try that straddles a kill is re-sent by MQTT.js after the reconnect as well
+ * as by this driver, so the broker sees both kinds of duplicate.
+ */
+const ANSWER_MS = 1200;
 /** How long a device waits for its connection before a try is skipped. */
 const READY_MS = 3000;
 /** A quiet payment: the terminal asks payment_status after this long without a result. */
 const STATUS_POLL_MS = 2000;
 /** Broker uptime before a kill, after it logged "listening" (uniform in this range). */
 const UPTIME_MS: readonly [number, number] = [400, 2600];
-/** Share of kills that land while the broker starts (before or just after it listens). */
+/** Share of kills that land while the broker starts: within EARLY_KILL_MS of its spawn (it takes ~0.7 s to listen). */
 const EARLY_KILL_SHARE = 0.15;
+const EARLY_KILL_MS = 1000;
+/** Share of requests a device sends twice at once (an impatient user, a double tap). */
+const DOUBLE_TAP_SHARE = 0.2;
+/** With --kills 0, how long the pairs pay (a baseline: the same checks without a storm). */
+const NO_KILL_RUN_MS = 5000;
 /** After the last payment ended: how long results may take to reach both devices. */
 const DELIVERY_WAIT_MS = 20_000;
 
@@ -157,6 +170,17 @@ const executesTask = (plan: Plan): boolean => plan !== "ignore_task";
 // ── Small helpers ──────────────────────────────────────────────────────────────────────────
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** True if `p` settles within `ms`; the timer is cleared either way, so it keeps nothing alive. */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 const isFinal = (status: string) => (FINAL_STATUSES as readonly string[]).includes(status);
 const errorCode = (m: Received) => (m.body as { code?: string }).code ?? "?";
 
@@ -178,11 +202,15 @@ interface Spawned {
   readonly listening: Promise<Record<string, unknown>>;
   readonly exited: Promise<number | null>;
   readonly child: ChildProcess;
+  /** Whether it had logged "broker listening" (so far). */
+  listened: boolean;
 }
 
 class BrokerProcess {
   /** Error and fatal log lines of every run, and a start that failed. */
   readonly errors: string[] = [];
+  /** Messages the outbox sent again on a device's reconnect, summed over the broker's log. */
+  resent = 0;
   #current: Spawned | null = null;
   #stderrTail = "";
 
@@ -193,6 +221,7 @@ class BrokerProcess {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HANDOFF_")));
     const child = spawn(process.execPath, ["--import", "tsx", BROKER_MAIN, ...this.args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    let spawned: Spawned | null = null;
     const listening = new Promise<Record<string, unknown>>((resolveListening, reject) => {
       let buffer = "";
       child.stdout!.on("data", (d: Buffer) => {
@@ -207,7 +236,11 @@ class BrokerProcess {
           } catch {
             continue;
           }
-          if (String(obj.msg).startsWith("broker listening")) resolveListening(obj);
+          if (String(obj.msg).startsWith("broker listening")) {
+            if (spawned !== null) spawned.listened = true;
+            resolveListening(obj);
+          }
+          if (obj.msg === "resent undelivered messages" && typeof obj.resent === "number") this.resent += obj.resent;
           if (typeof obj.level === "number" && obj.level >= 50) this.errors.push(`${String(obj.msg)} ${JSON.stringify(obj.err ?? obj.code ?? "")}`);
         }
       });
@@ -217,8 +250,23 @@ class BrokerProcess {
       void exited.then((code) => reject(new Error(`broker exited (${code ?? "killed"}) before it listened${this.#stderrTail ? `: ${this.#stderrTail.trim()}` : ""}`)));
     });
     listening.catch(() => {}); // a kill during start is expected; callers that wait see the rejection
-    this.#current = { listening, exited, child };
+    spawned = { listening, exited, child, listened: false };
+    this.#current = spawned;
+    return spawned;
+  }
+
+  get current(): Spawned | null {
     return this.#current;
+  }
+
+  /** Waits until the current run listens; false if it exited (or was never started) first. */
+  async listening(): Promise<boolean> {
+    const c = this.#current;
+    if (c === null) return false;
+    return c.listening.then(
+      () => true,
+      () => false,
+    );
   }
 
   /** SIGKILL: no cleanup of any kind, as a power cut or the OOM killer would do it. */
@@ -260,6 +308,7 @@ class SimDevice {
   /** Every payment_result received, by payment id (the Device already drops same-id copies). */
   readonly results = new Map<string, ResultRecord>();
   readonly #waiters = new Map<string, Set<() => void>>();
+  #connecting = false;
 
   constructor(
     readonly label: string,
@@ -291,15 +340,21 @@ class SimDevice {
     });
   }
 
-  /** Connects, retrying until it works or the device is closed. */
+  /** Connects, retrying until it works or the device is closed; one attempt loop at a time. */
   async connect(): Promise<void> {
-    while (!this.closed) {
-      try {
-        await this.device.connect();
-        return;
-      } catch {
-        await sleep(300);
+    if (this.#connecting) return;
+    this.#connecting = true;
+    try {
+      while (!this.closed) {
+        try {
+          await this.device.connect();
+          return;
+        } catch {
+          await sleep(300);
+        }
       }
+    } finally {
+      this.#connecting = false;
     }
   }
 
@@ -337,6 +392,8 @@ interface Stats {
   tries: number;
   timeouts: number;
   retryAnswers: number;
+  /** pay_requests sent more than once with the same idempotency key. */
+  payResends: number;
 }
 
 /**
@@ -344,14 +401,24 @@ interface Stats {
  * new message id: the broker is idempotent by idempotency key and by payment state, so a second
  * copy that arrives after all is harmless. Null when `stop` says to give up or time runs out.
  */
-async function askUntilAnswered(sim: SimDevice, type: string, body: Record<string, unknown>, stats: Stats, stop: () => boolean, maxMs: number): Promise<Received | null> {
+async function askUntilAnswered(
+  sim: SimDevice,
+  type: string,
+  body: Record<string, unknown>,
+  stats: Stats,
+  stop: () => boolean,
+  maxMs: number,
+  onTry: (n: number) => void = () => {},
+): Promise<Received | null> {
   const until = Date.now() + maxMs;
+  let sent = 0;
   for (let attempt = 0; Date.now() < until; attempt++) {
     if (stop() || sim.closed) return null;
     if (!(await sim.waitReady(READY_MS))) continue;
     if (stop()) return null;
     let reply: Received;
     stats.tries++;
+    onTry(++sent);
     try {
       reply = await sim.device.request(type, body, ANSWER_MS);
     } catch {
@@ -417,44 +484,15 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   const problem = (line: string) => {
     if (problems.length < 200) problems.push(line);
   };
-  const stats: Stats = { tries: 0, timeouts: 0, retryAnswers: 0 };
+  const stats: Stats = { tries: 0, timeouts: 0, retryAnswers: 0, payResends: 0 };
   const rootRng = mulberry32(seed);
   const killRng = mulberry32(Math.floor(rootRng() * 2 ** 32));
   const pairSeeds = Array.from({ length: pairCount }, () => Math.floor(rootRng() * 2 ** 32));
 
   say(`chaos: seed ${seed}, ${killsWanted} kills, ${pairCount} pairs; prompt ttl ${promptTtlMs} ms, task ttl ${taskTtlMs} ms (replay: npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount})`);
 
-  // Setup, in the database, as the admin tool does it.
   const dataDir = mkdtempSync(join(tmpdir(), "hp-chaos-"));
   const pairs: Pair[] = [];
-  {
-    const db = openDataDb(dataDir);
-    try {
-      const { keyring } = loadKeyring(dataDir, undefined);
-      const now = Date.now();
-      const added = addMerchant(db, MERCHANT, now);
-      if (!added.ok) throw new Error(added.error);
-      for (let i = 0; i < pairCount; i++) {
-        const userId = `chaos-user-${i}`;
-        const terminalKey = newDeviceKey("terminal", `Chaos terminal ${i}`);
-        const phoneKey = newDeviceKey("phone", `Chaos phone ${i}`);
-        for (const [key, kind] of [
-          [terminalKey, "terminal"],
-          [phoneKey, "phone"],
-        ] as const) {
-          const res = registerDevice(db, keyring, { kind, name: key.name!, publicKey: toBase64(key.pair.publicKey), ...(kind === "phone" ? { userId } : {}) }, now);
-          if (!res.ok) throw new Error(res.error);
-        }
-        const creditMinor = i % 5 === 4 ? POOR_MINOR : RICH_MINOR;
-        const credit = creditWallet(db, keyring, { userId, amountMinor: creditMinor, currency: CURRENCY, reference: `chaos-credit-${i}` }, now);
-        if (!credit.ok) throw new Error(credit.error);
-        pairs.push({ index: i, userId, login: `${userId}@chaos-tv`, creditMinor, terminalKey, phoneKey, terminal: null, phone: null, approved: new Set(), declined: new Set(), executed: new Set() });
-      }
-    } finally {
-      db.close();
-    }
-  }
-
   const port = await freePort();
   const url = `mqtt://127.0.0.1:${port}`;
   const broker = new BrokerProcess([
@@ -465,16 +503,17 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     "--device-rate", "100000",
     "--device-burst", "100000",
     "--log-level", "info",
-  ]); // prettier-ignore
+  ]);
 
-  /** Starts the broker and waits until it listens; a start that fails is retried a few times. */
-  const startListening = async (): Promise<Record<string, unknown>> => {
+  /** Starts the broker (or waits for the start in flight) until it listens; a failed start is retried a few times. */
+  const startListening = async (inFlight = false): Promise<Record<string, unknown>> => {
     for (let attempt = 1; ; attempt++) {
-      const s = broker.spawn();
+      const s = inFlight && attempt === 1 ? broker.current! : broker.spawn();
       try {
         return await s.listening;
       } catch (err) {
         broker.errors.push(`start ${attempt} failed: ${(err as Error).message}`);
+        await broker.kill();
         if (attempt >= 5) throw err;
         await sleep(500);
       }
@@ -491,6 +530,36 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   let report: ChaosReport | null = null;
 
   try {
+    // Setup, in the database, as the admin tool does it.
+    {
+      // The key file first: a database without one is refused (the wrong dir, or a lost key).
+      const { keyring } = loadKeyring(dataDir, undefined);
+      const db = openDataDb(dataDir);
+      try {
+        const now = Date.now();
+        const added = addMerchant(db, MERCHANT, now);
+        if (!added.ok) throw new Error(added.error);
+        for (let i = 0; i < pairCount; i++) {
+          const userId = `chaos-user-${i}`;
+          const terminalKey = newDeviceKey("terminal", `Chaos terminal ${i}`);
+          const phoneKey = newDeviceKey("phone", `Chaos phone ${i}`);
+          for (const [key, kind] of [
+            [terminalKey, "terminal"],
+            [phoneKey, "phone"],
+          ] as const) {
+            const res = registerDevice(db, keyring, { kind, name: key.name!, publicKey: toBase64(key.pair.publicKey), ...(kind === "phone" ? { userId } : {}) }, now);
+            if (!res.ok) throw new Error(res.error);
+          }
+          const creditMinor = i % 5 === 4 ? POOR_MINOR : RICH_MINOR;
+          const credit = creditWallet(db, keyring, { userId, amountMinor: creditMinor, currency: CURRENCY, reference: `chaos-credit-${i}` }, now);
+          if (!credit.ok) throw new Error(credit.error);
+          pairs.push({ index: i, userId, login: `${userId}@chaos-tv`, creditMinor, terminalKey, phoneKey, terminal: null, phone: null, approved: new Set(), declined: new Set(), executed: new Set() });
+        }
+      } finally {
+        db.close();
+      }
+    }
+
     await startListening();
     const brokerPublicKey = readBrokerPublicKey(dataDir);
     if (brokerPublicKey === null) throw new Error(`${dataDir}/broker.pub is missing after the broker started`);
@@ -501,7 +570,7 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
       p.phone = new SimDevice(`phone ${p.index}`, url, p.phoneKey, brokerPublicKey);
       sims.push(p.terminal, p.phone);
     }
-    await Promise.all(sims.map((s) => s.connect()));
+    if (!(await within(Promise.all(sims.map((s) => s.connect())), 30_000))) throw new Error("the devices could not connect within 30 s");
     await Promise.all(
       pairs.map(async (p) => {
         const code = (await p.terminal!.device.call("bind_request", { login: p.login, terminal: { model: "ChaosTV", serial: `CH-${p.index}`, displayName: `Chaos TV ${p.index}` } })).body.code;
@@ -546,45 +615,45 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
       }
     });
 
-    // The storm: kill, wait a little, restart; some kills land while the broker is starting.
-    let listeningAt = Date.now();
+    // The storm: kill, wait a little, restart. Some kills land while the broker is starting:
+    // those do not wait for it to listen.
+    let spawnedAt = Date.now();
     for (let k = 1; k <= killsWanted; k++) {
       const early = killRng() < EARLY_KILL_SHARE;
-      const uptime = early ? between(killRng, 0, 400) : between(killRng, UPTIME_MS[0], UPTIME_MS[1]);
+      const uptime = early ? between(killRng, 0, EARLY_KILL_MS) : between(killRng, UPTIME_MS[0], UPTIME_MS[1]);
       const downtime = between(killRng, 0, 400);
-      if (early) {
-        // The previous start is still in flight or just listened: kill it `uptime` ms after spawn.
+      if (early) await sleep(Math.max(0, spawnedAt + uptime - Date.now()));
+      else {
+        await broker.listening();
         await sleep(uptime);
-      } else {
-        await sleep(Math.max(0, listeningAt + uptime - Date.now()));
       }
+      const listened = broker.current?.listened === true;
       await broker.kill();
       kills++;
-      const known = tracks.filter((t) => t.outcome !== null);
+      const ended = tracks.filter((t) => t.outcome !== null);
       say(
-        `kill ${kills}/${killsWanted} at ${elapsed()} (${early ? "while starting, " : ""}${uptime} ms after ${early ? "spawn" : "listening"}; down ${downtime} ms): ` +
-          `${tracks.length} payments, ${known.filter((t) => t.outcome === "completed").length} completed, ${known.length} ended, ${stats.timeouts} timed-out tries`,
+        `kill ${kills}/${killsWanted} at ${elapsed()} (${early ? `${uptime} ms after spawn` : `${uptime} ms after listening`}, ${listened ? "serving" : "before it listened"}; down ${downtime} ms): ` +
+          `${tracks.length} payments, ${ended.filter((t) => t.outcome === "completed").length} completed, ${ended.length} ended, ${stats.timeouts} tries timed out`,
       );
       await sleep(downtime);
-      if (k < killsWanted && killRng() < EARLY_KILL_SHARE) {
-        // Next kill may land during this start: do not wait for it to listen.
-        broker.spawn();
-        listeningAt = Date.now();
-        continue;
-      }
-      const line = await startListening();
-      listeningAt = Date.now();
-      if (k === killsWanted) say(`restarted for good at ${elapsed()}: ${String(line.undeliveredOutbox)} undelivered outbox messages, ${String(line.armedDeadlines)} armed deadlines`);
+      broker.spawn();
+      spawnedAt = Date.now();
     }
-    if (killsWanted === 0) say("no kills asked for: the broker keeps running");
+    if (killsWanted > 0) {
+      const line = await startListening(true);
+      say(`restarted for good at ${elapsed()}: ${String(line.undeliveredOutbox)} undelivered outbox messages, ${String(line.armedDeadlines)} armed deadlines`);
+    }
+    if (killsWanted === 0) {
+      say(`no kills asked for: paying for ${NO_KILL_RUN_MS / 1000} s on a broker left alone`);
+      await sleep(NO_KILL_RUN_MS);
+    }
 
     // The end: no new payments; every payment runs to its end; every result reaches both devices.
     stopNew = true;
-    const loopsDone = await Promise.race([Promise.all(loops).then(() => true), sleep(payTimeoutMs + 10_000).then(() => false)]);
-    if (!loopsDone) {
+    if (!(await within(Promise.all(loops), payTimeoutMs + 10_000))) {
       abandon = true;
       problem(`payments still unresolved ${Math.round((payTimeoutMs + 10_000) / 1000)} s after the last restart`);
-      await Promise.race([Promise.all(loops), sleep(ANSWER_MS + READY_MS + 1000)]);
+      await within(Promise.all(loops), ANSWER_MS + READY_MS + 1000);
     }
     say(`all ${tracks.length} payments ended at ${elapsed()}; waiting for every result to reach both devices`);
     const answered = tracks.filter((t) => t.paymentId !== null);
@@ -602,8 +671,10 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     const r = report;
     say(
       `checked: ${r.checked.paymentsInDb} payments in the database (${r.checked.liveInDb} live), ${r.checked.paymentTransfers} payment transfers, ` +
-        `${r.checked.currencies} currency sums, ${r.checked.balances} balances, ${r.checked.resultsDelivered} results on devices; ` +
-        `outcomes ${JSON.stringify(r.outcomes)}; ${stats.tries} requests, ${stats.timeouts} timed out, ${stats.retryAnswers} answered "try later"; ` +
+        `${r.checked.paymentHistories} event histories, ${r.checked.agreements} agreements' usage, ${r.checked.currencies} currency sums, ${r.checked.balances} balances, ` +
+        `${r.checked.resultsDelivered} results on devices; ` +
+        `outcomes ${JSON.stringify(r.outcomes)}; ${stats.tries} requests, ${stats.timeouts} timed out, ${stats.retryAnswers} answered "try later", ` +
+        `${stats.payResends} pay_requests re-sent with their idempotency key; ${broker.resent} messages resent by the outbox on reconnect; ` +
         `${sims.reduce((n, s) => n + s.refusals, 0)} connect refusals`,
     );
     if (broker.errors.length > 0) say(`broker error lines (${broker.errors.length}):\n  ${broker.errors.slice(0, 10).join("\n  ")}`);
@@ -626,6 +697,15 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   }
 }
 
+/** Publishes a message and does not wait for its answer; offline, it is simply not sent. */
+function sendOnce(sim: SimDevice, type: string, body: Record<string, unknown>): void {
+  try {
+    if (sim.ready) sim.device.send(type, body);
+  } catch {
+    // not connected
+  }
+}
+
 /** The phone: answers prompts and tasks by the payment's plan, re-sending until answered. */
 function wirePhone(p: Pair, rng: () => number, stats: Stats, abandoned: () => boolean): void {
   const phone = p.phone!;
@@ -639,22 +719,21 @@ function wirePhone(p: Pair, rng: () => number, stats: Stats, abandoned: () => bo
     handled.add(key);
     const plan = planOf(b.amountMinor);
     const think = between(rng, 0, 300);
+    const doubleTap = rng() < DOUBLE_TAP_SHARE;
     void (async () => {
       if (m.type === "payment_prompt") {
-        try {
-          phone.device.send("prompt_received", { paymentId: b.paymentId });
-        } catch {
-          // offline: the receipt is optional
-        }
+        sendOnce(phone, "prompt_received", { paymentId: b.paymentId });
         const answer = promptAnswer(plan);
         if (answer === "ignore") return;
         await sleep(think);
         if (answer === "approve") {
           p.approved.add(b.paymentId);
           const body = { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, merchantName: b.merchantName, terminalName: b.terminalName };
+          if (doubleTap) sendOnce(phone, "payment_approve", body);
           await askUntilAnswered(phone, "payment_approve", body, stats, done(b.paymentId), 60_000);
         } else {
           p.declined.add(b.paymentId);
+          if (doubleTap) sendOnce(phone, "payment_decline", { paymentId: b.paymentId });
           await askUntilAnswered(phone, "payment_decline", { paymentId: b.paymentId }, stats, done(b.paymentId), 60_000);
         }
       } else {
@@ -662,6 +741,7 @@ function wirePhone(p: Pair, rng: () => number, stats: Stats, abandoned: () => bo
         await sleep(think);
         p.executed.add(b.paymentId);
         const body = { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, payee: b.payee };
+        if (doubleTap) sendOnce(phone, "payment_execute", body);
         await askUntilAnswered(phone, "payment_execute", body, stats, done(b.paymentId), 60_000);
       }
     })().catch(() => {});
@@ -673,7 +753,11 @@ async function followPayment(p: Pair, t: Track, rng: () => number, stats: Stats,
   const terminal = p.terminal!;
   const until = Date.now() + maxMs;
   const body = { login: p.login, merchantId: MERCHANT.id, amountMinor: t.amountMinor, currency: CURRENCY, orderRef: t.orderRef, idempotencyKey: t.key };
-  const reply = await askUntilAnswered(terminal, "pay_request", body, stats, abandoned, maxMs);
+  // A second copy under another message id: only the idempotency key can make it the same payment.
+  if (rng() < DOUBLE_TAP_SHARE) sendOnce(terminal, "pay_request", body);
+  const reply = await askUntilAnswered(terminal, "pay_request", body, stats, abandoned, maxMs, (n) => {
+    if (n === 2) stats.payResends++;
+  });
   if (reply === null) return; // never answered: counted as lost
   if (reply.type !== "payment_accepted") {
     t.rejected = reply.type === "error" ? errorCode(reply) : reply.type;
@@ -714,6 +798,8 @@ interface VerifyInput {
 interface PaymentRow {
   id: string;
   terminal_id: string;
+  agreement_id: string;
+  seq: number;
   idempotency_key: string;
   order_ref: string;
   status: PaymentStatus;
@@ -731,14 +817,14 @@ interface TransferRow {
 
 function verify(v: VerifyInput): ChaosReport {
   const { pairs, tracks, problem } = v;
+  const { keyring } = loadKeyring(v.dataDir, undefined);
   const db = openDataDb(v.dataDir);
   const checked: Record<string, number> = {};
   let lost = 0;
   let doubled = 0;
   try {
-    const { keyring } = loadKeyring(v.dataDir, undefined);
     const now = Date.now();
-    const rows = db.prepare<[], PaymentRow>("SELECT id, terminal_id, idempotency_key, order_ref, status, state FROM payments").all();
+    const rows = db.prepare<[], PaymentRow>("SELECT id, terminal_id, agreement_id, seq, idempotency_key, order_ref, status, state FROM payments").all();
     const byId = new Map(rows.map((r) => [r.id, r]));
     checked.paymentsInDb = rows.length;
     checked.liveInDb = 0;
@@ -751,6 +837,37 @@ function verify(v: VerifyInput): ChaosReport {
       const due = r.status === "awaiting_confirmation" ? p.promptDeadlineMs : p.taskDeadlineMs;
       if (due === null || due <= now) problem(`payment ${r.id} is ${r.status} ${due === null ? "without a deadline" : `${now - due} ms past its deadline`}`);
     }
+
+    // Each payment's history: events numbered 1..seq without a gap, and one final event if final.
+    const events = db.prepare<[], { payment_id: string; n: number; max_seq: number; finals: number }>(
+      `SELECT payment_id, count(*) AS n, max(seq) AS max_seq, sum(kind IN (${FINAL_STATUSES.map((f) => `'${f}'`).join(", ")})) AS finals FROM payment_events GROUP BY payment_id`,
+    ).all();
+    const eventsByPayment = new Map(events.map((e) => [e.payment_id, e]));
+    checked.paymentHistories = 0;
+    for (const r of rows) {
+      const e = eventsByPayment.get(r.id);
+      const finals = isFinal(r.status) ? 1 : 0;
+      checked.paymentHistories++;
+      if (e === undefined || e.n !== r.seq || e.max_seq !== r.seq || e.finals !== finals) {
+        problem(`payment ${r.id} (${r.status}, seq ${r.seq}) has ${e?.n ?? 0} events up to seq ${e?.max_seq ?? 0}, ${e?.finals ?? 0} of them final (expected ${finals})`);
+      }
+    }
+
+    // Each agreement still opens, and its usage counted every payment once.
+    const paymentsByAgreement = new Map<string, number>();
+    for (const r of rows) paymentsByAgreement.set(r.agreement_id, (paymentsByAgreement.get(r.agreement_id) ?? 0) + 1);
+    checked.agreements = 0;
+    for (const row of new AgreementRepo(db).list()) {
+      checked.agreements++;
+      const opened = openAgreement(keyring, row);
+      if (!opened.ok) {
+        problem(`agreement ${row.id} (${row.status}) does not open: ${opened.code}`);
+        continue;
+      }
+      const expected = paymentsByAgreement.get(row.id) ?? 0;
+      if (opened.value.usage.paymentCount !== expected) problem(`agreement ${row.id} counts ${opened.value.usage.paymentCount} payments in its usage; the database has ${expected}`);
+    }
+    if (checked.agreements !== pairs.length) problem(`${checked.agreements} agreements in the database, expected one per pair (${pairs.length})`);
 
     // One transfer per completed payment; one completed payment per payment transfer.
     const transfers = db.prepare<[], TransferRow>("SELECT id, payment_id, amount_minor, currency, debit_account, credit_account FROM transfers WHERE kind = 'payment'").all();
