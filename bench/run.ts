@@ -1,0 +1,904 @@
+/**
+ * `npm run bench`: how fast the broker hands payments off, and how close that is to what MQTT
+ * and Ed25519 alone would allow on this machine. `npm run bench -- --help` lists the options;
+ * docs/performance.md explains the method and the figures.
+ *
+ * Three kinds of process, so each one's CPU time can be read from /proc:
+ *   this orchestrator   sets the data dir up, starts the others, samples their CPU and memory,
+ *                       measures the Ed25519 rates, prints the figures
+ *   the broker          broker/main.ts, exactly as `npm start` runs it, on a fresh temp data dir
+ *   load generator(s)   bench/load.ts: real Device clients, driven by JSON-lines commands
+ * and, for the bound, a bare Aedes (bench/bare-aedes.ts).
+ *
+ * stdout: a short human summary, then, as the last line, one JSON object with every figure.
+ * stderr: the progress line, and whatever goes wrong.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync, existsSync } from "node:fs";
+import { createConnection, createServer, type AddressInfo } from "node:net";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { ensureDataDir, loadBrokerIdentity, loadKeyring, openDataDb } from "../broker/data-dir.ts";
+import { toBase64 } from "../src/crypto/encoding.ts";
+import { registerDevice } from "../src/service/devices.ts";
+import { addMerchant, creditWallet } from "../src/service/ledger.ts";
+import {
+  BENCH_MERCHANT,
+  benchKey,
+  cpuSeconds,
+  fileLimits,
+  round,
+  statusKB,
+  type BenchKey,
+  type BenchPair,
+  type Command,
+  type KeysFile,
+  type LoadConfig,
+  type LoadEvent,
+  type PhaseCommand,
+  type PhaseResult,
+} from "./common.ts";
+import { measureCrypto, type CryptoRates } from "./crypto-rate.ts";
+import { formatSummary, summarize } from "./profile.ts";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+
+/** The issue's targets on a 2-core machine, load generator included. */
+const TARGETS = { flowsPerSec: 600, p99MsAt300: 30, autoFlowsPerSec: 1000, rssPerConnectionKB: 15 } as const;
+
+/** Size of the signed payload the crypto rates use, and of the bare round trip's message: about a broker message. */
+const SIGNED_BYTES = 360;
+const ENVELOPE_BYTES = 480;
+const WALLET_FUNDS_MINOR = 1_000_000_000_000; // never the limit
+const PHASES = ["mixed", "auto", "open300"] as const;
+type PhaseName = (typeof PHASES)[number];
+
+const HELP = `Usage: npm run bench -- [options]
+
+Starts the broker (broker/main.ts) on a fresh temporary data dir and a load generator
+(bench/load.ts) as separate processes, runs complete payments through real MQTT devices,
+measures the bound (bare Aedes QoS 1 round trips, native Ed25519 sign and verify) and prints
+the figures; the last line of stdout is one JSON object with all of them.
+
+Payments (default mode):
+  K terminal/phone pairs are registered, funded and bound over MQTT. In the mixed phases every
+  pair alternates an auto-confirmed payment (amount <= the agreement's auto-confirm maximum) and
+  a prompted one (the phone approves at once, then executes), so half the flows are each kind.
+  Phases, in order:
+    warm-up   2 flows per pair, not reported
+    mixed     closed loop: each pair runs one payment after another at full speed, --flows in
+              total (flowsPerSec); with --rate N, open loop at N flows/s instead
+    auto      closed loop, auto-confirmed payments only, --auto-flows in total (autoFlowsPerSec)
+    open300   open loop at --open-rate flows/s (default 300) for --open-seconds (p99MsAt300)
+  Then the bound: a bare Aedes with the same number of clients, each publishing QoS 1 to a topic
+  it subscribes to; and node:crypto Ed25519 sign and verify rates.
+
+Options:
+  --quick                  rougher figures in under 40 s (fewer pairs, flows and seconds)
+  --pairs K                terminal/phone pairs (default 100; quick 50)
+  --flows M                payments in the mixed phase (default 15000; quick 3000)
+  --auto-flows M           payments in the auto phase (default 10000; quick 2500)
+  --rate N                 run the mixed phase open loop at N flows/s (spread over the pairs)
+                           for M/N seconds, instead of closed loop at full speed
+  --open-rate N            the open-loop phase's rate (default 300)
+  --open-seconds S         the open-loop phase's length (default 12; quick 3)
+  --phases LIST            which phases to run, comma-separated: mixed,auto,open300 (default all)
+  --max-phase-seconds S    no phase starts new flows after S seconds (default 25; quick 5);
+                           an open-loop phase then waits at most 5 s (quick 2 s) for flows
+                           in flight and counts the rest as unfinished errors
+  --bound-seconds S        length of the bare-Aedes round-trip measurement (default 5; quick 1.5)
+  --no-bound               skip the bound (no bare Aedes, no crypto rates, no ratio)
+  --profile                run the broker under node --cpu-prof and print its top functions
+                           (the .cpuprofile is kept; the data dir is kept)
+  --profile-load           the same for the load generator
+  --ack-delay-ms MS        devices batch their ack receipts for MS ms (default: Device's own,
+                           20 ms); a longer delay means fewer receipts for the broker to verify
+  --broker-arg FLAG=VALUE  extra broker flag, e.g. --broker-arg --prompt-ttl-ms=5000 (repeatable)
+  --keep                   keep the temporary data dir (its path is printed)
+
+Connections (--connections N):
+  N idle devices are registered (one transaction), then connected from load generator
+  process(es) with fresh signed tokens, --connect-concurrency at a time per process, and held.
+  Reports the connect rate and the broker's RSS per connection: (RSS after - RSS before) / N,
+  where "before" is taken once the first 1% of the devices (at most 100) are connected, so that
+  one-time allocations are not charged to the connections (those devices are not in N).
+  --connections N          how many devices (e.g. 10000)
+  --connect-concurrency C  connects in flight per load process (default 200)
+  --load-procs P           load generator processes (default: one per 5,000 devices)
+  --hold-seconds S         how long to hold them before measuring RSS (default 5)
+  Each connection is a file descriptor in the broker and in a load process: the bench raises
+  each child's soft limit (ulimit -n) to the hard limit; if the hard limit is below N + 100, it
+  stops and says how to raise it.
+
+Broker flags the bench always sets: --device-rate 1000000 --device-burst 1000000
+  --max-consecutive-auto 1000 --log-level warn (the broker's own defaults would rate-limit the
+  load and prompt every sixth auto payment).
+
+Figures depend on the machine and on what else runs on it: see docs/performance.md.
+
+Examples:
+  npm run bench
+  npm run bench -- --quick
+  npm run bench -- --rate 400 --flows 8000
+  npm run bench -- --quick --profile
+  npm run bench -- --connections 10000
+  -h, --help               show this help`;
+
+interface Options {
+  readonly quick: boolean;
+  readonly pairs: number;
+  readonly flows: number;
+  readonly autoFlows: number;
+  readonly rate: number | null;
+  readonly openRate: number;
+  readonly openSeconds: number;
+  readonly phases: readonly PhaseName[];
+  readonly maxPhaseSeconds: number;
+  readonly boundSeconds: number;
+  readonly bound: boolean;
+  readonly profile: boolean;
+  readonly profileLoad: boolean;
+  readonly ackDelayMs: number | null;
+  readonly brokerArgs: readonly string[];
+  readonly keep: boolean;
+  readonly connections: number | null;
+  readonly connectConcurrency: number;
+  readonly loadProcs: number | null;
+  readonly holdSeconds: number;
+}
+
+class UsageError extends Error {}
+
+function parseOptions(argv: string[]): Options | null {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      help: { type: "boolean", short: "h" },
+      quick: { type: "boolean" },
+      pairs: { type: "string" },
+      flows: { type: "string" },
+      "auto-flows": { type: "string" },
+      rate: { type: "string" },
+      "open-rate": { type: "string" },
+      "open-seconds": { type: "string" },
+      phases: { type: "string" },
+      "max-phase-seconds": { type: "string" },
+      "bound-seconds": { type: "string" },
+      "no-bound": { type: "boolean" },
+      profile: { type: "boolean" },
+      "profile-load": { type: "boolean" },
+      "ack-delay-ms": { type: "string" },
+      "broker-arg": { type: "string", multiple: true },
+      keep: { type: "boolean" },
+      connections: { type: "string" },
+      "connect-concurrency": { type: "string" },
+      "load-procs": { type: "string" },
+      "hold-seconds": { type: "string" },
+    },
+  });
+  if (values.help) return null;
+  const quick = values.quick === true;
+  const num = (name: string, v: string | undefined, def: number, min: number, max: number): number => {
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number from ${min} to ${max}, got ${v}`);
+    return n;
+  };
+  const phases = (values.phases ?? PHASES.join(",")).split(",").map((s) => s.trim());
+  for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new UsageError(`--phases: unknown phase ${p}; the phases are ${PHASES.join(", ")}`);
+  return {
+    quick,
+    pairs: Math.round(num("pairs", values.pairs, quick ? 50 : 100, 1, 5000)),
+    flows: Math.round(num("flows", values.flows, quick ? 3000 : 15000, 1, 10_000_000)),
+    autoFlows: Math.round(num("auto-flows", values["auto-flows"], quick ? 2500 : 10000, 1, 10_000_000)),
+    rate: values.rate === undefined ? null : num("rate", values.rate, 0, 1, 1_000_000),
+    openRate: num("open-rate", values["open-rate"], 300, 1, 1_000_000),
+    openSeconds: num("open-seconds", values["open-seconds"], quick ? 3 : 12, 1, 3600),
+    phases: phases as PhaseName[],
+    maxPhaseSeconds: num("max-phase-seconds", values["max-phase-seconds"], quick ? 5 : 25, 1, 3600),
+    boundSeconds: num("bound-seconds", values["bound-seconds"], quick ? 1.5 : 5, 0.5, 600),
+    bound: values["no-bound"] !== true,
+    profile: values.profile === true,
+    profileLoad: values["profile-load"] === true,
+    ackDelayMs: values["ack-delay-ms"] === undefined ? null : num("ack-delay-ms", values["ack-delay-ms"], 20, 0, 60_000),
+    brokerArgs: values["broker-arg"] ?? [],
+    keep: values.keep === true,
+    connections: values.connections === undefined ? null : Math.round(num("connections", values.connections, 0, 1, 1_000_000)),
+    connectConcurrency: Math.round(num("connect-concurrency", values["connect-concurrency"], 200, 1, 100_000)),
+    loadProcs: values["load-procs"] === undefined ? null : Math.round(num("load-procs", values["load-procs"], 1, 1, 64)),
+    holdSeconds: Math.round(num("hold-seconds", values["hold-seconds"], 5, 0, 3600)),
+  };
+}
+
+// ── Child processes ─────────────────────────────────────────────────────────────────────────
+
+const children = new Set<ChildProcess>();
+
+/** Runs node with tsx, its soft open-file limit raised to the hard limit (one fd per connection). */
+function spawnNode(args: readonly string[], logFile: string | null, nodeFlags: readonly string[] = []): ChildProcess {
+  const env: NodeJS.ProcessEnv = {};
+  // The broker reads HANDOFF_* variables: the bench's broker must not pick up the caller's.
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("HANDOFF_")) env[k] = v;
+  const out = logFile === null ? "pipe" : openSync(logFile, "a");
+  const child = spawn("/bin/sh", ["-c", 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"', process.execPath, ...nodeFlags, "--import", "tsx", ...args], {
+    cwd: ROOT,
+    env,
+    stdio: ["pipe", out, logFile === null ? "inherit" : out],
+  });
+  if (typeof out === "number") closeSync(out);
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+  return child;
+}
+
+function exited(child: ChildProcess, ms: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+/** SIGTERM, then SIGKILL if it has not gone within `ms`. */
+async function stop(child: ChildProcess, ms = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill("SIGTERM");
+  if (!(await exited(child, ms))) {
+    child.kill("SIGKILL");
+    await exited(child, 2_000);
+  }
+}
+
+function killAll(): void {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+}
+
+/** A load generator: commands in on stdin, events out on stdout. */
+class Load {
+  readonly child: ChildProcess;
+  readonly #waiters: { match: (e: LoadEvent) => boolean; resolve: (e: LoadEvent) => void; reject: (e: Error) => void }[] = [];
+  onEvent: (e: LoadEvent) => void = () => {};
+  /** Resolves once the process has started and reads commands. */
+  readonly started: Promise<void>;
+
+  constructor(configFile: string, profileDir: string | null = null) {
+    this.child = spawnNode(["bench/load.ts", configFile], null, profileDir === null ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir]);
+    this.started = new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ match: (e) => e.event === "hello", resolve: () => resolve(), reject });
+    });
+    void this.started.catch(() => {});
+    createInterface({ input: this.child.stdout! }).on("line", (line) => {
+      let e: LoadEvent;
+      try {
+        e = JSON.parse(line) as LoadEvent;
+      } catch {
+        process.stderr.write(`load: ${line}\n`);
+        return;
+      }
+      if (e.event === "fatal") {
+        for (const w of this.#waiters.splice(0)) w.reject(new Error(`load generator failed: ${e.message}`));
+        return;
+      }
+      this.onEvent(e);
+      const i = this.#waiters.findIndex((w) => w.match(e));
+      if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve(e);
+    });
+    this.child.once("exit", (code, signal) => {
+      for (const w of this.#waiters.splice(0)) w.reject(new Error(`load generator exited (${signal ?? code}) before answering`));
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  send(c: Command): void {
+    this.child.stdin!.write(JSON.stringify(c) + "\n");
+  }
+
+  /** Sends a command (once the process has started) and waits for the event that answers it. */
+  async request<E extends LoadEvent["event"]>(c: Command, answer: E): Promise<Extract<LoadEvent, { event: E }>> {
+    await withTimeout(this.started, STARTUP_TIMEOUT_MS, `the load generator (pid ${this.child.pid}) did not start`);
+    const p = new Promise<LoadEvent>((resolve, reject) => this.#waiters.push({ match: (e) => e.event === answer, resolve, reject }));
+    this.send(c);
+    return p as Promise<Extract<LoadEvent, { event: E }>>;
+  }
+
+  async exit(): Promise<void> {
+    if (this.child.exitCode !== null) return;
+    this.send({ cmd: "exit" });
+    if (!(await exited(this.child, 10_000))) await stop(this.child, 2_000);
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+async function waitForPort(port: number, child: ChildProcess, logFile: string, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`the broker exited with code ${child.exitCode}:\n${tail(logFile)}`);
+    const ok = await new Promise<boolean>((r) => {
+      const s = createConnection({ port, host: "127.0.0.1" }, () => {
+        s.destroy();
+        r(true);
+      });
+      s.once("error", () => r(false));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`the broker did not listen on port ${port} within ${ms} ms:\n${tail(logFile)}`);
+}
+
+function tail(file: string, lines = 20): string {
+  try {
+    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A child that has not said hello by then is stuck (tsx's loader thread has been seen to hang). */
+const STARTUP_TIMEOUT_MS = 60_000;
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} within ${ms / 1000} s`)), ms);
+    }),
+  ]);
+}
+
+// ── Progress (stderr) ───────────────────────────────────────────────────────────────────────
+
+const tty = process.stderr.isTTY === true;
+let progressShown = false;
+
+function progress(text: string): void {
+  if (tty) {
+    process.stderr.write(`\r\x1b[K${text}`);
+    progressShown = true;
+  } else process.stderr.write(`${text}\n`);
+}
+
+const startedAt = performance.now();
+
+function note(text: string): void {
+  if (progressShown) process.stderr.write("\r\x1b[K");
+  progressShown = false;
+  process.stderr.write(`${text.replace(/^bench: /, `bench: [${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s] `)}\n`);
+}
+
+function showProgress(e: LoadEvent): void {
+  if (e.event !== "progress") return;
+  const s = e.elapsedMs / 1000;
+  progress(`bench: ${e.label.padEnd(8)} ${String(e.done).padStart(6)}/${e.target} in ${s.toFixed(1)} s (${Math.round(e.done / Math.max(s, 0.001))}/s), errors ${e.errors}`);
+}
+
+// ── The broker on a fresh data dir ──────────────────────────────────────────────────────────
+
+interface Started {
+  readonly dir: string;
+  readonly dataDir: string;
+  readonly broker: ChildProcess;
+  readonly logFile: string;
+  readonly url: string;
+  readonly configFile: string;
+  readonly profileDir: string | null;
+  readonly loadProfileDir: string | null;
+}
+
+/** Writes the data dir (keys, devices, merchant, funds) and starts the broker on it. */
+async function startBroker(o: Options, keys: KeysFile, funded: readonly string[]): Promise<Started> {
+  const dir = mkdtempSync(join(tmpdir(), "hp-bench-"));
+  const dataDir = ensureDataDir(join(dir, "data"));
+  const t0 = performance.now();
+  // Setup writes the database directly, before the broker starts: what `npm run admin` would do.
+  const { keyring } = loadKeyring(dataDir, undefined);
+  const identity = loadBrokerIdentity(dataDir);
+  const db = openDataDb(dataDir);
+  const now = Date.now();
+  const register = (k: BenchKey, name: string, userId?: string) => {
+    const r = registerDevice(db, keyring, { kind: k.kind, name, publicKey: k.pub, ...(userId === undefined ? {} : { userId }) }, now);
+    if (!r.ok) throw new Error(`registering ${k.id}: ${r.error}`);
+  };
+  db.transaction(() => {
+    keys.pairs.forEach((p, i) => {
+      register(p.terminal, `Bench TV ${i}`);
+      register(p.phone, `Bench phone ${i}`, p.userId);
+    });
+    keys.idle.forEach((k, i) => register(k, `Idle ${i}`));
+    if (funded.length > 0) {
+      const m = addMerchant(db, BENCH_MERCHANT, now);
+      if (!m.ok) throw new Error(m.error);
+      for (const userId of funded) {
+        const c = creditWallet(db, keyring, { userId, amountMinor: WALLET_FUNDS_MINOR, currency: "CNY" }, now);
+        if (!c.ok) throw new Error(c.error);
+      }
+    }
+  })();
+  db.close();
+  const keysFile = join(dir, "keys.json");
+  writeFileSync(keysFile, JSON.stringify(keys));
+  note(`bench: data dir ${dataDir} set up in ${Math.round(performance.now() - t0)} ms (${keys.pairs.length * 2 + keys.idle.length} devices)`);
+
+  const port = await freePort();
+  const logFile = join(dir, "broker.log");
+  const profileDir = o.profile ? join(dir, "profile") : null;
+  const brokerArgs = [
+    "broker/main.ts",
+    "--port",
+    String(port),
+    "--data-dir",
+    dataDir,
+    "--log-level",
+    "warn",
+    "--device-rate",
+    "1000000",
+    "--device-burst",
+    "1000000",
+    "--max-consecutive-auto",
+    "1000",
+    ...o.brokerArgs,
+  ];
+  const broker = spawnNode(brokerArgs, logFile, profileDir === null ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir]);
+  await waitForPort(port, broker, logFile);
+  const url = `mqtt://127.0.0.1:${port}`;
+  const configFile = join(dir, "load.json");
+  const config: LoadConfig = { url, brokerPublicKey: toBase64(identity.publicKey), keysFile, ackDelayMs: o.ackDelayMs };
+  writeFileSync(configFile, JSON.stringify(config));
+  return { dir, dataDir, broker, logFile, url, configFile, profileDir, loadProfileDir: o.profileLoad ? join(dir, "load-profile") : null };
+}
+
+/** The main thread's profile in a --cpu-prof dir (tsx's loader thread writes one too). */
+function mainThreadProfile(dir: string | null): string | null {
+  if (dir === null || !existsSync(dir)) return null;
+  // CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile; thread 0 is the main thread.
+  const files = readdirSync(dir).filter((n) => n.endsWith(".cpuprofile"));
+  const f = files.find((n) => n.split(".")[4] === "0") ?? files[0];
+  return f === undefined ? null : join(dir, f);
+}
+
+async function finish(s: Started, o: Options): Promise<string | null> {
+  await stop(s.broker, 30_000);
+  const profile = mainThreadProfile(s.profileDir);
+  if (o.keep || o.profile || o.profileLoad) note(`bench: kept ${s.dir}`);
+  else rmSync(s.dir, { recursive: true, force: true });
+  return profile;
+}
+
+// ── Payments ────────────────────────────────────────────────────────────────────────────────
+
+interface PhaseFigures {
+  readonly result: PhaseResult;
+  readonly brokerCpuMsPerFlow: number | null;
+  readonly brokerCpuUtil: number | null;
+  readonly loadCpuMsPerFlow: number | null;
+  /** Per completed flow: messages up (each a broker verify) and down (each a broker sign). */
+  readonly upPerFlow: number;
+  readonly downPerFlow: number;
+}
+
+async function runPhase(load: Load, brokerPid: number, c: PhaseCommand): Promise<PhaseFigures> {
+  const b0 = cpuSeconds(brokerPid);
+  const l0 = cpuSeconds(load.pid);
+  const t0 = performance.now();
+  const { result } = await load.request(c, "phase_done");
+  const wall = (performance.now() - t0) / 1000;
+  const b1 = cpuSeconds(brokerPid);
+  const l1 = cpuSeconds(load.pid);
+  const sum = (m: Record<string, number>) => Object.values(m).reduce((a, b) => a + b, 0);
+  const per = (x: number) => (result.completed === 0 ? NaN : x / result.completed);
+  note(
+    `bench: ${c.name.padEnd(8)} ${result.completed} flows in ${result.seconds} s = ${result.flowsPerSec}/s` +
+      `, p50 ${result.all.p50} ms, p99 ${result.all.p99} ms, errors ${result.errors}${result.capped ? " (capped by --max-phase-seconds)" : ""}` +
+      `${result.loop === "open" && result.targetRate !== null && result.flowsPerSec < 0.95 * result.targetRate ? ` (overloaded: offered ${result.targetRate}/s)` : ""}`,
+  );
+  return {
+    result,
+    brokerCpuMsPerFlow: b0 === null || b1 === null ? null : round(per((b1 - b0) * 1000), 3),
+    brokerCpuUtil: b0 === null || b1 === null ? null : round((b1 - b0) / wall, 2),
+    loadCpuMsPerFlow: l0 === null || l1 === null ? null : round(per((l1 - l0) * 1000), 3),
+    upPerFlow: round(per(sum(result.up)), 2),
+    downPerFlow: round(per(sum(result.down)), 2),
+  };
+}
+
+interface Bound {
+  readonly clients: number;
+  readonly roundTripsPerSec: number;
+  readonly roundTripLatencyMs: { p50: number; p99: number };
+  /** Bare broker CPU while counting: 1.0 is one core busy. */
+  readonly bareBrokerCpuUtil: number | null;
+  readonly bareBrokerCpuUsPerRoundTrip: number | null;
+  readonly crypto: CryptoRates;
+}
+
+/** Bare Aedes QoS 1 round trips with `clients` clients, then the Ed25519 rates. */
+async function measureBound(o: Options, clients: number, load: Load): Promise<Bound> {
+  const bare = spawnNode(["bench/bare-aedes.ts"], null);
+  const port = await withTimeout(
+    new Promise<number>((resolve, reject) => {
+      createInterface({ input: bare.stdout! }).once("line", (line) => resolve((JSON.parse(line) as { port: number }).port));
+      bare.once("exit", (code) => reject(new Error(`bare Aedes exited (${code})`)));
+    }),
+    STARTUP_TIMEOUT_MS,
+    "the bare Aedes did not start",
+  );
+  let c0: number | null = null;
+  let c1: number | null = null;
+  let m0 = 0;
+  let m1 = 0;
+  load.onEvent = (e) => {
+    if (e.event !== "mark") return;
+    if (e.label === "start") [c0, m0] = [cpuSeconds(bare.pid!), performance.now()];
+    else [c1, m1] = [cpuSeconds(bare.pid!), performance.now()];
+  };
+  progress(`bench: bound    ${clients} clients, QoS 1 round trips through a bare Aedes for ${o.boundSeconds} s`);
+  const rt = await load.request({ cmd: "roundtrip", url: `mqtt://127.0.0.1:${port}`, clients, seconds: o.boundSeconds, payloadBytes: ENVELOPE_BYTES }, "roundtrip_done");
+  await stop(bare);
+  const cpu = c0 !== null && c1 !== null ? (c1 as number) - (c0 as number) : null;
+  progress(`bench: bound    Ed25519 sign and verify rates`);
+  const crypto = measureCrypto(o.quick ? 0.6 : 2, SIGNED_BYTES);
+  const perSec = rt.roundTrips / rt.seconds;
+  note(`bench: bound    ${Math.round(perSec)} QoS 1 round trips/s (${clients} clients), ${crypto.signsPerSec} signs/s, ${crypto.verifiesPerSec} verifies/s`);
+  return {
+    clients,
+    roundTripsPerSec: Math.round(perSec),
+    roundTripLatencyMs: { p50: rt.latencyMs.p50, p99: rt.latencyMs.p99 },
+    bareBrokerCpuUtil: cpu === null ? null : round(cpu / ((m1 - m0) / 1000), 2),
+    bareBrokerCpuUsPerRoundTrip: cpu === null || rt.roundTrips === 0 ? null : round((cpu * 1e6) / rt.roundTrips, 1),
+    crypto,
+  };
+}
+
+/**
+ * The flow rate the broker's unavoidable work allows (docs/performance.md §The bound). Each
+ * message up is one QoS 1 publish in (PUBLISH in, PUBACK out) and one Ed25519 verify; each
+ * message down is one QoS 1 publish out (PUBLISH out, PUBACK in) and one sign. A bare round trip
+ * is one publish in plus one publish out, so one message costs half a round trip. The broker is
+ * one thread: the costs add up, and the bound is one over their sum.
+ *
+ *   ms/flow = (up + down) × msgMs + up / verifies per ms + down / signs per ms
+ *
+ * msgMs is the bare broker's CPU time per round trip / 2 (what a message costs Aedes itself);
+ * the wall-clock variant uses 1 / (2 × round trips per second) instead, which also charges the
+ * client side of the round-trip test when that, not the bare broker, is the slower part.
+ */
+function boundFor(b: Bound, upPerFlow: number, downPerFlow: number) {
+  const verifyMs = (upPerFlow / b.crypto.verifiesPerSec) * 1000;
+  const signMs = (downPerFlow / b.crypto.signsPerSec) * 1000;
+  const wallMsgMs = 1000 / (2 * b.roundTripsPerSec);
+  const msgMs = b.bareBrokerCpuUsPerRoundTrip === null ? wallMsgMs : b.bareBrokerCpuUsPerRoundTrip / 2000;
+  const mqttMs = (upPerFlow + downPerFlow) * msgMs;
+  const msPerFlow = mqttMs + verifyMs + signMs;
+  const wallMsPerFlow = (upPerFlow + downPerFlow) * wallMsgMs + verifyMs + signMs;
+  return {
+    upPerFlow,
+    downPerFlow,
+    msgMs: round(msgMs, 4),
+    mqttMs: round(mqttMs, 4),
+    verifyMs: round(verifyMs, 4),
+    signMs: round(signMs, 4),
+    msPerFlow: round(msPerFlow, 4),
+    flowsPerSec: Math.round(1000 / msPerFlow),
+    wallMsPerFlow: round(wallMsPerFlow, 4),
+    wallFlowsPerSec: Math.round(1000 / wallMsPerFlow),
+  };
+}
+
+async function benchFlows(o: Options): Promise<Record<string, unknown>> {
+  const began = performance.now();
+  const pairs: BenchPair[] = Array.from({ length: o.pairs }, (_, i) => {
+    const userId = `bench-user-${i}`;
+    return { userId, login: `${userId}@tv`, terminal: benchKey("terminal"), phone: benchKey("phone") };
+  });
+  const s = await startBroker(o, { pairs, idle: [] }, pairs.map((p) => p.userId));
+  const brokerPid = s.broker.pid!;
+  const load = new Load(s.configFile, s.loadProfileDir);
+  load.onEvent = showProgress;
+  const phases: Partial<Record<PhaseName, PhaseFigures>> = {};
+  let brokerPeakRssKB: number | null;
+  let profile: string | null;
+  let finished = false;
+  let bound: Bound | null = null;
+  try {
+    progress(`bench: setup    connecting and binding ${o.pairs} pairs`);
+    const ready = await load.request({ cmd: "setup" }, "ready");
+    note(`bench: setup    ${ready.devices} devices connected in ${ready.connectMs} ms, ${o.pairs} pairs bound in ${ready.bindMs} ms`);
+    const base = { cmd: "phase" as const, rate: 0, seconds: 0, maxSeconds: o.maxPhaseSeconds, drainSeconds: o.quick ? 2 : 5 };
+    await runPhase(load, brokerPid, { ...base, name: "warm-up", kind: "mixed", loop: "closed", flows: o.pairs * 2 });
+    if (o.phases.includes("mixed")) {
+      phases.mixed =
+        o.rate === null
+          ? await runPhase(load, brokerPid, { ...base, name: "mixed", kind: "mixed", loop: "closed", flows: o.flows })
+          : await runPhase(load, brokerPid, { ...base, name: "mixed", kind: "mixed", loop: "open", flows: 0, rate: o.rate, seconds: Math.min(o.flows / o.rate, o.maxPhaseSeconds) });
+    }
+    if (o.phases.includes("auto")) phases.auto = await runPhase(load, brokerPid, { ...base, name: "auto", kind: "auto", loop: "closed", flows: o.autoFlows });
+    if (o.phases.includes("open300")) {
+      phases.open300 = await runPhase(load, brokerPid, { ...base, name: "open300", kind: "mixed", loop: "open", flows: 0, rate: o.openRate, seconds: Math.min(o.openSeconds, o.maxPhaseSeconds) });
+    }
+    brokerPeakRssKB = statusKB(brokerPid, "VmHWM");
+    // The broker goes first, so the bound is measured on a machine without it.
+    profile = await finish(s, o);
+    finished = true;
+    if (o.bound) {
+      load.onEvent = () => {};
+      bound = await measureBound(o, o.pairs * 2, load);
+    }
+  } finally {
+    await load.exit();
+    if (!finished) await finish(s, o);
+  }
+
+  const mixed = phases.mixed;
+  const auto = phases.auto;
+  const open = phases.open300;
+  const mixedBound = bound !== null && mixed !== undefined ? boundFor(bound, mixed.upPerFlow, mixed.downPerFlow) : null;
+  const autoBound = bound !== null && auto !== undefined ? boundFor(bound, auto.upPerFlow, auto.downPerFlow) : null;
+  const errorCounts: Record<string, number> = {};
+  for (const p of Object.values(phases)) for (const [k, n] of Object.entries(p.result.errorCounts)) errorCounts[k] = (errorCounts[k] ?? 0) + n;
+  const figures = {
+    bench: "flows",
+    quick: o.quick,
+    flowsPerSec: mixed?.result.flowsPerSec ?? null,
+    flowsLoop: mixed === undefined ? null : o.rate === null ? "closed" : `open at ${o.rate}/s`,
+    autoFlowsPerSec: auto?.result.flowsPerSec ?? null,
+    p99MsAt300: open?.result.all.p99 ?? null,
+    openRate: o.openRate,
+    boundFlowsPerSec: mixedBound?.flowsPerSec ?? null,
+    ratio: mixedBound === null || mixed === undefined ? null : round(mixed.result.flowsPerSec / mixedBound.flowsPerSec, 3),
+    autoBoundFlowsPerSec: autoBound?.flowsPerSec ?? null,
+    autoRatio: autoBound === null || auto === undefined ? null : round(auto.result.flowsPerSec / autoBound.flowsPerSec, 3),
+    boundWallFlowsPerSec: mixedBound?.wallFlowsPerSec ?? null,
+    // Of the broker's CPU time per flow, the share the bound's costs account for (1 = no overhead).
+    cpuEfficiency: mixedBound === null || mixed?.brokerCpuMsPerFlow == null ? null : round(mixedBound.msPerFlow / mixed.brokerCpuMsPerFlow, 3),
+    autoCpuEfficiency: autoBound === null || auto?.brokerCpuMsPerFlow == null ? null : round(autoBound.msPerFlow / auto.brokerCpuMsPerFlow, 3),
+    errors: Object.values(phases).reduce((n, p) => n + p.result.errors, 0),
+    errorCounts,
+    brokerPeakRssMB: brokerPeakRssKB === null ? null : round(brokerPeakRssKB / 1024, 1),
+    targets: {
+      flowsPerSec: { target: TARGETS.flowsPerSec, met: mixed === undefined ? null : mixed.result.flowsPerSec >= TARGETS.flowsPerSec },
+      p99MsAt300: { target: TARGETS.p99MsAt300, met: open === undefined ? null : open.result.all.p99 <= TARGETS.p99MsAt300 },
+      autoFlowsPerSec: { target: TARGETS.autoFlowsPerSec, met: auto === undefined ? null : auto.result.flowsPerSec >= TARGETS.autoFlowsPerSec },
+    },
+    phases: Object.fromEntries(
+      Object.entries(phases).map(([name, p]) => [
+        name,
+        {
+          loop: p.result.loop,
+          targetRate: p.result.targetRate,
+          completed: p.result.completed,
+          seconds: p.result.seconds,
+          flowsPerSec: p.result.flowsPerSec,
+          capped: p.result.capped,
+          // An open-loop phase whose broker could not keep up: its latencies are queueing time.
+          overloaded: p.result.loop === "open" && (p.result.targetRate === null || p.result.flowsPerSec < 0.95 * p.result.targetRate || p.result.unfinished > 0),
+          unfinished: p.result.unfinished,
+          errors: p.result.errors,
+          latencyMs: p.result.all,
+          byMode: p.result.byMode,
+          brokerCpuMsPerFlow: p.brokerCpuMsPerFlow,
+          brokerCpuUtil: p.brokerCpuUtil,
+          loadCpuMsPerFlow: p.loadCpuMsPerFlow,
+          upPerFlow: p.upPerFlow,
+          downPerFlow: p.downPerFlow,
+          up: p.result.up,
+          down: p.result.down,
+        },
+      ]),
+    ),
+    bound: bound === null ? null : { ...bound, mixed: mixedBound, auto: autoBound },
+    setup: { pairs: o.pairs, devices: o.pairs * 2, flows: o.flows, autoFlows: o.autoFlows, openSeconds: o.openSeconds, maxPhaseSeconds: o.maxPhaseSeconds },
+    machine: machine(),
+    profile,
+    loadProfile: mainThreadProfile(s.loadProfileDir),
+    ackDelayMs: o.ackDelayMs,
+    durationSec: round((performance.now() - began) / 1000, 1),
+  };
+
+  const lines = [
+    `flows/s (mixed, ${figures.flowsLoop ?? "-"}): ${figures.flowsPerSec ?? "-"}   target >= ${TARGETS.flowsPerSec}`,
+    `auto flows/s: ${figures.autoFlowsPerSec ?? "-"}   target >= ${TARGETS.autoFlowsPerSec}`,
+    `p99 at ${o.openRate} flows/s: ${figures.p99MsAt300 ?? "-"} ms   target <= ${TARGETS.p99MsAt300} ms`,
+  ];
+  for (const [name, p] of Object.entries(phases)) {
+    const m = p.result.byMode;
+    const step = (mode: "auto" | "prompt", k: string) => m[mode]?.stepsMs[k]?.p99 ?? "-";
+    lines.push(
+      `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} confirmed ${step("auto", "confirmed")} result ${step("auto", "result")}` +
+        `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} confirmed ${step("prompt", "confirmed")} result ${step("prompt", "result")}` +
+        `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow`,
+    );
+  }
+  if (bound !== null) {
+    lines.push(
+      `bound: ${bound.roundTripsPerSec} round trips/s (bare Aedes at ${bound.bareBrokerCpuUtil ?? "-"} cores, ${bound.bareBrokerCpuUsPerRoundTrip ?? "-"} us CPU each), ` +
+        `${bound.crypto.verifiesPerSec} verifies/s, ${bound.crypto.signsPerSec} signs/s` +
+        ` -> mixed ${mixedBound?.flowsPerSec ?? "-"} flows/s (ratio ${figures.ratio ?? "-"}; broker CPU efficiency ${figures.cpuEfficiency ?? "-"})` +
+        `, auto ${autoBound?.flowsPerSec ?? "-"} flows/s (ratio ${figures.autoRatio ?? "-"}; efficiency ${figures.autoCpuEfficiency ?? "-"})`,
+    );
+  }
+  lines.push(`broker peak RSS ${figures.brokerPeakRssMB ?? "-"} MB; errors ${figures.errors}${figures.errors > 0 ? ` ${JSON.stringify(errorCounts)}` : ""}`);
+  process.stdout.write(lines.join("\n") + "\n");
+  if (profile !== null) process.stderr.write(`broker ${formatSummary(summarize(profile, 30))}\n`);
+  const loadProfile = mainThreadProfile(s.loadProfileDir);
+  if (loadProfile !== null) process.stderr.write(`load generator ${formatSummary(summarize(loadProfile, 30))}\n`);
+  return figures;
+}
+
+// ── Connections ─────────────────────────────────────────────────────────────────────────────
+
+async function benchConnections(o: Options, n: number): Promise<Record<string, unknown>> {
+  const began = performance.now();
+  const procs = o.loadProcs ?? Math.max(1, Math.ceil(n / 5000));
+  const limits = fileLimits();
+  if (limits !== null && limits.hard < n + 100) {
+    throw new UsageError(
+      `--connections ${n} needs ${n + 100} open files in the broker, but the hard limit (ulimit -Hn) is ${limits.hard}.\n` +
+        `Raise it first: as root, ulimit -Hn ${n + 1000}; for a user, /etc/security/limits.conf (nofile); in Docker, --ulimit nofile=${n + 1000}.`,
+    );
+  }
+  const portRange = (() => {
+    try {
+      const [lo, hi] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+      return hi! - lo! + 1;
+    } catch {
+      return null;
+    }
+  })();
+  if (portRange !== null && portRange < n + 100) note(`bench: warning: only ${portRange} local ports (net.ipv4.ip_local_port_range); ${n} connections to one port may run out`);
+
+  progress(`bench: setup    generating and registering ${n} device keys`);
+  const idle = Array.from({ length: n }, () => benchKey("terminal"));
+  const s = await startBroker(o, { pairs: [], idle }, []);
+  const brokerPid = s.broker.pid!;
+  const loads = Array.from({ length: procs }, () => new Load(s.configFile));
+  let figures: Record<string, unknown>;
+  let profile: string | null;
+  try {
+    // A few devices connect first, so the "before" figure already holds what the first
+    // connections allocate once for all (mqtt-packet's 64 K message-id buffer cache, compiled
+    // code, SQLite's page cache); then the rest, split over the load processes.
+    const warm = Math.min(100, Math.max(1, Math.floor(n / 100)));
+    const warmed = await loads[0]!.request({ cmd: "connect", from: 0, to: warm, concurrency: o.connectConcurrency }, "connected");
+    if (warmed.failed > 0) throw new Error(`the first ${warm} devices could not connect: ${JSON.stringify(warmed.errorCounts)}`);
+    const per = Math.ceil((n - warm) / procs);
+    await sleep(1500);
+    const rssBefore = statusKB(brokerPid, "VmRSS");
+    const cpu0 = cpuSeconds(brokerPid);
+    let done = 0;
+    const counts = new Map<Load, number>();
+    for (const l of loads) {
+      l.onEvent = (e) => {
+        if (e.event !== "progress") return;
+        counts.set(l, e.done);
+        done = [...counts.values()].reduce((a, b) => a + b, 0);
+        progress(`bench: connect  ${warm + done}/${n} in ${(e.elapsedMs / 1000).toFixed(1)} s (${Math.round(done / Math.max(e.elapsedMs / 1000, 0.001))}/s)`);
+      };
+    }
+    const t0 = performance.now();
+    const results = await Promise.all(
+      loads.map((l, i) => l.request({ cmd: "connect", from: warm + i * per, to: Math.min(n, warm + (i + 1) * per), concurrency: o.connectConcurrency }, "connected")),
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const cpu1 = cpuSeconds(brokerPid);
+    // The measured ones: the warm-up devices stay connected but are not in the figures.
+    const measured = results.reduce((a, r) => a + r.connected, 0);
+    const connected = warm + measured;
+    const failed = results.reduce((a, r) => a + r.failed, 0);
+    const errorCounts: Record<string, number> = {};
+    for (const r of results) for (const [k, v] of Object.entries(r.errorCounts)) errorCounts[k] = (errorCounts[k] ?? 0) + v;
+    note(`bench: connect  ${connected} connected, ${failed} failed, in ${seconds.toFixed(1)} s`);
+    // RSS is sampled every second of the hold: garbage from the connects themselves goes once
+    // V8's memory reducer runs on an idle heap, which takes a few seconds.
+    const rssSamples: number[] = [];
+    for (let t = 0; t < o.holdSeconds; t++) {
+      await sleep(1000);
+      const kb = statusKB(brokerPid, "VmRSS");
+      if (kb !== null) rssSamples.push(kb);
+      progress(`bench: hold     ${connected} idle connections, ${t + 1}/${o.holdSeconds} s, broker RSS ${kb === null ? "-" : round(kb / 1024, 1)} MB`);
+    }
+    const rssAfter = statusKB(brokerPid, "VmRSS");
+    const hwm = statusKB(brokerPid, "VmHWM");
+    const loadRss = loads.map((l) => statusKB(l.pid, "VmRSS") ?? 0).reduce((a, b) => a + b, 0);
+    const perConn = rssBefore === null || rssAfter === null || measured === 0 ? null : round((rssAfter - rssBefore) / measured, 2);
+    figures = {
+      bench: "connections",
+      connections: connected,
+      requested: n,
+      failed,
+      errorCounts,
+      connectSeconds: round(seconds, 2),
+      connectPerSec: Math.round(measured / seconds),
+      warmUpConnections: warm,
+      rssPerConnectionKB: perConn,
+      brokerRssBeforeMB: rssBefore === null ? null : round(rssBefore / 1024, 1),
+      brokerRssAfterMB: rssAfter === null ? null : round(rssAfter / 1024, 1),
+      brokerPeakRssMB: hwm === null ? null : round(hwm / 1024, 1),
+      brokerRssDuringHoldMB: rssSamples.map((kb) => round(kb / 1024, 1)),
+      brokerCpuMsPerConnect: cpu0 === null || cpu1 === null || measured === 0 ? null : round(((cpu1 - cpu0) * 1000) / measured, 3),
+      loadProcs: procs,
+      loadRssMB: round(loadRss / 1024, 1),
+      connectConcurrency: o.connectConcurrency,
+      targets: { rssPerConnectionKB: { target: TARGETS.rssPerConnectionKB, met: perConn === null ? null : perConn <= TARGETS.rssPerConnectionKB } },
+      fileLimits: limits,
+      machine: machine(),
+      durationSec: 0,
+    };
+  } finally {
+    // The broker first: closing 10,000 connections from the client side would make it log each.
+    await stop(s.broker, 60_000);
+    await Promise.all(loads.map((l) => stop(l.child, 10_000)));
+    profile = await finish(s, o);
+  }
+  if (profile !== null) process.stderr.write(`broker ${formatSummary(summarize(profile, 30))}\n`);
+  figures.durationSec = round((performance.now() - began) / 1000, 1);
+  process.stdout.write(
+    `connections: ${figures.connections}/${n} (${figures.failed} failed) at ${figures.connectPerSec}/s; broker RSS ${figures.brokerRssBeforeMB} -> ${figures.brokerRssAfterMB} MB = ` +
+      `${figures.rssPerConnectionKB} KB per connection (target <= ${TARGETS.rssPerConnectionKB} KB); ${figures.brokerCpuMsPerConnect} ms broker CPU per connect\n`,
+  );
+  return figures;
+}
+
+function machine() {
+  return { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? null, node: process.version, loadavg: loadavg().map((x) => round(x, 2)), sharedMachineWarning: "figures measured while other work may run; re-measure on a quiet machine" };
+}
+
+async function main(): Promise<number> {
+  let o: Options | null;
+  try {
+    o = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\nRun with --help to see the options.\n`);
+    return 2;
+  }
+  if (o === null) {
+    process.stdout.write(HELP + "\n");
+    return 0;
+  }
+  const figures = o.connections !== null ? await benchConnections(o, o.connections) : await benchFlows(o);
+  note("bench: done");
+  process.stdout.write(JSON.stringify(figures) + "\n");
+  return 0;
+}
+
+process.once("SIGINT", () => {
+  killAll();
+  process.exit(130);
+});
+
+// A last resort: whatever hangs, the bench ends and takes its children with it.
+setTimeout(() => {
+  note("bench: gave up after 15 minutes");
+  killAll();
+  process.exit(1);
+}, 15 * 60_000).unref();
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    note(`bench failed: ${err instanceof UsageError ? err.message : ((err as Error).stack ?? String(err))}`);
+    killAll();
+    process.exit(err instanceof UsageError ? 2 : 1);
+  },
+);
