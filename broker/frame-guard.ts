@@ -88,8 +88,17 @@ export class GuardedSocket extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.#send(chunk, callback);
+  }
+
+  /** Corked chunks (mqtt-packet writes a PUBLISH as ~6) leave as one write and one TCP segment. */
+  override _writev(chunks: { chunk: Buffer }[], callback: (err?: Error | null) => void): void {
+    this.#send(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk)), callback);
+  }
+
+  #send(bytes: Buffer, callback: (err?: Error | null) => void): void {
     if (this.socket.destroyed) return callback(new Error("socket closed"));
-    if (this.socket.write(chunk)) callback();
+    if (this.socket.write(bytes)) callback();
     else this.socket.once("drain", () => callback());
   }
 

@@ -114,6 +114,8 @@ export class Device extends EventEmitter<DeviceEvents> {
     client.on("offline", () => this.emit("offline"));
     client.on("message", (topic, payload) => this.#receive(topic, payload));
     client.on("connect", () => {
+      // Nagle + delayed ACK cost a device 25-45 ms a round trip (docs/performance.md).
+      (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
       client.subscribe(downTopic(this.id), { qos: 1 }, (err, granted) => {
         if (err || granted?.[0]?.qos === 128) this.emit("error", err ?? new Error("subscription to the down topic was refused"));
         else this.emit("connect");

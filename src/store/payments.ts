@@ -66,7 +66,11 @@ export class PaymentRepo {
     );
     this.#nextDue = db.prepare<[], { due: number | null }>("SELECT min(due_ms) AS due FROM deadlines");
     this.#liveTerminal = db.prepare<[string], { n: number }>("SELECT count(*) AS n FROM payments WHERE terminal_id = ? AND status IN ('awaiting_confirmation', 'executing')");
-    this.#livePhone = db.prepare<[string], { n: number }>("SELECT count(*) AS n FROM payments WHERE phone_id = ? AND status = 'awaiting_confirmation'");
+    // The repeated IN clause lets SQLite use the partial index payments_live_by_phone (it cannot
+    // prove that status = 'awaiting_confirmation' implies the index's WHERE on its own).
+    this.#livePhone = db.prepare<[string], { n: number }>(
+      "SELECT count(*) AS n FROM payments WHERE phone_id = ? AND status IN ('awaiting_confirmation', 'executing') AND status = 'awaiting_confirmation'",
+    );
     this.#count = db.prepare<[], { n: number }>("SELECT count(*) AS n FROM deadlines");
     this.#setSeq = db.prepare("UPDATE payments SET seq = ? WHERE id = ?");
   }
