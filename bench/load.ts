@@ -47,11 +47,13 @@ const CONNECT_TIMEOUT_MS = 60_000;
 const PROGRESS_EVERY_MS = 1_000;
 
 /**
- * TCP_NODELAY on every client socket. MQTT.js does not set it, and Device (device-sim/device.ts)
- * cannot be told to: with Nagle on, a client's PUBACK followed by its next PUBLISH waits for the
- * broker's delayed ACK, ~40 ms per exchange on loopback, and the bench would measure that, not
- * the broker (docs/performance.md §Client sockets). MQTT.js builds its TCP stream through
- * net.createConnection (mqtt/build/lib/connect/tcp.js), so wrapping that one function is enough.
+ * TCP_NODELAY on every client socket. MQTT.js does not set it: with Nagle on, a client's PUBACK
+ * followed by its next PUBLISH waits for the broker's delayed ACK, ~40 ms per exchange on
+ * loopback, and the bench would measure that, not the broker (docs/performance.md §Client
+ * sockets). Device now sets it itself on connect; the raw MQTT.js clients of the round-trip
+ * measurement do not, and a bench of an older Device must not depend on it. MQTT.js builds its
+ * TCP stream through net.createConnection (mqtt/build/lib/connect/tcp.js), so wrapping that one
+ * function covers every client of this process.
  */
 const createConnection = net.createConnection;
 net.createConnection = ((...args: Parameters<typeof net.createConnection>) => createConnection(...args).setNoDelay(true)) as typeof net.createConnection;
