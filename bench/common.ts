@@ -68,8 +68,6 @@ export interface LoadConfig {
   readonly url: string;
   readonly brokerPublicKey: string;
   readonly keysFile: string;
-  /** Devices batch their `ack` receipts for this long; null keeps Device's default (20 ms). */
-  readonly ackDelayMs: number | null;
 }
 
 export type PhaseKind = "mixed" | "auto";

@@ -98,7 +98,6 @@ function newDevice(k: BenchKey, keepaliveS = 60): CountingDevice {
     reconnect: false,
     connectTimeoutMs: CONNECT_TIMEOUT_MS,
     keepaliveS,
-    ...(config.ackDelayMs === null ? {} : { ackDelayMs: config.ackDelayMs }),
   });
 }
 

@@ -99,8 +99,6 @@ Options:
   --profile                run the broker under node --cpu-prof and print its top functions
                            (the .cpuprofile is kept; the data dir is kept)
   --profile-load           the same for the load generator
-  --ack-delay-ms MS        devices batch their ack receipts for MS ms (default: Device's own,
-                           20 ms); a longer delay means fewer receipts for the broker to verify
   --broker-arg FLAG=VALUE  extra broker flag, e.g. --broker-arg --prompt-ttl-ms=5000 (repeatable)
   --keep                   keep the temporary data dir (its path is printed)
 
@@ -146,7 +144,6 @@ interface Options {
   readonly bound: boolean;
   readonly profile: boolean;
   readonly profileLoad: boolean;
-  readonly ackDelayMs: number | null;
   readonly brokerArgs: readonly string[];
   readonly keep: boolean;
   readonly connections: number | null;
@@ -177,7 +174,6 @@ function parseOptions(argv: string[]): Options | null {
       "no-bound": { type: "boolean" },
       profile: { type: "boolean" },
       "profile-load": { type: "boolean" },
-      "ack-delay-ms": { type: "string" },
       "broker-arg": { type: "string", multiple: true },
       keep: { type: "boolean" },
       connections: { type: "string" },
@@ -210,7 +206,6 @@ function parseOptions(argv: string[]): Options | null {
     bound: values["no-bound"] !== true,
     profile: values.profile === true,
     profileLoad: values["profile-load"] === true,
-    ackDelayMs: values["ack-delay-ms"] === undefined ? null : num("ack-delay-ms", values["ack-delay-ms"], 20, 0, 60_000),
     brokerArgs: values["broker-arg"] ?? [],
     keep: values.keep === true,
     connections: values.connections === undefined ? null : Math.round(num("connections", values.connections, 0, 1, 1_000_000)),
@@ -468,7 +463,7 @@ async function startBroker(o: Options, keys: KeysFile, funded: readonly string[]
   await waitForPort(port, broker, logFile);
   const url = `mqtt://127.0.0.1:${port}`;
   const configFile = join(dir, "load.json");
-  const config: LoadConfig = { url, brokerPublicKey: toBase64(identity.publicKey), keysFile, ackDelayMs: o.ackDelayMs };
+  const config: LoadConfig = { url, brokerPublicKey: toBase64(identity.publicKey), keysFile };
   writeFileSync(configFile, JSON.stringify(config));
   return { dir, dataDir, broker, logFile, url, configFile, profileDir, loadProfileDir: o.profileLoad ? join(dir, "load-profile") : null };
 }
@@ -718,7 +713,6 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     machine: machine(),
     profile,
     loadProfile: mainThreadProfile(s.loadProfileDir),
-    ackDelayMs: o.ackDelayMs,
     durationSec: round((performance.now() - began) / 1000, 1),
   };
 

@@ -87,8 +87,12 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     heartbeatInterval: 3_600_000,
   });
 
-  const publish = (deviceId: string, bytes: Uint8Array) => {
-    aedes.publish({ cmd: "publish", topic: downTopic(deviceId), payload: Buffer.from(bytes), qos: 1, retain: false, dup: false }, (err) => {
+  // Outbox message id by payload buffer: Aedes hands the same buffer back with the device's PUBACK.
+  const outboxIds = new WeakMap<Buffer, string>();
+  const publish = (deviceId: string, bytes: Uint8Array, outboxId: string | null) => {
+    const payload = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (outboxId !== null) outboxIds.set(payload, outboxId);
+    aedes.publish({ cmd: "publish", topic: downTopic(deviceId), payload, qos: 1, retain: false, dup: false }, (err) => {
       if (err) log.warn({ device: deviceId, err: errorSummary(err) }, "publish failed; the outbox keeps it for the next connect");
     });
   };
@@ -179,6 +183,36 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const resent = inbox.resendUndelivered(client.id);
     if (resent > 0) log.info({ device: client.id, resent }, "resent undelivered messages");
   });
+  // The PUBACK is the receipt (docs/protocol.md §Delivery): the message reached the device over
+  // its authenticated connection and is not sent again. (A signed `ack` says the same, at the
+  // cost of a signature check; the PUBACK costs nothing.) Sessions are clean, so Aedes keeps no
+  // record of what it sent: the broker numbers each packet to a device itself (Aedes uses a
+  // packet identifier it is given) and matches the PUBACK's identifier to the outbox row.
+  const inflight = new WeakMap<Client, { next: number; outbox: Map<number, string> }>();
+  aedes.authorizeForward = (client, packet) => {
+    let state = inflight.get(client);
+    if (state === undefined) inflight.set(client, (state = { next: 1, outbox: new Map() }));
+    const messageId = state.next;
+    state.next = messageId >= 65_535 ? 1 : messageId + 1;
+    const outboxId = Buffer.isBuffer(packet.payload) ? outboxIds.get(packet.payload) : undefined;
+    if (outboxId !== undefined) state.outbox.set(messageId, outboxId);
+    else state.outbox.delete(messageId);
+    return { ...packet, messageId };
+  };
+  // Aedes' PUBACK handler asks its persistence to forget the packet: the one place that sees the identifier.
+  const { persistence } = aedes as unknown as { persistence: { outgoingClearMessageId(client: Client, packet: { cmd?: string; messageId?: number }): Promise<unknown> } };
+  const clearMessageId = persistence.outgoingClearMessageId.bind(persistence);
+  persistence.outgoingClearMessageId = (client, packet) => {
+    if (packet.cmd === "puback" && packet.messageId !== undefined) {
+      const state = inflight.get(client);
+      const outboxId = state?.outbox.get(packet.messageId);
+      if (outboxId !== undefined) {
+        state!.outbox.delete(packet.messageId);
+        inbox.delivered(client.id, outboxId);
+      }
+    }
+    return clearMessageId(client, packet);
+  };
   aedes.on("clientDisconnect", (client) => log.info({ device: client.id }, "disconnected"));
   const errorLogged = new WeakSet<Client>();
   aedes.on("clientError", (client, err) => {

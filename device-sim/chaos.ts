@@ -316,7 +316,7 @@ class SimDevice {
     key: DeviceKey,
     brokerPublicKey: Uint8Array,
   ) {
-    this.device = new Device({ url, key, brokerPublicKey, reconnectMs: 200, connectTimeoutMs: 3000, keepaliveS: 10, ackDelayMs: 20 });
+    this.device = new Device({ url, key, brokerPublicKey, reconnectMs: 200, connectTimeoutMs: 3000, keepaliveS: 10 });
     this.device.on("connect", () => (this.ready = true));
     this.device.on("offline", () => (this.ready = false));
     this.device.on("reconnecting", () => (this.ready = false));

@@ -25,9 +25,6 @@ export interface DeviceOptions {
   readonly reconnect?: boolean;
   readonly connectTimeoutMs?: number;
   readonly keepaliveS?: number;
-  /** Send `ack` receipts for received broker messages (default true), batched for this many ms. */
-  readonly autoAck?: boolean;
-  readonly ackDelayMs?: number;
 }
 
 /** A broker message that passed every check. */
@@ -73,8 +70,6 @@ export class Device extends EventEmitter<DeviceEvents> {
   readonly #waiters = new Map<string, { resolve: (m: Received) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   readonly #seen = new Set<string>();
   #client: MqttClient | null = null;
-  #pendingAcks: string[] = [];
-  #ackTimer: NodeJS.Timeout | null = null;
 
   constructor(options: DeviceOptions) {
     super();
@@ -207,8 +202,6 @@ export class Device extends EventEmitter<DeviceEvents> {
   }
 
   async close(): Promise<void> {
-    if (this.connected) this.flushAcks();
-    else if (this.#ackTimer !== null) clearTimeout(this.#ackTimer);
     const graceful = this.connected;
     for (const w of this.#waiters.values()) {
       clearTimeout(w.timer);
@@ -217,24 +210,14 @@ export class Device extends EventEmitter<DeviceEvents> {
     this.#waiters.clear();
     const client = this.#client;
     this.#client = null;
-    // A graceful end lets the last receipts reach the broker; otherwise it would resend those messages.
+    // A graceful end lets the last PUBACKs (receipts) reach the broker; otherwise it would resend those messages.
     if (client !== null) await client.endAsync(!graceful);
   }
 
-  /** Receipts go in batches: one signed `ack` for up to 100 ids. */
-  #queueAck(id: string): void {
-    this.#pendingAcks.push(id);
-    if (this.#pendingAcks.length >= 100) return this.flushAcks();
-    this.#ackTimer ??= setTimeout(() => this.flushAcks(), this.#o.ackDelayMs ?? 20);
-  }
-
-  flushAcks(): void {
-    if (this.#ackTimer !== null) clearTimeout(this.#ackTimer);
-    this.#ackTimer = null;
-    const ids = this.#pendingAcks.splice(0, 100);
-    if (ids.length > 0 && this.connected) this.send("ack", { ids });
-  }
-
+  /**
+   * Every broker message. MQTT.js sends its PUBACK, which the broker takes as the receipt, once
+   * this returns: a message is confirmed only after it was checked and handed to the listeners.
+   */
   #receive(topic: string, bytes: Buffer): void {
     const reject = (reason: string) => void this.emit("rejected", reason);
     if (topic !== downTopic(this.id)) return reject(`message on foreign topic ${topic}`);
@@ -247,7 +230,6 @@ export class Device extends EventEmitter<DeviceEvents> {
     if (this.#seen.has(payload.id)) return;
     this.#seen.add(payload.id);
     if (this.#seen.size > SEEN_MAX) this.#seen.delete(this.#seen.values().next().value!);
-    if (this.#o.autoAck !== false) this.#queueAck(payload.id);
     this.emit("message", payload);
     if (payload.re !== undefined) {
       const w = this.#waiters.get(payload.re);

@@ -58,6 +58,19 @@ export async function connectAs(url: string, key: DeviceKey, options: IClientOpt
   return outcome.client;
 }
 
+/**
+ * Makes a client that never sends PUBACK for what it receives (it still sees every message):
+ * a device that got the bytes but never confirmed them, so the broker must send them again.
+ */
+export function withholdPubacks(client: MqttClient): void {
+  const c = client as unknown as { _sendPacket: (packet: { cmd: string }, cb?: () => void, ...rest: unknown[]) => void };
+  const send = c._sendPacket.bind(client);
+  c._sendPacket = (packet, cb, ...rest) => {
+    if (packet.cmd === "puback") return cb?.();
+    send(packet, cb, ...rest);
+  };
+}
+
 /** The SUBACK return code for one filter: the granted QoS, or 128 when refused. */
 export function subscribeGranted(client: MqttClient, filter: string): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -114,8 +127,10 @@ export class RawDevice {
     });
   }
 
-  static async connect(url: string, key: DeviceKey, brokerPublicKey: Uint8Array, subscribe = true, options: IClientOptions = {}): Promise<RawDevice> {
+  /** `pubacks: false`: the device never confirms what it receives (see withholdPubacks). */
+  static async connect(url: string, key: DeviceKey, brokerPublicKey: Uint8Array, subscribe = true, options: IClientOptions = {}, pubacks = true): Promise<RawDevice> {
     const client = await connectAs(url, key, options);
+    if (!pubacks) withholdPubacks(client);
     const d = new RawDevice(client, key, brokerPublicKey);
     if (subscribe) {
       const granted = await subscribeGranted(client, downTopic(key.deviceId));
@@ -159,7 +174,7 @@ export class RawDevice {
     return this.received.filter((m) => m.payload?.re === msgId);
   }
 
-  /** Sends a signed `ack` receipt for broker message ids (never answered: the PUBACK is the sync point). */
+  /** Sends a signed `ack` receipt for broker message ids (never answered: the PUBACK of the ack is the sync point). */
   async ack(ids: string[]): Promise<string> {
     const { id, bytes } = this.seal("ack", { ids });
     await this.publish(bytes);

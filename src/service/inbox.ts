@@ -29,8 +29,12 @@ export interface InboxOptions {
   /** Accept messages whose timestamp is within this many ms of the broker clock. */
   readonly freshnessMs: number;
   readonly clock: () => number;
-  /** Hands a signed message to the transport (QoS 1 on the device's down topic). */
-  readonly publish: (deviceId: string, bytes: Uint8Array) => void;
+  /**
+   * Hands a signed message to the transport (QoS 1 on the device's down topic). `outboxId` is
+   * the outbox row's message id, or null for a direct answer that is not stored: the transport
+   * reports the device's PUBACK for a stored one through `delivered()`.
+   */
+  readonly publish: (deviceId: string, bytes: Uint8Array, outboxId: string | null) => void;
   /** Most messages handled in one transaction; the rest wait for the next turn. */
   readonly maxBatch?: number;
   /** Per-device message rate limit; none when absent. */
@@ -58,6 +62,12 @@ export interface HandlerContext extends TxContext {
 interface Job {
   readonly label: string;
   readonly run: (ctx: TxContext) => void;
+}
+
+/** A device's PUBACK for an outbox message. */
+interface Receipt {
+  readonly deviceId: string;
+  readonly msgId: string;
 }
 
 export type Handler = (ctx: HandlerContext, body: unknown) => void;
@@ -92,6 +102,7 @@ export class Inbox {
   readonly #handlers = new Map<string, Handler>();
   #queue: Pending[] = [];
   #jobs: Job[] = [];
+  #receipts: Receipt[] = [];
   #scheduled = false;
   #inFlight = 0;
   #idleWaiters: (() => void)[] = [];
@@ -126,10 +137,20 @@ export class Inbox {
     this.#schedule();
   }
 
+  /**
+   * The device's PUBACK for an outbox message: it is delivered and will not be sent again.
+   * Receipts are written in the next batch transaction, with the messages of that turn.
+   */
+  delivered(deviceId: string, msgId: string): void {
+    this.#receipts.push({ deviceId, msgId });
+    this.#inFlight++;
+    this.#schedule();
+  }
+
   /** Publishes what the outbox still holds for a device, oldest first (on every (re)connect). */
   resendUndelivered(deviceId: string): number {
     const rows = this.#outbox.undelivered(deviceId);
-    for (const row of rows) this.#o.publish(row.deviceId, row.bytes);
+    for (const row of rows) this.#o.publish(row.deviceId, row.bytes, row.msgId);
     return rows.length;
   }
 
@@ -152,6 +173,7 @@ export class Inbox {
     const max = this.#o.maxBatch ?? 2000;
     const batch = this.#queue.splice(0, max);
     const jobs = this.#jobs.splice(0, max);
+    const receipts = this.#receipts.splice(0);
     if (this.#queue.length > 0 || this.#jobs.length > 0) this.#schedule();
     const nowMs = this.#o.clock();
 
@@ -170,23 +192,23 @@ export class Inbox {
     let committed: OutboxRow[] = [];
     const directBefore = direct.length;
     try {
-      committed = this.#transact(verified, jobs, nowMs, direct);
+      committed = this.#transact(verified, jobs, receipts, nowMs, direct);
     } catch (err) {
       // Infrastructure fault (disk full, read-only, corrupt): nothing of this batch was written.
       // Each sender hears "unavailable" and retries the same message id later.
       this.#o.log.error({ err: errorSummary(err), messages: verified.length }, "transaction failed; batch answered unavailable");
       direct.length = directBefore;
-      // (A lost receipt only means a resend on the next subscribe: receipts get no answer.)
+      // (A lost receipt, PUBACK or `ack`, only means a resend on the next subscribe: receipts get no answer.)
       for (const v of verified) {
         if (v.msg.payload.type !== "ack") direct.push(this.#error(v.device.id, "unavailable", ERROR_CODES.unavailable, v.msg.payload.id, nowMs));
       }
     }
     for (const v of verified) finished.push(v.done);
 
-    for (const row of committed) this.#o.publish(row.deviceId, row.bytes);
-    for (const out of direct) this.#o.publish(out.to, out.bytes);
+    for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.msgId);
+    for (const out of direct) this.#o.publish(out.to, out.bytes, null);
     for (const done of finished) done();
-    this.#inFlight -= batch.length + jobs.length;
+    this.#inFlight -= batch.length + jobs.length + receipts.length;
     if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
   }
 
@@ -213,11 +235,14 @@ export class Inbox {
     return { msg: parsed.msg, device, done: p.done };
   }
 
-  #transact(verified: readonly Verified[], jobs: readonly Job[], nowMs: number, direct: Outgoing[]): OutboxRow[] {
-    if (verified.length === 0 && jobs.length === 0) return [];
+  #transact(verified: readonly Verified[], jobs: readonly Job[], receipts: readonly Receipt[], nowMs: number, direct: Outgoing[]): OutboxRow[] {
     const db = this.#o.db;
+    // Receipts that arrive as the broker closes are dropped: those messages go again next time.
+    if (!db.open) receipts = [];
+    if (verified.length === 0 && jobs.length === 0 && receipts.length === 0) return [];
     const rows: OutboxRow[] = [];
     db.transaction(() => {
+      for (const r of receipts) this.#outbox.markDelivered(r.deviceId, r.msgId, nowMs);
       for (const v of verified) rows.push(...this.#handleOne(v, nowMs, direct));
       for (const job of jobs) rows.push(...this.#runJob(job, nowMs));
     }).immediate();

@@ -1,7 +1,8 @@
 /**
  * The outbox: every signed message the broker sends to a device, written in the same
  * transaction as the change that caused it and published only after that commit. A row stays
- * undelivered until the device sends an `ack` receipt naming it; undelivered rows are sent again
+ * undelivered until the device's receipt for it (its PUBACK, or a signed `ack` naming it) is
+ * written; undelivered rows are sent again
  * when the device subscribes to its down topic (after every connect).
  */
 import type { Db } from "./db.ts";

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { DeviceKey } from "../../device-sim/keyfile.ts";
 import { downTopic } from "../../src/protocol/topics.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
@@ -18,22 +18,24 @@ describe("outbox delivery and receipts", () => {
     await broker.stop();
   });
 
-  async function connect(k: DeviceKey = key, subscribe = true): Promise<RawDevice> {
-    const d = await RawDevice.connect(broker.url, k, broker.publicKey, subscribe);
+  /** `pubacks: false`: a device that receives but never sends PUBACK (so nothing is delivered). */
+  async function connect(k: DeviceKey = key, subscribe = true, pubacks = true): Promise<RawDevice> {
+    const d = await RawDevice.connect(broker.url, k, broker.publicKey, subscribe, {}, pubacks);
     devices.push(d);
     return d;
   }
 
-  async function reconnect(d: RawDevice): Promise<RawDevice> {
+  async function reconnect(d: RawDevice, pubacks = true): Promise<RawDevice> {
     devices.splice(devices.indexOf(d), 1);
     await d.close();
-    const again = await connect(d.key);
+    const again = await connect(d.key, true, pubacks);
     // A ping is a sync point: whatever is resent on subscribe arrives before its pong.
     await again.ping("sync");
     return again;
   }
 
   const deliveredMs = (msgId: string) => (broker.db.prepare("SELECT delivered_ms FROM outbox WHERE msg_id = ?").get(msgId) as { delivered_ms: number | null } | undefined)?.delivered_ms;
+  const isDelivered = (msgId: string) => vi.waitFor(() => expect(deliveredMs(msgId)).toEqual(expect.any(Number)), { timeout: 3000, interval: 10 });
 
   it("sends a reply stored while the device was not subscribed once it subscribes", async () => {
     const d = await connect(key, false);
@@ -45,21 +47,54 @@ describe("outbox delivery and receipts", () => {
     expect(reply.payload!.body.echo).toBe("kept");
   });
 
-  it("sends an unacknowledged reply again, byte for byte, on every reconnect", async () => {
-    const first = await connect();
+  it("sends a reply whose PUBACK never came again, byte for byte, on every reconnect", async () => {
+    const first = await connect(key, true, false);
     const pong = await first.ping("no receipt");
     const original = first.repliesTo(pong.re!)[0]!;
-    const second = await reconnect(first);
-    const third = await reconnect(second);
+    const second = await reconnect(first, false);
+    const third = await reconnect(second, false);
     for (const d of [second, third]) {
       const again = d.received.filter((m) => m.payload?.id === pong.id);
       expect(again).toHaveLength(1);
       expect(again[0]!.bytes.equals(original.bytes)).toBe(true);
     }
+    expect(deliveredMs(pong.id)).toBeNull();
   });
 
-  it("marks a reply delivered on the device's signed receipt, which is neither answered nor remembered", async () => {
+  it("marks a reply delivered when the device's PUBACK for it arrives, and does not send it again", async () => {
+    const first = await connect();
+    const pong = await first.ping("the PUBACK is the receipt");
+    await isDelivered(pong.id);
+    const second = await reconnect(first);
+    expect(second.received.filter((m) => m.payload?.id === pong.id)).toEqual([]);
+  });
+
+  it("marks a resent reply delivered on its PUBACK, so it goes at most once more", async () => {
+    const first = await connect(key, true, false);
+    const pong = await first.ping("late receipt");
+    const second = await reconnect(first); // this one confirms what it gets
+    expect(second.received.filter((m) => m.payload?.id === pong.id)).toHaveLength(1);
+    await isDelivered(pong.id);
+    const third = await reconnect(second);
+    expect(third.received.filter((m) => m.payload?.id === pong.id)).toEqual([]);
+  });
+
+  it("does not mark a direct refusal, which is not stored, nor anything else, on its PUBACK", async () => {
     const d = await connect();
+    const before = broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NOT NULL").get();
+    const { id, bytes } = d.seal("ping", {}, { to: "somebody-else" });
+    await d.publish(bytes);
+    const refusal = await d.waitFor((m) => m.payload?.re === id);
+    expect((refusal.payload!.body as { code: string }).code).toBe("misaddressed");
+    await d.ping("sync");
+    await d.ping("sync again"); // the PUBACKs of the refusal and the first pong have been handled
+    expect(broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE msg_id = ?").get(refusal.payload!.id)).toEqual({ n: 0 });
+    expect((broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NOT NULL").get() as { n: number }).n).toBeGreaterThanOrEqual((before as { n: number }).n);
+  });
+
+  // The signed `ack` is still accepted: the same receipt, for a device that wants to send it.
+  it("marks a reply delivered on the device's signed receipt, which is neither answered nor remembered", async () => {
+    const d = await connect(key, true, false);
     const pong = await d.ping("ack me");
     expect(deliveredMs(pong.id)).toBeNull();
     const ackId = await d.ack([pong.id]);
@@ -69,16 +104,16 @@ describe("outbox delivery and receipts", () => {
     expect(broker.db.prepare("SELECT count(*) AS n FROM seen_messages WHERE msg_id = ?").get(ackId)).toEqual({ n: 0 });
   });
 
-  it("does not send an acknowledged reply again after a reconnect", async () => {
-    const first = await connect();
+  it("does not send a reply acknowledged by a signed receipt again after a reconnect", async () => {
+    const first = await connect(key, true, false);
     const pong = await first.ping("once is enough");
     await first.ack([pong.id]);
-    const second = await reconnect(first);
+    const second = await reconnect(first, false);
     expect(second.received.filter((m) => m.payload?.id === pong.id)).toEqual([]);
   });
 
   it("accepts the same receipt twice (receipts are idempotent)", async () => {
-    const d = await connect();
+    const d = await connect(key, true, false);
     const pong = await d.ping();
     await d.ack([pong.id]);
     const firstMark = deliveredMs(pong.id);
@@ -87,12 +122,12 @@ describe("outbox delivery and receipts", () => {
   });
 
   it("ignores a receipt for another device's message", async () => {
-    const owner = await connect();
+    const owner = await connect(key, true, false);
     const pong = await owner.ping();
     const meddler = await connect(broker.register("phone"));
     await meddler.ack([pong.id]);
     expect(deliveredMs(pong.id)).toBeNull();
-    const again = await reconnect(owner);
+    const again = await reconnect(owner, false);
     expect(again.received.filter((m) => m.payload?.id === pong.id)).toHaveLength(1);
   });
 
@@ -100,7 +135,7 @@ describe("outbox delivery and receipts", () => {
     // docs/protocol.md §ack: "A valid ack is never answered" and "Acknowledge every broker
     // message ..., error included". An `unavailable` answer to an ack would be acked in turn,
     // answered again, and so on for as long as storage stays down.
-    const d = await connect();
+    const d = await connect(key, true, false);
     const pong = await d.ping();
     broker.db.pragma("query_only = ON");
     try {
