@@ -18,6 +18,7 @@ export type OpenResult = { ok: true; plaintext: Uint8Array; keyVersion: number }
 
 export class Keyring {
   readonly #keys: Map<number, Uint8Array>;
+  readonly #derived = new Map<string, Uint8Array>();
   readonly current: number;
 
   constructor(keys: ReadonlyMap<number, Uint8Array>, current: number) {
@@ -66,9 +67,15 @@ export class Keyring {
 
   /** A purpose-bound subkey: HMAC-SHA256(master key `version`, label). */
   derive(label: string, version: number = this.current): Uint8Array {
+    // A keyring never changes (rotation makes a new one), so a subkey is worked out once.
+    const cacheKey = `${version}\n${label}`;
+    const cached = this.#derived.get(cacheKey);
+    if (cached !== undefined) return cached;
     const key = this.#keys.get(version);
     if (key === undefined) throw new Error(`key version ${version} is not in the keyring`);
-    return new Uint8Array(createHmac("sha256", key).update(label).digest());
+    const sub = new Uint8Array(createHmac("sha256", key).update(label).digest());
+    this.#derived.set(cacheKey, sub);
+    return sub;
   }
 
   /** Returns a new keyring with one more version, which becomes current. */

@@ -105,6 +105,8 @@ export class Inbox {
   #receipts: Receipt[] = [];
   #scheduled = false;
   #inFlight = 0;
+  /** Runs a function in a savepoint (a transaction when none is open); made once, used per message. */
+  readonly #savepoint: <T>(fn: () => T) => T;
   #idleWaiters: (() => void)[] = [];
 
   constructor(options: InboxOptions) {
@@ -112,6 +114,8 @@ export class Inbox {
     this.#devices = new DeviceRepo(options.db);
     this.#replay = new ReplayRepo(options.db);
     this.#outbox = new OutboxRepo(options.db);
+    const sp = options.db.transaction((fn: () => unknown) => fn());
+    this.#savepoint = <T>(fn: () => T): T => sp(fn) as T;
     this.on("ping", (ctx, body) => {
       const b = body as { echo?: string };
       ctx.reply("pong", { ...(b.echo === undefined ? {} : { echo: b.echo }), brokerTs: ctx.nowMs });
@@ -272,7 +276,7 @@ export class Inbox {
     const replies: Outgoing[] = [];
     const outgoing: Outgoing[] = [];
     try {
-      return db.transaction(() => {
+      return this.#savepoint(() => {
         const digest = createHash("sha256").update(payloadBytes).digest();
         const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
         // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
@@ -294,14 +298,14 @@ export class Inbox {
           withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
         };
         try {
-          db.transaction(() => handler(ctx, body.data))();
+          this.#savepoint(() => handler(ctx, body.data));
         } catch (err) {
           // An expected refusal: the handler's writes are rolled back, the answer is stored.
           if (err instanceof Refusal) return answer(err.code, err.message);
           throw err;
         }
         return [...replies, ...outgoing].map((o) => this.#store(o, nowMs));
-      })();
+      });
     } catch (err) {
       // A storage fault fails the whole batch (nothing half-written). Anything else is a bug in
       // one handler: the message's savepoint, replay record included, is rolled back, it is
@@ -322,7 +326,7 @@ export class Inbox {
       withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
     };
     try {
-      this.#o.db.transaction(() => job.run(ctx))();
+      this.#savepoint(() => job.run(ctx));
     } catch (err) {
       if (isStorageFault(err)) throw err;
       this.#o.log.error({ err: errorSummary(err), job: job.label }, "internal job failed");

@@ -41,7 +41,8 @@ function accountId(kind: AccountKind, owner: Uint8Array, currency: string): stri
 }
 
 export class LedgerRepo {
-  readonly #db: Db;
+  /** The transfer row and both balance moves, all or none (a savepoint inside the caller's transaction). */
+  readonly #post: (t: Transfer) => void;
   readonly #getAccount;
   readonly #insertAccount;
   readonly #move;
@@ -56,7 +57,6 @@ export class LedgerRepo {
   readonly #creditByRef;
 
   constructor(db: Db) {
-    this.#db = db;
     this.#getAccount = db.prepare<[string], { id: string; kind: AccountKind; currency: string; balance_minor: number }>("SELECT * FROM accounts WHERE id = ?");
     this.#insertAccount = db.prepare("INSERT OR IGNORE INTO accounts (id, kind, owner, currency, balance_minor, created_ms) VALUES (?, ?, ?, ?, 0, ?)");
     this.#move = db.prepare("UPDATE accounts SET balance_minor = balance_minor + ? WHERE id = ?");
@@ -71,6 +71,11 @@ export class LedgerRepo {
     this.#merchants = db.prepare<[], { id: string; name: string; created_ms: number }>("SELECT * FROM merchants ORDER BY id");
     this.#insertMerchant = db.prepare("INSERT INTO merchants (id, name, created_ms) VALUES (?, ?, ?)");
     this.#creditByRef = db.prepare<[string], Record<string, unknown>>("SELECT * FROM transfers WHERE kind = 'credit' AND reference = ?");
+    this.#post = db.transaction((t: Transfer) => {
+      this.#insertTransfer.run(t.id, t.paymentId, t.kind, t.debitAccount, t.creditAccount, t.amountMinor, t.currency, t.reference, t.createdMs);
+      this.#move.run(-t.amountMinor, t.debitAccount);
+      this.#move.run(t.amountMinor, t.creditAccount);
+    });
   }
 
   /** The account of (kind, owner, currency), created with a zero balance on first use. */
@@ -96,11 +101,7 @@ export class LedgerRepo {
   /** Posts a transfer: both balances move in one statement pair inside the caller's transaction. */
   post(t: Transfer): void {
     if (!Number.isSafeInteger(t.amountMinor) || t.amountMinor <= 0) throw new Error(`transfer amount must be a positive integer, got ${t.amountMinor}`);
-    this.#db.transaction(() => {
-      this.#insertTransfer.run(t.id, t.paymentId, t.kind, t.debitAccount, t.creditAccount, t.amountMinor, t.currency, t.reference, t.createdMs);
-      this.#move.run(-t.amountMinor, t.debitAccount);
-      this.#move.run(t.amountMinor, t.creditAccount);
-    })();
+    this.#post(t);
   }
 
   transferForPayment(paymentId: string): Transfer | null {
