@@ -531,6 +531,8 @@ interface Bound {
   /** Bare broker CPU while counting: 1.0 is one core busy. */
   readonly bareBrokerCpuUtil: number | null;
   readonly bareBrokerCpuUsPerRoundTrip: number | null;
+  /** The clients' side of the same round trips: the load generator's CPU per round trip. */
+  readonly clientCpuUsPerRoundTrip: number | null;
   readonly crypto: CryptoRates;
 }
 
@@ -547,17 +549,20 @@ async function measureBound(o: Options, clients: number, load: Load): Promise<Bo
   );
   let c0: number | null = null;
   let c1: number | null = null;
+  let l0: number | null = null;
+  let l1: number | null = null;
   let m0 = 0;
   let m1 = 0;
   load.onEvent = (e) => {
     if (e.event !== "mark") return;
-    if (e.label === "start") [c0, m0] = [cpuSeconds(bare.pid!), performance.now()];
-    else [c1, m1] = [cpuSeconds(bare.pid!), performance.now()];
+    if (e.label === "start") [c0, l0, m0] = [cpuSeconds(bare.pid!), cpuSeconds(load.pid), performance.now()];
+    else [c1, l1, m1] = [cpuSeconds(bare.pid!), cpuSeconds(load.pid), performance.now()];
   };
   progress(`bench: bound    ${clients} clients, QoS 1 round trips through a bare Aedes for ${o.boundSeconds} s`);
   const rt = await load.request({ cmd: "roundtrip", url: `mqtt://127.0.0.1:${port}`, clients, seconds: o.boundSeconds, payloadBytes: ENVELOPE_BYTES }, "roundtrip_done");
   await stop(bare);
   const cpu = c0 !== null && c1 !== null ? (c1 as number) - (c0 as number) : null;
+  const clientCpu = l0 !== null && l1 !== null ? (l1 as number) - (l0 as number) : null;
   progress(`bench: bound    Ed25519 sign and verify rates`);
   const crypto = measureCrypto(o.quick ? 0.6 : 2, SIGNED_BYTES);
   const perSec = rt.roundTrips / rt.seconds;
@@ -568,6 +573,7 @@ async function measureBound(o: Options, clients: number, load: Load): Promise<Bo
     roundTripLatencyMs: { p50: rt.latencyMs.p50, p99: rt.latencyMs.p99 },
     bareBrokerCpuUtil: cpu === null ? null : round(cpu / ((m1 - m0) / 1000), 2),
     bareBrokerCpuUsPerRoundTrip: cpu === null || rt.roundTrips === 0 ? null : round((cpu * 1e6) / rt.roundTrips, 1),
+    clientCpuUsPerRoundTrip: clientCpu === null || rt.roundTrips === 0 ? null : round((clientCpu * 1e6) / rt.roundTrips, 1),
     crypto,
   };
 }
@@ -593,6 +599,11 @@ function boundFor(b: Bound, upPerFlow: number, downPerFlow: number) {
   const mqttMs = (upPerFlow + downPerFlow) * msgMs;
   const msPerFlow = mqttMs + verifyMs + signMs;
   const wallMsPerFlow = (upPerFlow + downPerFlow) * wallMsgMs + verifyMs + signMs;
+  // The whole machine, devices included: every message is signed on one side and verified on
+  // the other, and moved by both the broker and a client. Divided among all the cores.
+  const messages = upPerFlow + downPerFlow;
+  const clientMsgMs = b.clientCpuUsPerRoundTrip === null ? null : b.clientCpuUsPerRoundTrip / 2000;
+  const machineMsPerFlow = clientMsgMs === null ? null : messages * (msgMs + clientMsgMs) + messages * (1000 / b.crypto.verifiesPerSec + 1000 / b.crypto.signsPerSec);
   return {
     upPerFlow,
     downPerFlow,
@@ -604,6 +615,9 @@ function boundFor(b: Bound, upPerFlow: number, downPerFlow: number) {
     flowsPerSec: Math.round(1000 / msPerFlow),
     wallMsPerFlow: round(wallMsPerFlow, 4),
     wallFlowsPerSec: Math.round(1000 / wallMsPerFlow),
+    clientMsgMs: clientMsgMs === null ? null : round(clientMsgMs, 4),
+    machineCpuMsPerFlow: machineMsPerFlow === null ? null : round(machineMsPerFlow, 4),
+    machineFlowsPerSec: machineMsPerFlow === null ? null : Math.round((cpus().length * 1000) / machineMsPerFlow),
   };
 }
 
@@ -671,6 +685,12 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     autoBoundFlowsPerSec: autoBound?.flowsPerSec ?? null,
     autoRatio: autoBound === null || auto === undefined ? null : round(auto.result.flowsPerSec / autoBound.flowsPerSec, 3),
     boundWallFlowsPerSec: mixedBound?.wallFlowsPerSec ?? null,
+    // The same unavoidable work for broker and devices together, on all of this machine's cores:
+    // no broker, however lean, can go faster with its load generator on the same machine.
+    machineBoundFlowsPerSec: mixedBound?.machineFlowsPerSec ?? null,
+    autoMachineBoundFlowsPerSec: autoBound?.machineFlowsPerSec ?? null,
+    // Broker and load generator CPU per flow together, against the machine bound's (1 = no overhead anywhere).
+    machineCpuMsPerFlow: mixed?.brokerCpuMsPerFlow == null || mixed.loadCpuMsPerFlow == null ? null : round(mixed.brokerCpuMsPerFlow + mixed.loadCpuMsPerFlow, 3),
     // Of the broker's CPU time per flow, the share the bound's costs account for (1 = no overhead).
     cpuEfficiency: mixedBound === null || mixed?.brokerCpuMsPerFlow == null ? null : round(mixedBound.msPerFlow / mixed.brokerCpuMsPerFlow, 3),
     autoCpuEfficiency: autoBound === null || auto?.brokerCpuMsPerFlow == null ? null : round(autoBound.msPerFlow / auto.brokerCpuMsPerFlow, 3),
@@ -736,6 +756,11 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
         `${bound.crypto.verifiesPerSec} verifies/s, ${bound.crypto.signsPerSec} signs/s` +
         ` -> mixed ${mixedBound?.flowsPerSec ?? "-"} flows/s (ratio ${figures.ratio ?? "-"}; broker CPU efficiency ${figures.cpuEfficiency ?? "-"})` +
         `, auto ${autoBound?.flowsPerSec ?? "-"} flows/s (ratio ${figures.autoRatio ?? "-"}; efficiency ${figures.autoCpuEfficiency ?? "-"})`,
+    );
+    lines.push(
+      `machine bound (devices on the same ${cpus().length} cores, ${bound.clientCpuUsPerRoundTrip ?? "-"} us client CPU per round trip): ` +
+        `mixed ${mixedBound?.machineFlowsPerSec ?? "-"} flows/s (${mixedBound?.machineCpuMsPerFlow ?? "-"} ms CPU per flow; measured broker + load ${figures.machineCpuMsPerFlow ?? "-"} ms), ` +
+        `auto ${autoBound?.machineFlowsPerSec ?? "-"} flows/s (${autoBound?.machineCpuMsPerFlow ?? "-"} ms)`,
     );
   }
   lines.push(`broker peak RSS ${figures.brokerPeakRssMB ?? "-"} MB; errors ${figures.errors}${figures.errors > 0 ? ` ${JSON.stringify(errorCounts)}` : ""}`);
