@@ -74,7 +74,7 @@ export class PairingRepo {
     this.#liveForTerminal = db.prepare<[string], Record<string, unknown>>("SELECT * FROM pairings WHERE terminal_id = ? AND status = 'live'");
     this.#update = db.prepare("UPDATE pairings SET status = ?, wrong_tries = ?, request_sealed = CASE WHEN ? = 'live' THEN request_sealed ELSE NULL END WHERE id = ?");
     this.#countSince = db.prepare<[string, number], { n: number }>("SELECT count(*) AS n FROM pairings WHERE terminal_id = ? AND created_ms >= ?");
-    this.#purge = db.prepare("DELETE FROM pairings WHERE expires_ms < ?");
+    this.#purge = db.prepare("DELETE FROM pairings WHERE id IN (SELECT id FROM pairings WHERE expires_ms < ? LIMIT ?)");
   }
 
   insert(p: { id: string; terminalId: string; selector: string; verifierHash: Uint8Array; requestSealed: Uint8Array; createdMs: number; expiresAtMs: number }): void {
@@ -98,8 +98,9 @@ export class PairingRepo {
     return this.#countSince.get(terminalId, sinceMs)?.n ?? 0;
   }
 
-  purge(beforeMs: number): number {
-    return this.#purge.run(beforeMs).changes;
+  /** Deletes up to `limit` pairings that expired before `beforeMs`; returns how many went. */
+  purge(beforeMs: number, limit: number): number {
+    return this.#purge.run(beforeMs, limit).changes;
   }
 }
 

@@ -168,4 +168,8 @@ export const MIGRATIONS: readonly string[] = [
   `
   CREATE INDEX payments_live_by_agreement ON payments (agreement_id) WHERE status IN ('awaiting_confirmation', 'executing');
   `,
+  // 5: the purge finds delivered outbox rows by this index instead of scanning the outbox.
+  `
+  CREATE INDEX outbox_delivered ON outbox (delivered_ms) WHERE delivered_ms IS NOT NULL;
+  `,
 ];

@@ -37,7 +37,9 @@ export class OutboxRepo {
     );
     this.#replies = db.prepare<[string, string], Raw>("SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND re = ? ORDER BY seq");
     this.#delivered = db.prepare("UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND msg_id = ? AND delivered_ms IS NULL");
-    this.#purge = db.prepare("DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ?");
+    this.#purge = db.prepare(
+      "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ? ORDER BY delivered_ms LIMIT ?)",
+    );
     this.#countUndelivered = db.prepare<[], { n: number }>("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NULL");
   }
 
@@ -59,8 +61,9 @@ export class OutboxRepo {
     return this.#delivered.run(nowMs, deviceId, msgId).changes === 1;
   }
 
-  purgeDelivered(beforeMs: number): number {
-    return this.#purge.run(beforeMs).changes;
+  /** Deletes up to `limit` rows delivered before `beforeMs` (found by their index); returns how many went. */
+  purgeDelivered(beforeMs: number, limit: number): number {
+    return this.#purge.run(beforeMs, limit).changes;
   }
 
   countUndelivered(): number {

@@ -18,8 +18,11 @@ export class ReplayRepo {
     this.#getSeen = db.prepare<[string, string], { digest: Buffer }>("SELECT digest FROM seen_messages WHERE device_id = ? AND msg_id = ?");
     this.#putSeen = db.prepare("INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms) VALUES (?, ?, ?, ?)");
     this.#putToken = db.prepare("INSERT OR IGNORE INTO used_tokens (device_id, nonce, expires_ms) VALUES (?, ?, ?)");
-    this.#purgeSeen = db.prepare("DELETE FROM seen_messages WHERE expires_ms < ?");
-    this.#purgeTokens = db.prepare("DELETE FROM used_tokens WHERE expires_ms < ?");
+    // Bounded deletes (oldest first, by the expiry index): a purge never stalls the broker for long.
+    this.#purgeSeen = db.prepare(
+      "DELETE FROM seen_messages WHERE (device_id, msg_id) IN (SELECT device_id, msg_id FROM seen_messages WHERE expires_ms < ? ORDER BY expires_ms LIMIT ?)",
+    );
+    this.#purgeTokens = db.prepare("DELETE FROM used_tokens WHERE (device_id, nonce) IN (SELECT device_id, nonce FROM used_tokens WHERE expires_ms < ? ORDER BY expires_ms LIMIT ?)");
   }
 
   /** Records a message id; says whether it is new, the same message again, or another message under a used id. */
@@ -35,7 +38,8 @@ export class ReplayRepo {
     return this.#putToken.run(deviceId, nonce, expiresMs).changes === 1;
   }
 
-  purge(nowMs: number): number {
-    return this.#purgeSeen.run(nowMs).changes + this.#purgeTokens.run(nowMs).changes;
+  /** Deletes up to `limit` expired rows of each table; returns how many went (call again while > 0). */
+  purge(nowMs: number, limit: number): number {
+    return this.#purgeSeen.run(nowMs, limit).changes + this.#purgeTokens.run(nowMs, limit).changes;
   }
 }

@@ -1,0 +1,73 @@
+/**
+ * Purges delete in bounded steps (docs/operations.md §Housekeeping): each call removes at most
+ * `limit` expired rows per table, oldest first, and never a row that is still needed.
+ */
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { openDatabase, type Db } from "../../src/store/db.ts";
+import { OutboxRepo } from "../../src/store/outbox.ts";
+import { ReplayRepo } from "../../src/store/replay.ts";
+import { tempDir } from "../helpers.ts";
+
+describe("bounded purges", () => {
+  let dir: string;
+  let db: Db;
+  beforeEach(() => {
+    dir = tempDir("hp-purge-");
+    db = openDatabase(join(dir, "handoff.db"));
+  });
+  afterEach(() => {
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+
+  it("forgets expired message ids and tokens at most `limit` per table a call, oldest first, and keeps live ones", () => {
+    const replay = new ReplayRepo(db);
+    for (let i = 0; i < 25; i++) replay.remember("d1", `m${i}`, new Uint8Array(32), 1000 + i); // expire at 1000..1024
+    for (let i = 0; i < 5; i++) replay.remember("d1", `live${i}`, new Uint8Array(32), 10_000);
+    const calls: number[] = [];
+    for (let n = replay.purge(5000, 10); n > 0; n = replay.purge(5000, 10)) calls.push(n);
+    expect(calls).toEqual([10, 10, 5]);
+    expect(count("seen_messages")).toBe(5);
+    // The live ids are still remembered: a duplicate is still recognised.
+    expect(replay.remember("d1", "live0", new Uint8Array(32), 10_000)).toBe("duplicate");
+  });
+
+  it("forgets expired connect-token nonces in chunks too, and keeps fresh ones used", () => {
+    const replay = new ReplayRepo(db);
+    for (let i = 0; i < 7; i++) expect(replay.useToken("d1", `n${i}`, 1000)).toBe(true);
+    expect(replay.useToken("d1", "fresh", 10_000)).toBe(true);
+    expect(replay.purge(5000, 4)).toBe(4);
+    expect(replay.purge(5000, 4)).toBe(3);
+    expect(replay.purge(5000, 4)).toBe(0);
+    expect(replay.useToken("d1", "fresh", 10_000)).toBe(false); // still used: no second connect with it
+  });
+
+  it("purges the oldest expired ids first", () => {
+    const replay = new ReplayRepo(db);
+    for (let i = 0; i < 6; i++) replay.remember("d1", `m${i}`, new Uint8Array(32), 1000 - i * 100); // m5 is the oldest
+    expect(replay.purge(5000, 3)).toBe(3);
+    const left = (db.prepare("SELECT msg_id FROM seen_messages ORDER BY msg_id").all() as { msg_id: string }[]).map((r) => r.msg_id);
+    expect(left).toEqual(["m0", "m1", "m2"]);
+  });
+
+  it("deletes delivered outbox rows older than the cut-off in chunks, and never an undelivered one", () => {
+    const outbox = new OutboxRepo(db);
+    for (let i = 0; i < 12; i++) outbox.add({ deviceId: "d1", msgId: `o${i}`, re: null, bytes: new Uint8Array([i]), createdMs: 100 });
+    for (let i = 0; i < 9; i++) outbox.markDelivered("d1", `o${i}`, 200 + i); // o9..o11 stay undelivered
+    expect(outbox.purgeDelivered(205, 3)).toBe(3); // delivered at 200, 201, 202
+    expect(outbox.purgeDelivered(205, 3)).toBe(2); // 203, 204
+    expect(outbox.purgeDelivered(205, 3)).toBe(0);
+    expect(outbox.purgeDelivered(10_000, 100)).toBe(4);
+    expect(outbox.undelivered("d1").map((r) => r.msgId)).toEqual(["o9", "o10", "o11"]);
+    expect(count("outbox")).toBe(3);
+  });
+
+  it("finds delivered outbox rows by an index, not by scanning the outbox", () => {
+    const plan = db.prepare("EXPLAIN QUERY PLAN SELECT seq FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ? ORDER BY delivered_ms LIMIT ?").all(1, 1) as { detail: string }[];
+    expect(plan.map((p) => p.detail).join("; ")).toMatch(/USING (COVERING )?INDEX outbox_delivered/);
+  });
+});
