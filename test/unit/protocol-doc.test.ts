@@ -310,7 +310,7 @@ describe("docs/protocol.md §Limits", () => {
   });
 
   it("covers every broker option except the ones only an operator sees", () => {
-    const operatorOnly = ["host", "port", "data-dir", "log-level"];
+    const operatorOnly = ["host", "port", "data-dir", "log-level", "purge-every-ms"];
     const deviceFacing = BROKER_OPTIONS.map((o) => o.flag).filter((f) => !operatorOnly.includes(f));
     expect(rows.map((r) => r.flag).sort()).toEqual(deviceFacing.sort());
   });
