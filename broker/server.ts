@@ -13,7 +13,7 @@ import { Signer } from "../src/crypto/ed25519.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import { downTopic, mayPublish, maySubscribe } from "../src/protocol/topics.ts";
-import { CONNECT_REFUSALS, ConnectAuthenticator } from "../src/service/connect.ts";
+import { CONNECT_REFUSALS, ConnectAuthenticator, type CheckedConnect, type ConnectRefusal } from "../src/service/connect.ts";
 import { BINDING_DEFAULTS, registerBinding } from "../src/service/binding.ts";
 import { Inbox, errorSummary } from "../src/service/inbox.ts";
 import { PAYMENT_DEFAULTS, Payments } from "../src/service/payments.ts";
@@ -141,21 +141,36 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
 
   aedes.authenticate = (client, username, password, callback) => {
     const remote = remotes.get(client) ?? remoteOf(client);
-    let result;
+    const refuse = (reason: ConnectRefusal) => {
+      const refusal = CONNECT_REFUSALS[reason];
+      log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
+      const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
+      callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
+    };
+    let checked: CheckedConnect;
     try {
-      result = authenticator.authenticate(client.id, username, password, clock());
+      checked = authenticator.check(client.id, username, password, clock());
     } catch (err) {
       log.error({ err: errorSummary(err), clientId: client.id }, "connect check failed");
-      result = { ok: false as const, reason: "unavailable" as const };
+      return refuse("unavailable");
     }
-    if (result.ok) {
-      log.info({ device: client.id, kind: result.device.kind, remote }, "connection accepted");
-      return callback(null, true);
-    }
-    const refusal = CONNECT_REFUSALS[result.reason];
-    log.warn({ clientId: client.id.slice(0, 64), reason: result.reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
-    const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
-    callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
+    if (!checked.ok) return refuse(checked.reason);
+    const device = checked.device;
+    // The token is consumed in the next group commit, with the messages of that turn: a storm of
+    // reconnects (after a broker restart) shares fsyncs instead of paying one per CONNECT.
+    let fresh = false;
+    inbox.internal(
+      "connect token",
+      () => {
+        fresh = authenticator.useToken(checked);
+      },
+      (committed) => {
+        if (!committed) return refuse("unavailable");
+        if (!fresh) return refuse("reused_token");
+        log.info({ device: device.id, kind: device.kind, remote }, "connection accepted");
+        callback(null, true);
+      },
+    );
   };
 
   aedes.authorizePublish = (client, packet, callback) => {

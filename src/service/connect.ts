@@ -27,6 +27,8 @@ export const CONNECT_REFUSALS = {
 
 export type ConnectRefusal = keyof typeof CONNECT_REFUSALS;
 export type ConnectResult = { ok: true; device: DeviceRow } | { ok: false; reason: ConnectRefusal };
+/** A token that passed every check but one: it is not yet recorded as used. */
+export type CheckedConnect = { ok: true; device: DeviceRow; nonce: string; expiresMs: number } | { ok: false; reason: ConnectRefusal };
 
 export class ConnectAuthenticator {
   readonly #devices: DeviceRepo;
@@ -39,8 +41,16 @@ export class ConnectAuthenticator {
     this.#freshnessMs = freshnessMs;
   }
 
+  /** Checks a CONNECT and consumes its token, in one autocommit write. */
   authenticate(clientId: string, username: string | undefined, password: Uint8Array | undefined, nowMs: number): ConnectResult {
-    const refuse = (reason: ConnectRefusal): ConnectResult => ({ ok: false, reason });
+    const checked = this.check(clientId, username, password, nowMs);
+    if (!checked.ok) return checked;
+    return this.useToken(checked) ? { ok: true, device: checked.device } : { ok: false, reason: "reused_token" };
+  }
+
+  /** Every check that needs no write; the token still has to be consumed (useToken). */
+  check(clientId: string, username: string | undefined, password: Uint8Array | undefined, nowMs: number): CheckedConnect {
+    const refuse = (reason: ConnectRefusal): CheckedConnect => ({ ok: false, reason });
     if (password === undefined || password.length === 0) return refuse("anonymous");
     const token = password.length > 512 ? null : parseToken(Buffer.from(password).toString("utf8"));
     if (token === null) return refuse("malformed_token");
@@ -51,8 +61,12 @@ export class ConnectAuthenticator {
     if (device.status !== "active") return refuse("revoked_device");
     if (!verify(device.publicKey, token.signedBytes, token.signature)) return refuse("bad_signature");
     if (Math.abs(nowMs - token.tsMs) > this.#freshnessMs) return refuse("stale_token");
-    // Consumed only after every other check passed, so garbage cannot fill the table.
-    if (!this.#replay.useToken(device.id, token.nonce, token.tsMs + this.#freshnessMs + 1)) return refuse("reused_token");
-    return { ok: true, device };
+    // Consumed (useToken) only after every other check passed, so garbage cannot fill the table.
+    return { ok: true, device, nonce: token.nonce, expiresMs: token.tsMs + this.#freshnessMs + 1 };
+  }
+
+  /** Records the token as used; false if it already was (a replayed or concurrent CONNECT). */
+  useToken(checked: { device: DeviceRow; nonce: string; expiresMs: number }): boolean {
+    return this.#replay.useToken(checked.device.id, checked.nonce, checked.expiresMs);
   }
 }

@@ -62,6 +62,10 @@ export interface HandlerContext extends TxContext {
 interface Job {
   readonly label: string;
   readonly run: (ctx: TxContext) => void;
+  /** Called once the batch is over: true if the job's writes committed, false if they did not. */
+  readonly after?: ((committed: boolean) => void) | undefined;
+  /** Set while the batch runs: the job's own savepoint succeeded. */
+  ran?: boolean;
 }
 
 /** A device's PUBACK for an outbox message. */
@@ -134,9 +138,12 @@ export class Inbox {
     this.#schedule();
   }
 
-  /** Queues broker-initiated work for the next batch transaction (in its own savepoint). */
-  internal(label: string, run: (ctx: TxContext) => void): void {
-    this.#jobs.push({ label, run });
+  /**
+   * Queues broker-initiated work for the next batch transaction (in its own savepoint).
+   * `after` hears, once that transaction is over, whether the job's writes were committed.
+   */
+  internal(label: string, run: (ctx: TxContext) => void, after?: (committed: boolean) => void): void {
+    this.#jobs.push({ label, run, after });
     this.#inFlight++;
     this.#schedule();
   }
@@ -194,10 +201,12 @@ export class Inbox {
     }
 
     let committed: OutboxRow[] = [];
+    let committedOk = true;
     const directBefore = direct.length;
     try {
       committed = this.#transact(verified, jobs, receipts, nowMs, direct);
     } catch (err) {
+      committedOk = false;
       // Infrastructure fault (disk full, read-only, corrupt): nothing of this batch was written.
       // Each sender hears "unavailable" and retries the same message id later.
       this.#o.log.error({ err: errorSummary(err), messages: verified.length }, "transaction failed; batch answered unavailable");
@@ -208,6 +217,7 @@ export class Inbox {
       }
     }
     for (const v of verified) finished.push(v.done);
+    for (const job of jobs) if (job.after !== undefined) finished.push(() => job.after!(committedOk && job.ran === true));
 
     for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.msgId);
     for (const out of direct) this.#o.publish(out.to, out.bytes, null);
@@ -332,6 +342,7 @@ export class Inbox {
       this.#o.log.error({ err: errorSummary(err), job: job.label }, "internal job failed");
       return [];
     }
+    job.ran = true;
     return outgoing.map((o) => this.#store(o, nowMs));
   }
 

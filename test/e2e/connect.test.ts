@@ -88,6 +88,23 @@ describe("CONNECT", () => {
     expect(refusalCode(second)).toBe(CONNACK.badUsernameOrPassword);
   });
 
+  it("accepts exactly one of several CONNECTs that arrive together with the same token", async () => {
+    const key = broker.register("terminal");
+    const password = tokenFor(key.deviceId, key.pair);
+    const outcomes = await Promise.all(Array.from({ length: 5 }, () => connect({ clientId: key.deviceId, username: key.deviceId, password })));
+    const codes = outcomes.map(refusalCode);
+    expect(codes.filter((c) => c === "accepted")).toHaveLength(1);
+    expect(codes.filter((c) => c === CONNACK.badUsernameOrPassword)).toHaveLength(4);
+  });
+
+  it("accepts many devices connecting at once and records each one's token as used", async () => {
+    const keys = Array.from({ length: 40 }, () => broker.register("terminal"));
+    const outcomes = await Promise.all(keys.map((k) => connect({ clientId: k.deviceId, username: k.deviceId, password: tokenFor(k.deviceId, k.pair) })));
+    expect(outcomes.every((o) => o.accepted)).toBe(true);
+    const used = broker.db.prepare("SELECT count(DISTINCT device_id) AS n FROM used_tokens").get() as { n: number };
+    expect(used.n).toBe(40);
+  });
+
   it("does not consume a token whose connect was refused for another reason", async () => {
     const key = broker.register("terminal");
     const password = tokenFor(key.deviceId, key.pair);
