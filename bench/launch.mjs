@@ -1,26 +1,31 @@
-// `npm run bench`: runs bench/run.ts under tsx, and starts it again if it hangs before its first
-// line of output. Node 20's off-thread module loader (which tsx uses) can deadlock at start-up,
-// before any of our code runs: about once in 15-20 starts here (docs/performance.md §Known
-// problem). This file is plain JavaScript, so the loader cannot hang it.
+// `npm run bench`: runs bench/run.ts under tsx, and starts it again if it falls silent. Node 20's
+// off-thread module loader (which tsx uses) can deadlock on a module load: at start-up, before
+// any of our code runs, or at the first use of a lazily loaded module (better-sqlite3 loads its
+// addon on the first `new Database`): about once in 15-20 runs here (docs/performance.md §Known
+// problem). The bench prints a line at least every few seconds, so silence means that hang.
+// This file is plain JavaScript, so the loader cannot hang it.
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const STARTUP_MS = 30_000; // the bench prints its first line within a second
+const SILENCE_MS = 90_000; // and then a progress line at least every few seconds
 const TRIES = 3;
 
 function runOnce() {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ["--import", "tsx", "bench/run.ts", ...process.argv.slice(2)], { cwd: ROOT, stdio: ["inherit", "pipe", "pipe"] });
     let started = false;
-    const timer = setTimeout(() => {
-      if (!started) child.kill("SIGKILL"); // a thread blocked in the loader ignores SIGTERM
-    }, STARTUP_MS);
+    let hung = false;
+    const hang = () => {
+      hung = true;
+      child.kill("SIGKILL"); // a thread blocked in the loader ignores SIGTERM
+    };
+    let timer = setTimeout(hang, STARTUP_MS);
     const onData = (out) => (chunk) => {
-      if (!started) {
-        started = true;
-        clearTimeout(timer);
-      }
+      started = true;
+      clearTimeout(timer);
+      timer = setTimeout(hang, SILENCE_MS);
       out.write(chunk);
     };
     child.stdout.on("data", onData(process.stdout));
@@ -32,7 +37,7 @@ function runOnce() {
       clearTimeout(timer);
       process.off("SIGINT", forward);
       process.off("SIGTERM", forward);
-      if (!started && signal === "SIGKILL") resolve("hung");
+      if (hung && signal === "SIGKILL") resolve(started ? "silent" : "hung");
       else resolve(code ?? (signal === "SIGINT" ? 130 : 1));
     });
   });
@@ -40,10 +45,11 @@ function runOnce() {
 
 for (let attempt = 1; ; attempt++) {
   const result = await runOnce();
-  if (result !== "hung") process.exit(result);
+  if (typeof result === "number") process.exit(result);
   if (attempt >= TRIES) {
-    process.stderr.write(`bench: the TypeScript loader hung at start-up ${TRIES} times in a row; giving up\n`);
+    process.stderr.write(`bench: the TypeScript loader hung ${TRIES} times in a row; giving up\n`);
     process.exit(1);
   }
-  process.stderr.write(`bench: no output ${STARTUP_MS / 1000} s after start: the TypeScript loader hung (a known Node 20 deadlock); starting again\n`);
+  const what = result === "hung" ? `no output ${STARTUP_MS / 1000} s after start` : `no output for ${SILENCE_MS / 1000} s`;
+  process.stderr.write(`bench: ${what}: the TypeScript loader hung (a known Node 20 deadlock); starting the whole run again\n`);
 }
