@@ -7,6 +7,7 @@
  */
 import { Aedes, type Client } from "aedes";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { BrokerConfig } from "../src/config.ts";
 import { Signer } from "../src/crypto/ed25519.ts";
@@ -25,7 +26,7 @@ import { AdminEventFeed } from "../src/store/devices.ts";
 import { OutboxRepo } from "../src/store/outbox.ts";
 import { ReplayRepo } from "../src/store/replay.ts";
 import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
-import { GuardedSocket } from "./frame-guard.ts";
+import { guardFrames } from "./frame-guard.ts";
 
 export interface BrokerDeps {
   readonly log: Logger;
@@ -125,7 +126,6 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   });
   payments.register(inbox);
   const authenticator = new ConnectAuthenticator(db, config.freshnessMs);
-  const remotes = new WeakMap<Client, string>();
 
   aedes.preConnect = (client, packet, callback) => {
     // Wills would let a device publish after it is gone, outside the signed envelope: none are kept.
@@ -140,7 +140,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   };
 
   aedes.authenticate = (client, username, password, callback) => {
-    const remote = remotes.get(client) ?? remoteOf(client);
+    const remote = remoteOf(client);
     const refuse = (reason: ConnectRefusal) => {
       const refusal = CONNECT_REFUSALS[reason];
       log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
@@ -216,7 +216,14 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     return { ...packet, messageId };
   };
   // Aedes' PUBACK handler asks its persistence to forget the packet: the one place that sees the identifier.
-  const { persistence } = aedes as unknown as { persistence: { outgoingClearMessageId(client: Client, packet: { cmd?: string; messageId?: number }): Promise<unknown> } };
+  const { persistence } = aedes as unknown as {
+    persistence: { outgoingClearMessageId(client: Client, packet: { cmd?: string; messageId?: number }): Promise<unknown>; outgoingStream(client: Client): Readable };
+  };
+  // Sessions are always clean, so a client's stored outgoing queue is always empty; yet Aedes pipes
+  // aedes-persistence's Readable.from(Readable.from([])) on every CONNECT: ~11 KB of short-lived
+  // objects each, which made a reconnect storm's RSS depend on GC timing (docs/performance.md).
+  const storedOutgoing = persistence.outgoingStream.bind(persistence);
+  persistence.outgoingStream = (client) => (client.clean ? emptyStream() : storedOutgoing(client));
   const clearMessageId = persistence.outgoingClearMessageId.bind(persistence);
   persistence.outgoingClearMessageId = (client, packet) => {
     if (packet.cmd === "puback" && packet.messageId !== undefined) {
@@ -244,11 +251,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const server: Server = createServer((socket: Socket) => {
     // Nagle + delayed ACK cost ~40 ms per QoS 1 round trip on loopback (measured: 1,100 vs 10,000/s).
     socket.setNoDelay(true);
-    const guarded = new GuardedSocket(socket, config.maxPacketBytes, (err) => {
-      log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, "connection dropped: packet too large or malformed");
+    // Aedes reads the socket itself; the guard sees every chunk first (broker/frame-guard.ts).
+    guardFrames(socket, config.maxPacketBytes, (err, s) => {
+      log.warn({ remote: `${s.remoteAddress}:${s.remotePort}`, err: err.message }, "connection dropped: packet too large or malformed");
     });
-    const client = aedes.handle(guarded);
-    remotes.set(client, `${socket.remoteAddress}:${socket.remotePort}`);
+    aedes.handle(socket);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -385,8 +392,17 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   };
 }
 
-function remoteOf(client: Client | undefined): string | undefined {
-  const conn = (client as unknown as { conn?: { socket?: Socket } } | undefined)?.conn;
-  const s = conn?.socket;
-  return s === undefined ? undefined : `${s.remoteAddress}:${s.remotePort}`;
+function emptyStream(): Readable {
+  return new Readable({
+    objectMode: true,
+    read() {
+      this.push(null);
+    },
+  });
+}
+
+/** The peer address of a client's connection (Aedes reads the TCP socket itself: `conn` is it). */
+function remoteOf(client: Client | undefined | null): string | undefined {
+  const s = (client as unknown as { conn?: Partial<Socket> } | undefined | null)?.conn;
+  return s?.remoteAddress === undefined ? undefined : `${s.remoteAddress}:${s.remotePort}`;
 }

@@ -1,6 +1,7 @@
 import mqttPacket from "mqtt-packet";
-import { describe, expect, it } from "vitest";
-import { FrameScanner, PacketTooLarge } from "../../broker/frame-guard.ts";
+import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { afterEach, describe, expect, it } from "vitest";
+import { FrameScanner, PacketTooLarge, guardFrames } from "../../broker/frame-guard.ts";
 
 /** An MQTT fixed header: type byte and the remaining-length varint [MQTT-2.2.3]. */
 function header(type: number, remainingLength: number): number[] {
@@ -134,5 +135,101 @@ describe("FrameScanner", () => {
     const bytes = Uint8Array.of(0x30, 0xff, 0xff, 0xff, 0x7f);
     expect(new FrameScanner(268_435_455 + 5).scan(bytes)).toBeNull();
     expect(new FrameScanner(268_435_455 + 4).scan(bytes)).toBeInstanceOf(PacketTooLarge);
+  });
+});
+
+describe("guardFrames on a TCP socket read the way Aedes reads it", () => {
+  const LIMIT = 2048;
+  const valid = concat(
+    mqttPacket.generate({ cmd: "connect", protocolId: "MQTT", protocolVersion: 4, clean: true, clientId: "dabc", keepalive: 30, username: "dabc", password: Buffer.from("hp1.x") }),
+    mqttPacket.generate({ cmd: "publish", topic: "hp/v1/dabc/up", payload: Buffer.alloc(1500, 0x62), qos: 1, messageId: 2, retain: false, dup: false }),
+    mqttPacket.generate({ cmd: "pingreq" }),
+  );
+
+  let server: Server | null = null;
+  const sockets: Socket[] = [];
+  afterEach(async () => {
+    for (const s of sockets.splice(0)) s.destroy();
+    await new Promise<void>((r) => (server === null ? r() : server.close(() => r())));
+    server = null;
+  });
+
+  interface Accepted {
+    readonly socket: Socket;
+    /** Everything read() returned, in order. */
+    readonly received: Buffer[];
+    readonly violations: Error[];
+    readonly ended: Promise<void>;
+    readonly closed: Promise<void>;
+  }
+
+  /** A server whose one connection is guarded, then read as Aedes does ('readable', read()). */
+  async function connect(): Promise<{ client: Socket; accepted: Promise<Accepted> }> {
+    let accept!: (a: Accepted) => void;
+    const accepted = new Promise<Accepted>((r) => (accept = r));
+    server = createServer((socket) => {
+      sockets.push(socket);
+      const received: Buffer[] = [];
+      const violations: Error[] = [];
+      guardFrames(socket, LIMIT, (err, s) => {
+        expect(s).toBe(socket);
+        violations.push(err);
+      });
+      socket.on("readable", () => {
+        const chunk = socket.read() as Buffer | null;
+        if (chunk !== null) received.push(chunk);
+      });
+      socket.on("error", () => {});
+      const ended = new Promise<void>((r) => socket.once("end", () => r()));
+      const closed = new Promise<void>((r) => socket.once("close", () => r()));
+      accept({ socket, received, violations, ended, closed });
+    });
+    await new Promise<void>((r) => server!.listen(0, "127.0.0.1", () => r()));
+    const client = createConnection((server.address() as AddressInfo).port, "127.0.0.1");
+    client.on("error", () => {});
+    sockets.push(client);
+    await new Promise<void>((r) => client.once("connect", () => r()));
+    return { client, accepted };
+  }
+
+  it("hands every byte of packets within the limit to the reader, then the end of the stream", async () => {
+    const { client, accepted } = await connect();
+    // One byte at a time as well as whole: the guard must not lose or reorder anything.
+    client.write(valid.subarray(0, 1));
+    client.write(valid.subarray(1, 7));
+    client.end(valid.subarray(7));
+    const a = await accepted;
+    await a.ended;
+    expect(Buffer.concat(a.received)).toEqual(Buffer.from(valid));
+    expect(a.violations).toEqual([]);
+  });
+
+  it("destroys the connection at a header announcing more than the limit, and no byte of that packet is ever readable", async () => {
+    const { client, accepted } = await connect();
+    const header = Uint8Array.of(0x30, 0xa0, 0x1f); // PUBLISH, remaining length 4000
+    client.write(concat(valid, header, new Uint8Array(64).fill(0x61)));
+    const a = await accepted;
+    await a.closed;
+    expect(a.socket.destroyed).toBe(true);
+    expect(a.violations).toHaveLength(1);
+    expect(a.violations[0]).toBeInstanceOf(PacketTooLarge);
+    expect(a.violations[0]).toMatchObject({ announcedBytes: 4003, maxBytes: LIMIT });
+    // The chunk that carried the header is dropped whole: what was read is a prefix of the
+    // valid packets, never anything from the oversized one.
+    const got = Buffer.concat(a.received);
+    expect(got.length).toBeLessThanOrEqual(valid.length);
+    expect(got).toEqual(Buffer.from(valid.subarray(0, got.length)));
+    await new Promise<void>((r) => (client.destroyed ? r() : client.once("close", () => r())));
+  });
+
+  it("destroys the connection at a remaining length of more than 4 bytes", async () => {
+    const { client, accepted } = await connect();
+    client.write(Uint8Array.of(0x30, 0x80, 0x80, 0x80, 0x80, 0x01));
+    const a = await accepted;
+    await a.closed;
+    expect(a.violations).toHaveLength(1);
+    expect(a.violations[0]).not.toBeInstanceOf(PacketTooLarge);
+    expect(a.violations[0]?.message).toMatch(/more than 4 bytes/);
+    expect(a.received).toEqual([]);
   });
 });
