@@ -2,8 +2,10 @@
 // off-thread module loader (which tsx uses) can deadlock on a module load: at start-up, before
 // any of our code runs, or at the first use of a lazily loaded module (better-sqlite3 loads its
 // addon on the first `new Database`): about once in 15-20 runs here (docs/performance.md §Known
-// problem). The bench prints a line at least every few seconds, so silence means that hang.
-// This file is plain JavaScript, so the loader cannot hang it.
+// problem). The bench writes a heartbeat byte to fd 3 with every progress line (at least every
+// few seconds), so silence there means that hang. Its stdout and stderr go straight to yours,
+// untouched and in order (the last stdout line is the JSON). This file is plain JavaScript, so
+// the loader cannot hang it.
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
@@ -14,7 +16,11 @@ const TRIES = 3;
 
 function runOnce() {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "bench/run.ts", ...process.argv.slice(2)], { cwd: ROOT, stdio: ["inherit", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", "bench/run.ts", ...process.argv.slice(2)], {
+      cwd: ROOT,
+      stdio: ["inherit", "inherit", "inherit", "pipe"],
+      env: { ...process.env, BENCH_HEARTBEAT_FD: "3" },
+    });
     let started = false;
     let hung = false;
     const hang = () => {
@@ -22,14 +28,11 @@ function runOnce() {
       child.kill("SIGKILL"); // a thread blocked in the loader ignores SIGTERM
     };
     let timer = setTimeout(hang, STARTUP_MS);
-    const onData = (out) => (chunk) => {
+    child.stdio[3].on("data", () => {
       started = true;
       clearTimeout(timer);
       timer = setTimeout(hang, SILENCE_MS);
-      out.write(chunk);
-    };
-    child.stdout.on("data", onData(process.stdout));
-    child.stderr.on("data", onData(process.stderr));
+    });
     const forward = (signal) => child.kill(signal);
     process.on("SIGINT", forward);
     process.on("SIGTERM", forward);
@@ -50,6 +53,6 @@ for (let attempt = 1; ; attempt++) {
     process.stderr.write(`bench: the TypeScript loader hung ${TRIES} times in a row; giving up\n`);
     process.exit(1);
   }
-  const what = result === "hung" ? `no output ${STARTUP_MS / 1000} s after start` : `no output for ${SILENCE_MS / 1000} s`;
+  const what = result === "hung" ? `no progress ${STARTUP_MS / 1000} s after start` : `no progress for ${SILENCE_MS / 1000} s`;
   process.stderr.write(`bench: ${what}: the TypeScript loader hung (a known Node 20 deadlock); starting the whole run again\n`);
 }

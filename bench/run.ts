@@ -14,7 +14,7 @@
  * stderr: the progress line, and whatever goes wrong.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync, existsSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync, existsSync, writeSync } from "node:fs";
 import { createConnection, createServer, type AddressInfo } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -372,7 +372,20 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 const tty = process.stderr.isTTY === true;
 let progressShown = false;
 
+/** bench/launch.mjs reads this fd: a byte per progress line says the run is alive, not hung. */
+const HEARTBEAT_FD = process.env.BENCH_HEARTBEAT_FD === undefined ? null : Number(process.env.BENCH_HEARTBEAT_FD);
+
+function heartbeat(): void {
+  if (HEARTBEAT_FD === null) return;
+  try {
+    writeSync(HEARTBEAT_FD, ".");
+  } catch {
+    // the launcher is gone; nothing to tell
+  }
+}
+
 function progress(text: string): void {
+  heartbeat();
   if (tty) {
     process.stderr.write(`\r\x1b[K${text}`);
     progressShown = true;
@@ -382,6 +395,7 @@ function progress(text: string): void {
 const startedAt = performance.now();
 
 function note(text: string): void {
+  heartbeat();
   if (progressShown) process.stderr.write("\r\x1b[K");
   progressShown = false;
   process.stderr.write(`${text.replace(/^bench: /, `bench: [${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s] `)}\n`);
