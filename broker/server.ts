@@ -53,6 +53,8 @@ const ADMIN_POLL_MS = 200;
 /** Rows of each table one purge step deletes (~2 ms each with secure_delete). */
 const PURGE_CHUNK_ROWS = 250;
 const DEADLINE_POLL_MS = 100;
+/** Broker messages sent to one connection whose PUBACK is still awaited, at most (older ones are resent on reconnect). */
+const MAX_UNCONFIRMED_PER_DEVICE = 1024;
 
 export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promise<BrokerHandle> {
   const { log } = deps;
@@ -206,13 +208,21 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   // packet identifier it is given) and matches the PUBACK's identifier to the outbox row.
   const inflight = new WeakMap<Client, { next: number; outbox: Map<number, string> }>();
   aedes.authorizeForward = (client, packet) => {
+    // A QoS 0 subscriber sends no PUBACK: nothing to match, nothing to keep (it needs an `ack`).
+    const subscription = (client as unknown as { subscriptions?: Record<string, { qos?: number } | undefined> }).subscriptions?.[packet.topic];
+    if (subscription !== undefined && !subscription.qos) return packet;
     let state = inflight.get(client);
     if (state === undefined) inflight.set(client, (state = { next: 1, outbox: new Map() }));
     const messageId = state.next;
     state.next = messageId >= 65_535 ? 1 : messageId + 1;
+    state.outbox.delete(messageId);
     const outboxId = Buffer.isBuffer(packet.payload) ? outboxIds.get(packet.payload) : undefined;
-    if (outboxId !== undefined) state.outbox.set(messageId, outboxId);
-    else state.outbox.delete(messageId);
+    if (outboxId !== undefined) {
+      state.outbox.set(messageId, outboxId);
+      // A device that never confirms must not grow this without end: the oldest entry goes, and
+      // that message stays undelivered, so it is sent again on the next connect.
+      if (state.outbox.size > MAX_UNCONFIRMED_PER_DEVICE) state.outbox.delete(state.outbox.keys().next().value!);
+    }
     return { ...packet, messageId };
   };
   // Aedes' PUBACK handler asks its persistence to forget the packet: the one place that sees the identifier.

@@ -92,6 +92,17 @@ describe("outbox delivery and receipts", () => {
     expect((broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NOT NULL").get() as { n: number }).n).toBeGreaterThanOrEqual((before as { n: number }).n);
   });
 
+  it("keeps a reply sent at QoS 0 (a device subscribed at QoS 0 sends no PUBACK) undelivered until a signed ack", async () => {
+    const d = await connect(key, false);
+    await new Promise<void>((resolve, reject) => d.client.subscribe(downTopic(d.id), { qos: 0 }, (err) => (err ? reject(err) : resolve())));
+    const pong = await d.ping("at most once");
+    await d.ping("sync");
+    expect(deliveredMs(pong.id)).toBeNull();
+    const again = await reconnect(d);
+    expect(again.received.filter((m) => m.payload?.id === pong.id)).toHaveLength(1);
+    await isDelivered(pong.id); // this time at QoS 1, confirmed by its PUBACK
+  });
+
   // The signed `ack` is still accepted: the same receipt, for a device that wants to send it.
   it("marks a reply delivered on the device's signed receipt, which is neither answered nor remembered", async () => {
     const d = await connect(key, true, false);
