@@ -30,8 +30,9 @@ export interface ResultView {
 export type PromptAnswer = "approve" | "decline" | "ignore";
 
 /**
- * The phone's payment app: acknowledges each prompt, asks `decide`, answers with exactly the
- * values it showed (dynamic linking), and executes every task it is given.
+ * The phone's payment app: asks `decide` about each prompt, answers with exactly the values it
+ * showed (dynamic linking), and executes every task it is given (a task may arrive as the
+ * answer to the approval; the Device hands every message to its listeners either way).
  */
 export class PhoneAgent {
   readonly #device: Device;
@@ -58,7 +59,7 @@ export class PhoneAgent {
   async #prompt(p: PromptView, m: Received): Promise<void> {
     if (this.#answered.has(p.paymentId)) return;
     this.#answered.add(p.paymentId);
-    this.#device.send("prompt_received", { paymentId: p.paymentId });
+    // No prompt_received: the PUBACK the client sends for the prompt is the receipt the broker tells the terminal about.
     const answer = await this.#decide(p);
     this.#onEvent(`prompt ${p.paymentId}: ${answer}`, m);
     if (answer === "approve") {

@@ -13,7 +13,9 @@
  *     then follows the payment to its end (the payment_result, or payment_status when quiet);
  *   - the phone approves, declines or ignores each prompt, and executes or ignores each task, as
  *     the payment's plan says (the plan is the amount's last digit, so the phone needs no side
- *     channel), re-sending each answer until the broker answers it;
+ *     channel), re-sending each answer until the broker answers it; it sends no prompt_received
+ *     (its PUBACK of the prompt is the receipt), and a task or result may come as the answer to
+ *     its approval or execution;
  *   - some payments are cancelled by the terminal, racing the phone's execution, and some wallets
  *     are small enough to run out of money;
  *   - a fifth of requests are sent twice at once under different message ids (a double tap), so
@@ -25,7 +27,10 @@
  * every payment final (or live within its deadline); one ledger transfer per completed payment
  * and one completed payment per payment transfer; balances summing to zero per currency, and
  * each wallet and the merchant holding exactly what the completed payments moved; one result
- * per payment per device, the same on both, matching the database; no payment lost (every
+ * per payment per device, the same on both, matching the database, and arriving as the answer
+ * to the device's own message that ended the payment, or pushed when the other device or a
+ * deadline ended it (the message that ended it gets the result once, never again pushed); no
+ * payment lost (every
  * idempotency key answered, every answered payment in the database) and none doubled (one
  * payment id per idempotency key); and no payment completed, confirmed or declined that its
  * phone did not ask for.
@@ -297,15 +302,28 @@ interface ResultRecord {
   readonly msgIds: string[];
   readonly bodies: string[];
   readonly status: string;
+  /** For each copy: the type of this device's message it answered, or null if it was pushed. */
+  readonly answered: (string | null)[];
+}
+
+/** A Device that remembers the type of every message it sent, to tell what an answer answered. */
+class RecordingDevice extends Device {
+  readonly sentTypes = new Map<string, string>();
+
+  override send(type: string, body: Record<string, unknown>, overrides: Parameters<Device["send"]>[2] = {}): string {
+    const id = super.send(type, body, overrides);
+    this.sentTypes.set(id, type);
+    return id;
+  }
 }
 
 class SimDevice {
-  readonly device: Device;
+  readonly device: RecordingDevice;
   /** Connected and subscribed to its down topic. */
   ready = false;
   closed = false;
   refusals = 0;
-  /** Every payment_result received, by payment id (the Device already drops same-id copies). */
+  /** Every payment_result received, pushed or as an answer, by payment id (the Device already drops same-id copies). */
   readonly results = new Map<string, ResultRecord>();
   readonly #waiters = new Map<string, Set<() => void>>();
   #connecting = false;
@@ -316,7 +334,7 @@ class SimDevice {
     key: DeviceKey,
     brokerPublicKey: Uint8Array,
   ) {
-    this.device = new Device({ url, key, brokerPublicKey, reconnectMs: 200, connectTimeoutMs: 3000, keepaliveS: 10 });
+    this.device = new RecordingDevice({ url, key, brokerPublicKey, reconnectMs: 200, connectTimeoutMs: 3000, keepaliveS: 10 });
     this.device.on("connect", () => (this.ready = true));
     this.device.on("offline", () => (this.ready = false));
     this.device.on("reconnecting", () => (this.ready = false));
@@ -332,9 +350,10 @@ class SimDevice {
     this.device.on("message", (m) => {
       if (m.type !== "payment_result") return;
       const body = m.body as { paymentId: string; status: string };
-      const rec = this.results.get(body.paymentId) ?? { msgIds: [], bodies: [], status: body.status };
+      const rec = this.results.get(body.paymentId) ?? { msgIds: [], bodies: [], status: body.status, answered: [] };
       rec.msgIds.push(m.id);
       rec.bodies.push(JSON.stringify(m.body));
+      rec.answered.push(m.re === undefined ? null : (this.device.sentTypes.get(m.re) ?? `an unknown message ${m.re}`));
       this.results.set(body.paymentId, rec);
       for (const w of this.#waiters.get(body.paymentId) ?? []) w();
     });
@@ -672,7 +691,7 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     say(
       `checked: ${r.checked.paymentsInDb} payments in the database (${r.checked.liveInDb} live), ${r.checked.paymentTransfers} payment transfers, ` +
         `${r.checked.paymentHistories} event histories, ${r.checked.agreements} agreements' usage, ${r.checked.currencies} currency sums, ${r.checked.balances} balances, ` +
-        `${r.checked.resultsDelivered} results on devices; ` +
+        `${r.checked.resultsDelivered} results on devices (${r.checked.resultsAsAnswers} as answers, ${r.checked.resultsPushed} pushed); ` +
         `outcomes ${JSON.stringify(r.outcomes)}; ${stats.tries} requests, ${stats.timeouts} timed out, ${stats.retryAnswers} answered "try later", ` +
         `${stats.payResends} pay_requests re-sent with their idempotency key; ${broker.resent} messages resent by the outbox on reconnect; ` +
         `${sims.reduce((n, s) => n + s.refusals, 0)} connect refusals`,
@@ -722,7 +741,7 @@ function wirePhone(p: Pair, rng: () => number, stats: Stats, abandoned: () => bo
     const doubleTap = rng() < DOUBLE_TAP_SHARE;
     void (async () => {
       if (m.type === "payment_prompt") {
-        sendOnce(phone, "prompt_received", { paymentId: b.paymentId });
+        // No prompt_received: the client's PUBACK of the prompt is the receipt.
         const answer = promptAnswer(plan);
         if (answer === "ignore") return;
         await sleep(think);
@@ -782,6 +801,19 @@ async function followPayment(p: Pair, t: Track, rng: () => number, stats: Stats,
 }
 
 // ── The checks ─────────────────────────────────────────────────────────────────────────────
+
+/**
+ * How a device hears a payment's result: as the answer to its own message that ended the
+ * payment (this message type), never a second time; or pushed (null) when the other device or a
+ * deadline ended it. Undefined where either can be right (an unbinding; chaos does not unbind).
+ */
+function resultCarrier(role: "terminal" | "phone", status: PaymentStatus, reason: string | null): string | null | undefined {
+  if (status === "failed" && reason === "unbound") return undefined;
+  if (role === "terminal") return status === "cancelled" ? "payment_cancel" : null;
+  if (status === "completed" || (status === "failed" && reason === "insufficient_funds")) return "payment_execute";
+  if (status === "declined") return "payment_decline";
+  return null;
+}
 
 interface VerifyInput {
   readonly seed: number;
@@ -914,6 +946,8 @@ function verify(v: VerifyInput): ChaosReport {
     for (const r of rows) ordersInDb.set(`${r.terminal_id}/${r.order_ref}`, [...(ordersInDb.get(`${r.terminal_id}/${r.order_ref}`) ?? []), r.id]);
     const knownOrders = new Set<string>();
     checked.resultsDelivered = 0;
+    checked.resultsAsAnswers = 0;
+    checked.resultsPushed = 0;
     for (const t of tracks) {
       const pair = pairs[t.pair]!;
       const orderKey = `${pair.terminalKey.deviceId}/${t.orderRef}`;
@@ -946,9 +980,14 @@ function verify(v: VerifyInput): ChaosReport {
         continue;
       }
       if (t.outcome !== row.status) problem(`payment ${t.paymentId}: the terminal learned ${t.outcome}, the database says ${row.status}`);
-      // Every result reached both devices, once, the same.
+      const p = JSON.parse(row.state) as Payment;
+      // Every result reached both devices, once, the same: as the answer to the device's own
+      // message that ended the payment, or pushed when the other device or a deadline ended it.
       const seen: string[] = [];
-      for (const sim of [pair.terminal!, pair.phone!]) {
+      for (const [sim, role] of [
+        [pair.terminal!, "terminal"],
+        [pair.phone!, "phone"],
+      ] as const) {
         const rec = sim.results.get(t.paymentId);
         if (rec === undefined) {
           problem(`${sim.label} never received the result of ${t.paymentId} (${row.status})`);
@@ -958,11 +997,16 @@ function verify(v: VerifyInput): ChaosReport {
         if (new Set(rec.bodies).size > 1) problem(`${sim.label} received ${new Set(rec.bodies).size} different results for ${t.paymentId}: ${rec.bodies.join(" / ")}`);
         else if (rec.msgIds.length > 1) problem(`${sim.label} received the result of ${t.paymentId} in ${rec.msgIds.length} messages (ids ${rec.msgIds.join(", ")})`);
         if (rec.status !== row.status) problem(`${sim.label} was told ${t.paymentId} ended ${rec.status}; the database says ${row.status}`);
+        const want = resultCarrier(role, row.status, p.reason);
+        const how = rec.answered[0] ?? null;
+        const says = (carrier: string | null) => (carrier === null ? "pushed" : `as the answer to its ${carrier}`);
+        if (want !== undefined && how !== want) problem(`${sim.label} received the result of ${t.paymentId} (${row.status}) ${says(how)}, expected ${says(want)}`);
+        if (how === null) checked.resultsPushed = (checked.resultsPushed ?? 0) + 1;
+        else checked.resultsAsAnswers = (checked.resultsAsAnswers ?? 0) + 1;
         seen.push(rec.bodies[0]!);
       }
       if (seen.length === 2 && seen[0] !== seen[1]) problem(`terminal and phone were told different results for ${t.paymentId}: ${seen[0]} / ${seen[1]}`);
       // Nothing happened that the phone did not ask for.
-      const p = JSON.parse(row.state) as Payment;
       if (row.status === "completed" && !pair.executed.has(t.paymentId)) problem(`payment ${t.paymentId} completed, but its phone never sent payment_execute`);
       if (row.status === "completed" && p.mode === "prompt" && !pair.approved.has(t.paymentId)) problem(`prompted payment ${t.paymentId} completed, but its phone never approved it`);
       if (row.status === "declined" && !pair.declined.has(t.paymentId)) problem(`payment ${t.paymentId} was declined, but its phone never declined it`);

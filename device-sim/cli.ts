@@ -11,7 +11,7 @@ import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { PhoneAgent, pay, type PromptAnswer } from "./agents.ts";
-import { STEP_TEXT, codeBox, limitsText } from "./present.ts";
+import { STEP_TEXT, acceptedText, codeBox, limitsText } from "./present.ts";
 import { Device, type Received } from "./device.ts";
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
@@ -170,7 +170,7 @@ function describe(m: Received): string | null {
   const money = () => formatAmount(b.amountMinor as number, b.currency as string);
   if (m.type === "payment_state" || m.type === "payment_prompt" || m.type === "agreements") return null; // narrated elsewhere
   if (m.type === "payment_task") return `paying ${money()} to ${b.merchantName as string}…`;
-  if (m.type === "payment_result") return `${String(b.status).toUpperCase()}${b.reason ? ` (${b.reason as string})` : ""}: ${money()} to ${b.merchantName as string}, from ${b.terminalName as string}`;
+  if (m.type === "payment_result") return `${String(b.status).toUpperCase()}${b.reason && b.reason !== b.status ? ` (${b.reason as string})` : ""}: ${money()} to ${b.merchantName as string}, from ${b.terminalName as string}`;
   if (m.type === "payment_update") return `${b.paymentId as string}: ${STEP_TEXT[b.step as string] ?? (b.step as string)}`;
   if (m.type === "unbound") return `unbound from ${(b.terminalName as string | null) ?? "a terminal"} (${b.agreementId as string}, by ${b.by as string})`;
   if (m.type === "bound") return `bound to ${b.terminalName as string} (${b.agreementId as string})`;
@@ -385,17 +385,24 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
         ...(values["idempotency-key"] ? { idempotencyKey: values["idempotency-key"] } : {}),
         ...(values.description ? { description: values.description } : {}),
       },
-      (step, m) => out(`${stamp()}  ${STEP_TEXT[step] ?? step}${step === "accepted" ? ` ${m.body.paymentId} (${m.body.mode === "auto" ? "auto-confirm" : "the phone will be asked"})` : ""}`),
+      // The answer says what the broker did with the request; updates follow only for later steps.
+      (step, m) => out(`${stamp()}  ${step === "accepted" ? `accepted ${String(m.body.paymentId)}: ${acceptedText(m.body)}` : (STEP_TEXT[step] ?? step)}`),
     );
     if (outcome.kind === "rejected") throw new OperationError(`${outcome.code}: ${outcome.detail}`);
     const r = outcome.result;
-    out(`${stamp()}  ${r.status.toUpperCase()}${r.reason ? ` (${r.reason})` : ""}: ${formatAmount(r.amountMinor, r.currency)} to ${r.merchantName}${r.transferId ? `, transfer ${r.transferId}` : ""} — ${Date.now() - started} ms`);
+    out(`${stamp()}  ${r.status.toUpperCase()}${r.reason && r.reason !== r.status ? ` (${r.reason})` : ""}: ${formatAmount(r.amountMinor, r.currency)} to ${r.merchantName}${r.transferId ? `, transfer ${r.transferId}` : ""} — ${Date.now() - started} ms`);
     return r.status === "completed" ? 0 : 1;
   }
   if (verb === "cancel" || verb === "status") {
     const paymentId = need("a payment id");
     const reply = verb === "cancel" ? await device.request("payment_cancel", { paymentId }) : await device.request("payment_status", { paymentId });
     if (reply.type === "error") throw new OperationError(failure(reply));
+    if (reply.type === "payment_result") {
+      // A cancel ends the payment: it is answered by the payment's result.
+      const r = reply.body as { status: string; amountMinor: number; currency: string; merchantName: string };
+      out(`${paymentId}: ${r.status}, ${formatAmount(r.amountMinor, r.currency)} to ${r.merchantName}`);
+      return 0;
+    }
     const p = reply.body.payment as { status: string; amountMinor: number; currency: string; merchantName: string; reason: string | null };
     out(`${paymentId}: ${p.status}${p.reason ? ` (${p.reason})` : ""}, ${formatAmount(p.amountMinor, p.currency)} to ${p.merchantName}`);
     for (const e of reply.body.events as { seq: number; kind: string; atMs: number }[]) out(`  #${e.seq} ${new Date(e.atMs).toISOString().slice(11, 23)} ${e.kind}`);

@@ -41,7 +41,7 @@
  * it. The runner ends with a ledger step: every wallet and merchant moved by exactly the
  * payments expected to complete, and each currency's balances sum to zero.
  */
-import { STEP_TEXT, codeBox, limitsText } from "./present.ts";
+import { STEP_TEXT, acceptedText, codeBox, limitsText } from "./present.ts";
 import { randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { z } from "zod";
@@ -345,6 +345,8 @@ export type ScenarioEvent =
       readonly type: string;
       readonly text: string;
       readonly body: Record<string, unknown>;
+      /** A broker message that answers one of this device's own (it carries `re`): that message's type. Absent when pushed. */
+      readonly answers?: string;
     }
   | { readonly event: "note"; readonly t: number; readonly column: Column; readonly device: string; readonly deviceName: string; readonly text: string }
   | { readonly event: "step_end"; readonly t: number; readonly index: number; readonly name: string; readonly expected: string; readonly actual: string; readonly ok: boolean; readonly skipped?: string };
@@ -417,6 +419,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 /** A Device that tells the runner what it sends, so the narration shows both directions. */
 class NarratedDevice extends Device {
+  /** The type of every message this device sent, by id: what an answer (`re`) answers. */
   readonly sentTypes = new Map<string, string>();
   constructor(
     options: DeviceOptions,
@@ -548,15 +551,20 @@ export async function runScenario(s: Scenario, target: ScenarioTarget, onEvent: 
       const text = describeUp(type, body);
       if (text !== null) deviceEvent({ event: "message", t: t(), column, device: spec.id, deviceName: spec.name, dir: "up", type, text, body });
     });
+    // A terminal told the same payment id again (a retried request) hears of a payment it knows.
+    const acceptedIds = new Set<string>();
     device.on("message", (m) => {
+      const again = m.type === "payment_accepted" && acceptedIds.has(m.body.paymentId as string);
+      if (m.type === "payment_accepted") acceptedIds.add(m.body.paymentId as string);
       if (m.type === "payment_result" && column === "phone") phoneResults(m.body.paymentId as string).resolve();
       if (m.type === "payment_prompt") {
         const e = prompts(m.body.paymentId as string);
         e.count++;
         e.arrived.resolve(m.body.deadlineMs as number);
       }
-      const text = describeDown(column, m, device.sentTypes, namesById);
-      if (text !== null) deviceEvent({ event: "message", t: t(), column, device: spec.id, deviceName: spec.name, dir: "down", type: m.type, text, body: m.body });
+      const text = describeDown(column, m, namesById, again);
+      const answers = m.re === undefined ? {} : { answers: device.sentTypes.get(m.re) ?? "an unknown message" };
+      if (text !== null) deviceEvent({ event: "message", t: t(), column, device: spec.id, deviceName: spec.name, dir: "down", type: m.type, text, body: m.body, ...answers });
     });
     const actor: Actor = { id: spec.id, name: spec.name, column, device };
     device.on("rejected", (reason) => note(actor, `dropped a broker message: ${reason}`));
@@ -848,7 +856,9 @@ export async function runScenario(s: Scenario, target: ScenarioTarget, onEvent: 
     note(r.terminal, "(the user changes their mind and cancels on the terminal)");
     const reply = await r.terminal.device.request("payment_cancel", { paymentId: a.paymentId });
     if (reply.type === "error") return `rejected:${(reply.body as { code: string }).code}`;
-    return String((reply.body.payment as { status: string }).status);
+    // A cancel ends the payment: its answer is the terminal's payment_result.
+    if (reply.type !== "payment_result") return `answered with ${reply.type}, not payment_result`;
+    return String(reply.body.status);
   }
 
   async function retry(step: z.output<typeof retryStep>): Promise<string> {
@@ -972,7 +982,7 @@ function describeUp(type: string, b: Record<string, unknown>): string | null {
   }
 }
 
-function describeDown(column: Column, m: Received, sent: Map<string, string>, names: Map<string, string>): string | null {
+function describeDown(column: Column, m: Received, names: Map<string, string>, again: boolean): string | null {
   const b = m.body;
   switch (m.type) {
     case "bind_code":
@@ -983,11 +993,8 @@ function describeDown(column: Column, m: Received, sent: Map<string, string>, na
         : `← bound to ${String(b.terminalName)} (agreement ${short(b.agreementId)})`;
     case "unbound":
       return `← unbound${column === "phone" && b.terminalName ? ` from ${String(b.terminalName)}` : ""} (by the ${String(b.by)})`;
-    case "payment_accepted": {
-      const st = b.status as string;
-      const how = st === "awaiting_confirmation" ? "asking the phone" : st === "executing" ? (b.mode === "auto" ? "auto-confirmed" : "confirmed") : `already ${st}`;
-      return `← accepted ${short(b.paymentId)}: ${how}`;
-    }
+    case "payment_accepted":
+      return again ? `← the same payment ${short(b.paymentId)}: ${acceptedText(b, true)}` : `← accepted ${short(b.paymentId)}: ${acceptedText(b)}`;
     case "payment_update":
       return `← ${STEP_TEXT[b.step as string] ?? String(b.step)}`;
     case "payment_prompt": {
@@ -998,11 +1005,9 @@ function describeDown(column: Column, m: Received, sent: Map<string, string>, na
       return `← task: pay ${money(b)} to ${String(b.merchantName)}`;
     case "payment_result":
       return `← ${String(b.status).toUpperCase()}${b.reason && b.reason !== b.status ? ` (${String(b.reason)})` : ""}: ${money(b)} to ${String(b.merchantName)}`;
-    case "payment_state": {
-      // Replies to the phone's own answers are noise; a cancel's reply is the terminal's news.
-      if (m.re === undefined || sent.get(m.re) !== "payment_cancel") return null;
-      return `← ${String((b.payment as { status: string }).status)}`;
-    }
+    case "payment_state":
+      // Only payment_status (and prompt_received) are answered by a state: the step narrates what it learns.
+      return null;
     case "error":
       return `← refused: ${String(b.code)} — ${String(b.detail)}`;
     default:

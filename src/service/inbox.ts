@@ -55,8 +55,17 @@ export interface TxContext {
 export interface HandlerContext extends TxContext {
   readonly device: DeviceRow;
   readonly msg: Payload;
-  reply<T extends DownType>(type: T, body: DownBody<T>): void;
+  /**
+   * The answer to this message (it carries `re`). `msgId` names it when it must be found again,
+   * as `send` does: a task that answers the approval is withdrawn like a pushed one.
+   */
+  reply<T extends DownType>(type: T, body: DownBody<T>, msgId?: string): void;
+  /** Whether this handler has already answered. */
+  readonly replied: boolean;
 }
+
+/** Runs when a device's PUBACK (or `ack`) marked one of its outbox messages delivered, in the same transaction. */
+export type DeliveryHook = (ctx: TxContext, deviceId: string, msgId: string) => void;
 
 /** Work the broker starts itself (a deadline firing), run in the next batch like a message. */
 interface Job {
@@ -104,6 +113,7 @@ export class Inbox {
   readonly #replay: ReplayRepo;
   readonly #outbox: OutboxRepo;
   readonly #handlers = new Map<string, Handler>();
+  readonly #deliveryHooks: { readonly matches: (msgId: string) => boolean; readonly run: DeliveryHook }[] = [];
   #queue: Pending[] = [];
   #jobs: Job[] = [];
   #receipts: Receipt[] = [];
@@ -129,6 +139,23 @@ export class Inbox {
   /** Registers the handler of an up message type (its body is already schema-checked). */
   on(type: string, handler: Handler): void {
     this.#handlers.set(type, handler);
+  }
+
+  /**
+   * Registers work to do when a message is confirmed delivered (the first receipt only): it
+   * runs in the receipt's transaction, in its own savepoint, and may send via the outbox.
+   */
+  onDelivered(matches: (msgId: string) => boolean, run: DeliveryHook): void {
+    this.#deliveryHooks.push({ matches, run });
+  }
+
+  /** The delivery hooks for one confirmed message, each as a job in the current transaction. */
+  #afterDelivery(deviceId: string, msgId: string, nowMs: number): OutboxRow[] {
+    const rows: OutboxRow[] = [];
+    for (const hook of this.#deliveryHooks) {
+      if (hook.matches(msgId)) rows.push(...this.#runJob({ label: "delivered", run: (ctx) => hook.run(ctx, deviceId, msgId) }, nowMs));
+    }
+    return rows;
   }
 
   /** Queues a message from an authenticated connection; `done` runs once it is answered. */
@@ -256,7 +283,9 @@ export class Inbox {
     if (verified.length === 0 && jobs.length === 0 && receipts.length === 0) return [];
     const rows: OutboxRow[] = [];
     db.transaction(() => {
-      for (const r of receipts) this.#outbox.markDelivered(r.deviceId, r.msgId, nowMs);
+      for (const r of receipts) {
+        if (this.#outbox.markDelivered(r.deviceId, r.msgId, nowMs)) rows.push(...this.#afterDelivery(r.deviceId, r.msgId, nowMs));
+      }
       for (const v of verified) rows.push(...this.#handleOne(v, nowMs, direct));
       for (const job of jobs) rows.push(...this.#runJob(job, nowMs));
     }).immediate();
@@ -279,8 +308,11 @@ export class Inbox {
       // Receipts are idempotent: applied without replay memory and never answered (a bad one is).
       const body = upBodies.ack.safeParse(payload.body);
       if (!body.success) return answerNow("invalid_body", bodyProblem(body.error));
-      for (const id of body.data.ids) this.#outbox.markDelivered(v.device.id, id, nowMs);
-      return [];
+      const rows: OutboxRow[] = [];
+      for (const id of body.data.ids) {
+        if (this.#outbox.markDelivered(v.device.id, id, nowMs)) rows.push(...this.#afterDelivery(v.device.id, id, nowMs));
+      }
+      return rows;
     }
     // The answer to a message leaves before anything the message caused (progress, results).
     const replies: Outgoing[] = [];
@@ -303,7 +335,10 @@ export class Inbox {
           device: v.device,
           msg: payload,
           db,
-          reply: (type, b) => replies.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs)),
+          reply: (type, b, msgId) => replies.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs, msgId)),
+          get replied() {
+            return replies.length > 0;
+          },
           send: (to, type, b, msgId) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs, msgId)),
           withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
         };

@@ -10,11 +10,11 @@
  * returns, and turns its effects into numbered payment events and outbox messages.
  */
 import type { Logger } from "pino";
-import { resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent } from "../core/payment.ts";
+import { resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent, type ProgressStep } from "../core/payment.ts";
 import type { Agreement } from "../core/agreement.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { randomId } from "../crypto/random.ts";
-import type { UpBody } from "../protocol/messages.ts";
+import type { DownBody, UpBody } from "../protocol/messages.ts";
 import { AgreementRepo } from "../store/binding.ts";
 import type { Db } from "../store/db.ts";
 import { LedgerRepo } from "../store/ledger.ts";
@@ -37,6 +37,10 @@ export interface PaymentOptions {
   readonly isOnline?: (deviceId: string) => boolean;
 }
 
+/** The outbox names a payment's prompt and task `<paymentId>.prompt` / `.task`, to withdraw them when it ends. */
+const PROMPT_SUFFIX = ".prompt";
+const TASK_SUFFIX = ".task";
+
 export const PAYMENT_DEFAULTS = { promptMs: 120_000, taskMs: 60_000, maxConsecutiveAuto: 5, maxLivePerTerminal: 20, maxPromptsPerPhone: 5 } as const;
 
 export class Payments {
@@ -55,6 +59,16 @@ export class Payments {
   register(inbox: Inbox): void {
     inbox.on("pay_request", (ctx, body) => this.#payRequest(ctx, body as UpBody<"pay_request">));
     inbox.on("prompt_received", (ctx, body) => this.#phoneAction(ctx, (body as UpBody<"prompt_received">).paymentId, () => ({ kind: "prompt_received" })));
+    // The phone's PUBACK for the prompt is its receipt: the terminal hears "prompt_delivered"
+    // without a prompt_received message (which is still accepted, and then changes nothing).
+    inbox.onDelivered(
+      (msgId) => msgId.endsWith(PROMPT_SUFFIX),
+      (ctx, deviceId, msgId) => {
+        const record = this.#payments.get(msgId.slice(0, -PROMPT_SUFFIX.length));
+        if (record === null || record.payment.phoneId !== deviceId || record.payment.status !== "awaiting_confirmation") return;
+        this.#apply(ctx, record, { kind: "prompt_received" });
+      },
+    );
     inbox.on("payment_decline", (ctx, body) => this.#phoneAction(ctx, (body as UpBody<"payment_decline">).paymentId, () => ({ kind: "decline" })));
     inbox.on("payment_approve", (ctx, raw) => {
       const b = raw as UpBody<"payment_approve">;
@@ -76,7 +90,9 @@ export class Payments {
     inbox.on("payment_cancel", (ctx, raw) => {
       if (ctx.device.kind !== "terminal") throw new Refusal("wrong_device_kind", "only the terminal that asked may cancel a payment");
       const record = this.#own(ctx, (raw as UpBody<"payment_cancel">).paymentId);
-      ctx.reply("payment_state", { payment: this.#view(this.#apply(ctx, record, { kind: "cancel" })), events: [] });
+      // A cancel ends the payment: its answer is the terminal's payment_result.
+      const after = this.#apply(ctx, record, { kind: "cancel" }, ctx);
+      if (!ctx.replied) ctx.reply("payment_state", { payment: this.#view(after), events: [] });
     });
     inbox.on("payment_status", (ctx, raw) => {
       const b = raw as UpBody<"payment_status">;
@@ -148,14 +164,16 @@ export class Payments {
     this.#payments.insert(payment, { idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null });
     this.#saveAgreement(row.version, { ...agreement, usage: recordUsage(agreement.usage, b.amountMinor, mode.mode, ctx.nowMs), version: agreement.version + 1 });
     const record: PaymentRecord = { payment, idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null, seq: 0 };
-    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects) }));
+    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects, ctx) }));
   }
 
   /** A phone's answer about one of its payments. */
   #phoneAction(ctx: HandlerContext, paymentId: string, event: (p: Payment) => PaymentEvent): void {
     if (ctx.device.kind !== "phone") throw new Refusal("wrong_device_kind", `${ctx.msg.type} is sent by the payment's phone`);
     const record = this.#own(ctx, paymentId);
-    ctx.reply("payment_state", { payment: this.#view(this.#apply(ctx, record, event(record.payment))), events: [] });
+    // An approval is answered by the task, an ending by the result; anything else by the state.
+    const after = this.#apply(ctx, record, event(record.payment), ctx);
+    if (!ctx.replied) ctx.reply("payment_state", { payment: this.#view(after), events: [] });
   }
 
   /** The payment, if this device is its terminal or its phone. */
@@ -186,27 +204,41 @@ export class Payments {
     }
   }
 
-  /** Runs one event through the core and saves the outcome; returns the payment as it now is. */
-  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent): PaymentRecord {
+  /**
+   * Runs one event through the core and saves the outcome; returns the payment as it now is.
+   * `actor` is the device whose message this is, when there is one: see #effects.
+   */
+  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent, actor?: HandlerContext): PaymentRecord {
     const decision = step(record.payment, event, ctx.nowMs, this.#o.deadlines);
     if (!decision.ok) throw new Refusal(decision.code, decision.detail);
     if (decision.payment === record.payment) return record;
     this.#payments.save(decision.payment);
     const next = { ...record, payment: decision.payment };
-    return { ...next, seq: this.#effects(ctx, next, decision.effects) };
+    return { ...next, seq: this.#effects(ctx, next, decision.effects, actor) };
   }
 
-  /** Turns core effects into rows and outbox messages, in the order the core gave them. */
-  /** Returns the payment's last event number after the effects. */
-  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[]): number {
+  /**
+   * Turns core effects into rows and outbox messages, in the order the core gave them, and
+   * returns the payment's last event number after them. Every step is an event; the devices
+   * get as few messages as tell them everything (each one is signed and verified):
+   * - the terminal gets at most one payment_update per transaction, for the last step, and
+   *   none when the transaction answers its own message (the answer carries status and seq);
+   * - the device whose message (`actor`) sent the task or ended the payment gets the
+   *   payment_task or payment_result as the answer to that message, not as a second message.
+   */
+  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[], actor?: HandlerContext): number {
     const p = record.payment;
     let seq = record.seq;
+    let progress: { step: ProgressStep; seq: number } | null = null;
+    const toDevice = <T extends "payment_task" | "payment_result">(to: string, type: T, body: DownBody<T>, msgId?: string) => {
+      if (actor !== undefined && actor.device.id === to && !actor.replied) actor.reply(type, body, msgId);
+      else ctx.send(to, type, body, msgId);
+    };
     for (const e of effects) {
       switch (e.kind) {
         case "progress":
           seq = this.#payments.appendEvent(p.id, seq + 1, e.step, { status: p.status }, ctx.nowMs);
-          // "accepted" travels as the pay_request's reply; every later step is pushed.
-          if (e.step !== "accepted") ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq, step: e.step, status: p.status, atMs: ctx.nowMs });
+          progress = { step: e.step, seq };
           break;
         case "send_prompt":
           ctx.send(p.phoneId, "payment_prompt", {
@@ -220,7 +252,7 @@ export class Payments {
             terminalName: p.terminalName,
             description: record.description,
             deadlineMs: p.promptDeadlineMs!,
-          }, `${p.id}.prompt`);
+          }, `${p.id}${PROMPT_SUFFIX}`);
           // The outbox delivers the prompt when the phone connects; meanwhile the terminal knows.
           if (this.#o.isOnline !== undefined && !this.#o.isOnline(p.phoneId)) {
             seq = this.#payments.appendEvent(p.id, seq + 1, "waiting_for_phone", { status: p.status }, ctx.nowMs);
@@ -228,7 +260,7 @@ export class Payments {
           }
           break;
         case "send_task":
-          ctx.send(p.phoneId, "payment_task", { paymentId: p.id, seq, amountMinor: p.amountMinor, currency: p.currency, payee: p.merchantId, merchantName: p.merchantName, deadlineMs: p.taskDeadlineMs! }, `${p.id}.task`);
+          toDevice(p.phoneId, "payment_task", { paymentId: p.id, seq, amountMinor: p.amountMinor, currency: p.currency, payee: p.merchantId, merchantName: p.merchantName, deadlineMs: p.taskDeadlineMs! }, `${p.id}${TASK_SUFFIX}`);
           break;
         case "arm_deadline":
           this.#payments.arm(p.id, e.which, e.dueMs);
@@ -259,8 +291,9 @@ export class Payments {
         }
         case "result": {
           // A phone that was offline must not be asked about a payment that has ended.
-          ctx.withdraw(p.phoneId, `${p.id}.prompt`);
-          ctx.withdraw(p.phoneId, `${p.id}.task`);
+          ctx.withdraw(p.phoneId, `${p.id}${PROMPT_SUFFIX}`);
+          ctx.withdraw(p.phoneId, `${p.id}${TASK_SUFFIX}`);
+          progress = null; // the result says it all
           seq = this.#payments.appendEvent(p.id, seq + 1, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
           const body = {
             paymentId: p.id,
@@ -273,11 +306,15 @@ export class Payments {
             merchantName: p.merchantName,
             terminalName: p.terminalName,
           };
-          ctx.send(p.terminalId, "payment_result", body);
-          ctx.send(p.phoneId, "payment_result", body);
+          toDevice(p.terminalId, "payment_result", body);
+          toDevice(p.phoneId, "payment_result", body);
           break;
         }
       }
+    }
+    const terminalAsked = actor !== undefined && actor.device.id === p.terminalId;
+    if (progress !== null && !terminalAsked) {
+      ctx.send(p.terminalId, "payment_update", { paymentId: p.id, seq: progress.seq, step: progress.step as Exclude<ProgressStep, "accepted">, status: p.status, atMs: ctx.nowMs });
     }
     return seq;
   }

@@ -18,7 +18,12 @@ describe("chaos", () => {
     expect(report, replay).toMatchObject({ ok: true, kills: 5, lost: 0, doubled: 0 });
     expect(report.payments, replay).toBeGreaterThanOrEqual(20);
     expect(report.completed, replay).toBeGreaterThan(0);
-    // Every answered payment's result reached both devices.
+    // Every answered payment's result reached both devices, once each (problems names any copy):
+    // as the answer to the message that ended it (the phone's payment_execute or
+    // payment_decline, the terminal's payment_cancel), or pushed; and both ways were seen.
     expect(report.checked.resultsDelivered, replay).toBe(2 * report.payments);
+    expect(report.checked.resultsAsAnswers! + report.checked.resultsPushed!, replay).toBe(report.checked.resultsDelivered);
+    expect(report.checked.resultsAsAnswers, replay).toBeGreaterThan(0);
+    expect(report.checked.resultsPushed, replay).toBeGreaterThan(0);
   }, 150_000);
 });

@@ -58,6 +58,22 @@ const DEMO_OUTCOMES = [
   "rejected:not_bound",
 ];
 
+/**
+ * The broker messages one device column heard during a step, from the --json events: "type",
+ * or "type:step" for an update, with "← its <type>" when it answered that device's own message.
+ */
+function heard(lines: readonly string[], stepIndex: number, column: "terminal" | "phone"): string[] {
+  let step = -1;
+  const out: string[] = [];
+  for (const line of lines) {
+    const e = JSON.parse(line) as { event: string; index?: number; column?: string; dir?: string; type?: string; body?: { step?: string }; answers?: string };
+    if (e.event === "step") step = e.index!;
+    if (e.event !== "message" || step !== stepIndex || e.column !== column || e.dir !== "down") continue;
+    out.push(`${e.type!}${e.body?.step !== undefined ? `:${e.body.step}` : ""}${e.answers !== undefined ? ` ← its ${e.answers}` : ""}`);
+  }
+  return out;
+}
+
 let broker: TestBroker | null = null;
 afterEach(async () => {
   await broker?.stop();
@@ -80,6 +96,25 @@ describe("npm run demo", () => {
     expect(existsSync(summary.dataDir)).toBe(false);
     // --json: every line is one JSON object, none of them columns.
     for (const line of lines) expect(() => JSON.parse(line) as unknown, line).not.toThrow();
+
+    // Each device hears what it needs, once: the task and the result that answer its own
+    // message come as those answers, and the terminal hears no update its answer already told.
+    const events = lines.slice(0, -1);
+    // Step 2, auto-confirmed: the terminal's answer says so; then only the result.
+    expect(heard(events, 1, "terminal")).toEqual(["payment_accepted ← its pay_request", "payment_result"]);
+    expect(heard(events, 1, "phone")).toEqual(["payment_task", "payment_result ← its payment_execute"]);
+    // Step 3, prompted and approved: the phone's receipt (its PUBACK), then one update for the approval.
+    expect(heard(events, 2, "terminal")).toEqual(["payment_accepted ← its pay_request", "payment_update:prompt_delivered", "payment_update:executing", "payment_result"]);
+    expect(heard(events, 2, "phone")).toEqual(["payment_prompt", "payment_task ← its payment_approve", "payment_result ← its payment_execute"]);
+    // Step 4, declined: the decline is answered by the result.
+    expect(heard(events, 3, "terminal")).toEqual(["payment_accepted ← its pay_request", "payment_update:prompt_delivered", "payment_result"]);
+    expect(heard(events, 3, "phone")).toEqual(["payment_prompt", "payment_result ← its payment_decline"]);
+    // Step 6, expired: nobody's message ended it, so both get the result pushed.
+    expect(heard(events, 5, "terminal").at(-1)).toBe("payment_result");
+    expect(heard(events, 5, "phone").at(-1)).toBe("payment_result");
+    // Step 8, the cancel: answered by the terminal's result, and that is all the terminal hears.
+    expect(heard(events, 7, "terminal")).toEqual(expect.arrayContaining(["payment_result ← its payment_cancel"]));
+    expect(heard(events, 7, "terminal").filter((m) => m.startsWith("payment_result"))).toHaveLength(1);
   });
 
   it("narrates in two columns, terminal and phone, with the pairing code boxed and amounts in their currency", { timeout: 30_000 }, async () => {
@@ -91,6 +126,10 @@ describe("npm run demo", () => {
     // A phone line: the terminal column is empty, the phone column has the prompt.
     expect(text).toMatch(/^ +\d+\.\d{3} │ +│ ← Pay ¥128\.00 to Coffee Corner from Living room TV\?/m);
     expect(text).toMatch(/^ +\d+\.\d{3} │ ← refused: over_limit — ¥2,000\.00 is above/m);
+    // The answer to a request tells what the broker did with it: no update follows for that.
+    expect(text).toMatch(/^ +\d+\.\d{3} │ ← accepted pay_\S+: auto-confirmed within the +│/m);
+    expect(text).toMatch(/^ +\d+\.\d{3} │ ← accepted pay_\S+: prompt sent to the phone, +│/m);
+    expect(text).toMatch(/^ +\d+\.\d{3} │ ← the same payment pay_\S+: still waiting for the +│/m);
     expect(text).toContain("sum      all CNY accounts     ¥0.00");
     expect(lines.at(-1)).toMatch(/^✓ All 13 steps ended as expected/);
   });

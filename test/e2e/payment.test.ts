@@ -53,13 +53,20 @@ const errorCode = (m: Received) => {
   return (m.body as { code: string }).code;
 };
 
-/** The phone's side of the happy path: acknowledge, approve exactly what it showed, execute. */
-async function approveAndExecute(phone: Device, prompt: Received): Promise<void> {
+/** The phone's side of the happy path: approve exactly what it showed (answered by the task), execute it. */
+async function approveAndExecute(phone: Device, prompt: Received): Promise<Received> {
   const b = prompt.body as { paymentId: string; amountMinor: number; currency: string; merchantName: string; terminalName: string };
-  await phone.call("prompt_received", { paymentId: b.paymentId });
-  const task = phone.next("payment_task", 5000, (m) => m.body.paymentId === b.paymentId);
-  await phone.call("payment_approve", { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, merchantName: b.merchantName, terminalName: b.terminalName });
-  await execute(phone, await task);
+  const task = await phone.call("payment_approve", { paymentId: b.paymentId, amountMinor: b.amountMinor, currency: b.currency, merchantName: b.merchantName, terminalName: b.terminalName });
+  expect(task.type).toBe("payment_task");
+  expect(task.body.paymentId).toBe(b.paymentId);
+  return execute(phone, task);
+}
+
+/** Every message about payments (or a pong) a device receives from now on, in order. */
+function recordAll(device: Device): Received[] {
+  const all: Received[] = [];
+  device.on("message", (m) => (m.type.startsWith("payment_") || m.type === "pong") && all.push(m));
+  return all;
 }
 
 async function execute(phone: Device, task: Received): Promise<Received> {
@@ -76,18 +83,23 @@ describe("payment", () => {
   it("auto-confirms a small payment: the phone gets the task, executes, and both devices get the completed result", async () => {
     const w = await world();
     const task = w.phone.next("payment_task");
-    const steps: string[] = [];
-    w.terminal.on("message", (m) => m.type === "payment_update" && steps.push(m.body.step as string));
+    const toTerminal = recordAll(w.terminal);
+    const toPhone = recordAll(w.phone);
     const terminalResult = w.terminal.next("payment_result");
-    const phoneResult = w.phone.next("payment_result");
     const accepted = await w.pay(1280);
     expect(accepted.type).toBe("payment_accepted");
     expect(accepted.body).toMatchObject({ status: "executing", mode: "auto", amountMinor: 1280, currency: "CNY", merchantName: "Coffee Corner" });
-    await execute(w.phone, await task);
-    const [tr, pr] = await Promise.all([terminalResult, phoneResult]);
+    const executed = await execute(w.phone, await task);
+    const tr = await terminalResult;
     expect(tr.body).toMatchObject({ paymentId: accepted.body.paymentId, status: "completed", reason: null, amountMinor: 1280 });
-    expect(pr.body).toEqual(tr.body);
-    expect(steps).toEqual(["confirmed", "executing"]);
+    // The phone's result is the answer to its payment_execute, not a second message.
+    expect(executed.type).toBe("payment_result");
+    expect(executed.body).toEqual(tr.body);
+    await w.phone.request("ping", {});
+    await w.terminal.request("ping", {});
+    // Four messages down in all: the accepted answer already says "executing", so no payment_update.
+    expect(toTerminal.map((m) => m.type)).toEqual(["payment_accepted", "payment_result", "pong"]);
+    expect(toPhone.map((m) => m.type)).toEqual(["payment_task", "payment_result", "pong"]);
     expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000 - 1280);
     expect(new LedgerRepo(broker.db).transferForPayment(accepted.body.paymentId as string)?.amountMinor).toBe(1280);
     ledgerHolds();
@@ -98,16 +110,44 @@ describe("payment", () => {
     const prompt = w.phone.next("payment_prompt");
     const steps: string[] = [];
     w.terminal.on("message", (m) => m.type === "payment_update" && steps.push(m.body.step as string));
+    const toPhone = recordAll(w.phone);
+    const delivered = w.terminal.next("payment_update", 5000, (m) => m.body.step === "prompt_delivered");
     const result = w.terminal.next("payment_result");
     const accepted = await w.pay(12_800, { description: "Two flat whites" });
     expect(accepted.body).toMatchObject({ status: "awaiting_confirmation", mode: "prompt" });
     const p = await prompt;
     expect(p.body).toMatchObject({ amountMinor: 12_800, currency: "CNY", merchantName: "Coffee Corner", terminalName: "Living room TV", description: "Two flat whites" });
     expect(p.body.deadlineMs as number).toBeGreaterThan(Date.now() + 100_000);
-    await approveAndExecute(w.phone, p);
+    // The phone's PUBACK of the prompt is the receipt: no prompt_received is sent.
+    await delivered;
+    const executed = await approveAndExecute(w.phone, p);
+    expect(executed.type).toBe("payment_result");
     expect((await result).body).toMatchObject({ status: "completed" });
-    expect(steps).toEqual(["prompt_sent", "prompt_delivered", "confirmed", "executing"]);
-    ledgerHolds();
+    expect(executed.body).toEqual((await result).body);
+    await w.phone.request("ping", {});
+    expect(steps).toEqual(["prompt_delivered", "executing"]);
+    expect(toPhone.map((m) => m.type)).toEqual(["payment_prompt", "payment_task", "payment_result", "pong"]);
+  });
+
+  it("answers an approval sent twice with the same message id by the same task, and sends no second one", async () => {
+    const w = await world();
+    const prompt = w.phone.next("payment_prompt");
+    await w.pay(12_800);
+    const p = (await prompt).body;
+    const approval = { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName };
+    const answers: Received[] = [];
+    w.phone.on("message", (m) => m.re === "approve-once" && answers.push(m));
+    // Same id, same timestamp: the same bytes (Ed25519 signatures are deterministic), as a QoS 1 redelivery would be.
+    const same = { id: "approve-once", ts: Date.now() };
+    const first = await w.phone.request("payment_approve", approval, 5000, same);
+    w.phone.send("payment_approve", approval, same);
+    await w.phone.request("ping", {});
+    expect(first.type).toBe("payment_task");
+    // Handled afresh, the second approval would be answered payment_not_pending (a new message id);
+    // the stored answer is the same task, which the device drops as already seen.
+    expect(answers.map((m) => (m.type === "error" ? `error ${String(m.body.code)}` : m.type))).toEqual(["payment_task"]);
+    const events = (await w.phone.call("payment_status", { paymentId: p.paymentId })).body.events as { kind: string }[];
+    expect(events.filter((e) => e.kind === "confirmed")).toHaveLength(1);
   });
 
   it("ends the payment declined when the phone declines, and moves no money", async () => {
@@ -115,8 +155,10 @@ describe("payment", () => {
     const prompt = w.phone.next("payment_prompt");
     const result = w.terminal.next("payment_result");
     await w.pay(12_800);
-    await w.phone.call("payment_decline", { paymentId: (await prompt).body.paymentId });
+    const answer = await w.phone.call("payment_decline", { paymentId: (await prompt).body.paymentId });
+    expect(answer.type).toBe("payment_result");
     expect((await result).body).toMatchObject({ status: "declined", reason: "declined" });
+    expect(answer.body).toEqual((await result).body);
     expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
   });
 
@@ -143,7 +185,9 @@ describe("payment", () => {
     const phoneResult = w.phone.next("payment_result");
     const accepted = await w.pay(12_800);
     await prompt;
-    expect((await w.terminal.call("payment_cancel", { paymentId: accepted.body.paymentId })).body).toMatchObject({ payment: { status: "cancelled" } });
+    const cancelled = await w.terminal.call("payment_cancel", { paymentId: accepted.body.paymentId });
+    expect(cancelled.type).toBe("payment_result");
+    expect(cancelled.body).toMatchObject({ status: "cancelled", reason: "cancelled" });
     expect((await phoneResult).body).toMatchObject({ status: "cancelled", reason: "cancelled" });
     const p = (await prompt).body;
     expect(errorCode(await w.phone.request("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName }))).toBe("payment_not_pending");
@@ -317,9 +361,24 @@ describe("offline phone", () => {
     const prompt = again.next("payment_prompt");
     await again.connect();
     expect((await prompt).body.paymentId).toBe(accepted.body.paymentId);
+    // The PUBACK of the prompt on connect is the receipt the terminal hears about.
+    await w.terminal.next("payment_update", 5000, (m) => m.body.step === "prompt_delivered" && m.body.paymentId === accepted.body.paymentId);
+  });
+
+  it("still accepts prompt_received from a phone that sends it: answered with the state, nothing told twice", async () => {
+    const w = await world();
+    const steps: string[] = [];
+    w.terminal.on("message", (m) => m.type === "payment_update" && steps.push(m.body.step as string));
     const delivered = w.terminal.next("payment_update", 5000, (m) => m.body.step === "prompt_delivered");
-    await again.call("prompt_received", { paymentId: accepted.body.paymentId });
+    const prompt = w.phone.next("payment_prompt");
+    const accepted = await w.pay(12_800);
+    await prompt;
     await delivered;
+    const answer = await w.phone.call("prompt_received", { paymentId: accepted.body.paymentId });
+    expect(answer.type).toBe("payment_state");
+    expect(answer.body).toMatchObject({ payment: { status: "awaiting_confirmation" } });
+    await w.terminal.request("ping", {});
+    expect(steps).toEqual(["prompt_delivered"]);
   });
 
   it("gives both devices the expired result after the deadline, the phone on its next connect", async () => {

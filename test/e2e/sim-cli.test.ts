@@ -100,17 +100,58 @@ describe("phone simulator", () => {
 });
 
 describe("terminal simulator", () => {
-  it("pays from a typed command and shows every step up to the result", async () => {
+  /** What the simulator printed since `mark`, one entry a line, without the time stamps. */
+  const printedSince = (output: string, mark: number) =>
+    output
+      .slice(mark)
+      .trim()
+      .split("\n")
+      .map((l) => l.replace(/^\d\d:\d\d:\d\d\.\d{3} {2}/, ""));
+
+  it("pays from a typed command and shows every step it hears up to the result", async () => {
     const { files, terminal, phone } = await bound();
     await terminal.close();
     new PhoneAgent(phone, () => "approve");
     const t = sim(["terminal", "--key", files.terminal, "--login", "alice", "--merchant", "coffee-corner"]);
     await t.waitFor("type help for commands");
+
+    // Auto-confirmed: the answer says so, and the result is the only message after it.
+    let mark = t.output().length;
+    t.type("pay 12.80 CNY");
+    await t.waitFor("COMPLETED: ¥12.80 to Coffee Corner");
+    expect(printedSince(t.output(), mark)).toEqual([
+      expect.stringMatching(/^accepted \S+: auto-confirmed within the limits: the phone is paying…$/),
+      expect.stringMatching(/^COMPLETED: ¥12\.80 to Coffee Corner, transfer \S+ — \d+ ms$/),
+    ]);
+
+    // Prompted: the answer says the prompt was sent; the phone's receipt and its approval follow.
+    mark = t.output().length;
     t.type('pay 128 CNY --description "Two flat whites"');
-    for (const step of ["the phone will be asked", "asking the phone", "the phone shows the prompt", "confirmed", "the phone is paying", "COMPLETED: ¥128.00 to Coffee Corner"]) await t.waitFor(step);
+    await t.waitFor("COMPLETED: ¥128.00 to Coffee Corner");
+    expect(printedSince(t.output(), mark)).toEqual([
+      expect.stringMatching(/^accepted \S+: prompt sent to the phone, waiting for its answer$/),
+      "the phone shows the prompt",
+      "confirmed on the phone: the phone is paying…",
+      expect.stringMatching(/^COMPLETED: ¥128\.00 to Coffee Corner, transfer \S+ — \d+ ms$/),
+    ]);
+
     t.type("pay 2000 CNY");
     await t.waitFor("over_limit");
     t.type("help");
     await t.waitFor("cancel PAYMENT_ID");
+  });
+
+  it("cancels a payment the phone has not answered: the cancel is answered by the result", async () => {
+    const { files, terminal } = await bound();
+    await terminal.close();
+    // The phone is connected (its PUBACK is the receipt) but nobody answers the prompt.
+    const t = sim(["terminal", "--key", files.terminal, "--login", "alice", "--merchant", "coffee-corner"]);
+    await t.waitFor("type help for commands");
+    t.type("pay 128 CNY");
+    await t.waitFor("the phone shows the prompt");
+    const paymentId = /accepted (\S+): prompt sent/.exec(t.output())![1]!;
+    t.type(`cancel ${paymentId}`);
+    await t.waitFor(`${paymentId}: cancelled, ¥128.00 to Coffee Corner`);
+    await t.waitFor("CANCELLED: ¥128.00 to Coffee Corner");
   });
 });

@@ -3,9 +3,10 @@
  * code does. It checks the error table against ERROR_CODES (names and order), every message
  * type, CONNECT refusal and default limit it names, the currency table, the payment field
  * patterns against the body schemas, which device kind may send which message against the
- * real handlers, and every test vector against the real signing code and the broker's own
- * checks. When python3 with `cryptography` is installed, it also runs the document's Python
- * sketch against the vectors.
+ * real handlers, the answer each payment message gets and the auto and prompted flow diagrams
+ * against a real run of the handlers, and every test vector against the real signing code and
+ * the broker's own checks. When python3 with `cryptography` is installed, it also runs the
+ * document's Python sketch against the vectors and against payment messages of that run.
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -33,6 +34,7 @@ import { Inbox } from "../../src/service/inbox.ts";
 import { signedDown } from "../../src/service/outgoing.ts";
 import { PAYMENT_DEFAULTS, Payments } from "../../src/service/payments.ts";
 import { registerDevice } from "../../src/service/devices.ts";
+import { addMerchant, creditWallet } from "../../src/service/ledger.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { openDatabase } from "../../src/store/db.ts";
 import { DeviceRepo } from "../../src/store/devices.ts";
@@ -278,6 +280,135 @@ describe("docs/protocol.md: which device kind sends what, against the real handl
   });
 });
 
+/**
+ * The broker's handlers (binding and payments, no MQTT) running the auto-confirmed and the
+ * prompted flow of §Payments, then a decline, a cancel and a status query. Returns the answer
+ * type of each payment message, each flow as diagram lines, and the payment messages seen.
+ */
+async function runPaymentFlows() {
+  const nowMs = 1_767_225_600_000;
+  const db = openDatabase(":memory:");
+  try {
+    const keyring = new Keyring(new Map([[1, new Uint8Array(32).fill(7)]]), 1);
+    const log = pino({ level: "silent" });
+    const [terminal, phone] = (["terminal", "phone"] as const).map((kind, i) => {
+      const pair = keyPairFromSeed(new Uint8Array(32).fill(i + 1));
+      const res = registerDevice(db, keyring, { kind, name: kind, publicKey: toBase64(pair.publicKey), ...(kind === "phone" ? { userId: "alice" } : {}) }, nowMs);
+      if (!res.ok) throw new Error(res.error);
+      return { id: res.device.id, label: kind === "terminal" ? "T" : "P", signer: new Signer(pair) };
+    }) as [{ id: string; label: string; signer: Signer }, { id: string; label: string; signer: Signer }];
+    expect(addMerchant(db, { id: "coffee-corner", name: "Coffee Corner" }, nowMs)).toEqual({ ok: true });
+    expect(creditWallet(db, keyring, { userId: "alice", amountMinor: 1_000_000, currency: "CNY" }, nowMs).ok).toBe(true);
+
+    const sent: Uint8Array[] = [];
+    const inbox = new Inbox({ db, signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))), log, freshnessMs: FRESHNESS_MS, clock: () => nowMs, publish: (_to, bytes) => sent.push(bytes) });
+    const payments = new Payments(db, { keyring: () => keyring, log, deadlines: { promptMs: PAYMENT_DEFAULTS.promptMs, taskMs: PAYMENT_DEFAULTS.taskMs }, maxConsecutiveAuto: PAYMENT_DEFAULTS.maxConsecutiveAuto, maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal, maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone });
+    registerBinding(inbox, db, { keyring: () => keyring, log, pairingTtlMs: BINDING_DEFAULTS.pairingTtlMs, bindRequestsPerWindow: BINDING_DEFAULTS.bindRequestsPerWindow, bindWindowMs: BINDING_DEFAULTS.bindWindowMs, onUnbound: (ctx, id) => payments.endForAgreement(ctx, id) });
+    payments.register(inbox);
+
+    const label = (to: string) => (to === terminal.id ? "T" : "P");
+    /** A broker message as a diagram line: `B->T payment_update seq 3 step prompt_delivered re`. */
+    const line = (p: Payload) => {
+      const b = p.body as { seq?: unknown; step?: unknown };
+      return [`B->${label(p.to)} ${p.type}`, typeof b.seq === "number" ? `seq ${b.seq}` : "", typeof b.step === "string" ? `step ${b.step}` : "", p.re !== undefined ? "re" : ""].filter((x) => x !== "").join(" ");
+    };
+    const drain = async (): Promise<Payload[]> => {
+      await inbox.idle();
+      return sent.splice(0).map((bytes) => {
+        const parsed = parseEnvelope(bytes);
+        if (!parsed.ok) throw new Error(parsed.detail);
+        return parsed.msg.payload;
+      });
+    };
+    const answers = new Map<string, Set<string>>();
+    const seen: Payload[] = [];
+    let n = 0;
+    let flow: string[] = [];
+    const send = async (d: typeof terminal, type: string, body: Record<string, unknown>) => {
+      const id = `m${++n}`;
+      inbox.submit(d.id, sealEnvelope({ v: 1, type, id, from: d.id, to: BROKER_ID, ts: nowMs, body }, (b) => d.signer.sign(b)).bytes);
+      const out = await drain();
+      const answer = out.filter((p) => p.re === id);
+      expect(answer.map((p) => p.type), `${type} gets one answer`).toHaveLength(1);
+      if (answer[0]!.type === "error") throw new Error(`${type}: ${JSON.stringify(answer[0]!.body)}`);
+      if (/^(pay_|payment_|prompt_)/.test(type)) answers.set(type, (answers.get(type) ?? new Set()).add(answer[0]!.type));
+      flow.push(`${d.label}->B ${type}`, ...out.map(line));
+      seen.push(...out);
+      return { answer: answer[0]!, out };
+    };
+    const pay = async (amountMinor: number) =>
+      (await send(terminal, "pay_request", { login: "alice@tv", merchantId: "coffee-corner", amountMinor, currency: "CNY", orderRef: `order-${n}`, idempotencyKey: `key-${n}` })).answer.body.paymentId as string;
+    const pushed = (type: string, paymentId: string) => seen.filter((p) => p.type === type && (p.body as { paymentId?: string }).paymentId === paymentId).at(-1)!.body as Record<string, unknown>;
+    const echo = (b: Record<string, unknown>, keys: string[]) => Object.fromEntries(keys.map((k) => [k, b[k]]));
+
+    const code = (await send(terminal, "bind_request", { login: "alice@tv", terminal: { model: "TV", serial: "SN1", displayName: "Living room TV" } })).answer.body.code;
+    await send(phone, "bind_confirm", { code, limits: { currency: "CNY", autoConfirmMaxMinor: 2000, autoConfirmDailyMinor: 10_000, perPaymentMaxMinor: 100_000 } });
+
+    flow = [];
+    const autoId = await pay(1280);
+    await send(phone, "payment_execute", echo(pushed("payment_task", autoId), ["paymentId", "amountMinor", "currency", "payee"]));
+    const auto = flow;
+
+    flow = [];
+    const promptedId = await pay(12_800);
+    inbox.delivered(phone.id, `${promptedId}.prompt`); // the phone's PUBACK of the prompt
+    const afterPuback = await drain();
+    flow.push(...afterPuback.map(line));
+    seen.push(...afterPuback);
+    const task = (await send(phone, "payment_approve", echo(pushed("payment_prompt", promptedId), ["paymentId", "amountMinor", "currency", "merchantName", "terminalName"]))).answer;
+    await send(phone, "payment_execute", echo(task.body as Record<string, unknown>, ["paymentId", "amountMinor", "currency", "payee"]));
+    const prompted = flow;
+    flow = [];
+
+    const declinedId = await pay(12_800);
+    await send(phone, "prompt_received", { paymentId: declinedId });
+    await send(phone, "payment_decline", { paymentId: declinedId });
+    await send(terminal, "payment_cancel", { paymentId: await pay(1280) });
+    await send(terminal, "payment_status", { paymentId: autoId });
+    return { answers, flows: { "Auto-confirmed flow": auto, "Prompted flow": prompted }, seen };
+  } finally {
+    db.close();
+  }
+}
+
+const PAYMENT_RUN = runPaymentFlows();
+
+/** The messages of a flow diagram, as lines like those of runPaymentFlows (MQTT packets and notes left out). */
+function diagramLines(title: string): string[] {
+  const text = section("Messages");
+  const start = text.indexOf("```mermaid\n", text.indexOf(`**${title}**`));
+  const diagram = text.slice(start, text.indexOf("\n```\n", start));
+  return diagram.split("\n").flatMap((l) => {
+    const up = /^\s*([TP])->>B: ([a-z_]+)/.exec(l);
+    if (up !== null) return [`${up[1]}->B ${up[2]}`];
+    const down = /^\s*B-->>([TP]): ([a-z_]+)(.*)$/.exec(l);
+    if (down === null) return [];
+    const rest = down[3]!;
+    const seq = /\bseq (\d+)/.exec(rest)?.[1];
+    const step = /\bstep ([a-z_]+)/.exec(rest)?.[1];
+    return [[`B->${down[1]} ${down[2]}`, seq !== undefined ? `seq ${seq}` : "", step !== undefined ? `step ${step}` : "", /\bre = /.test(rest) ? "re" : ""].filter((x) => x !== "").join(" ")];
+  });
+}
+
+describe("docs/protocol.md §Payments: answers and flows, against a real run of the handlers", () => {
+  it("names as the answer of each payment message the type the broker answers it with", async () => {
+    const { answers } = await PAYMENT_RUN;
+    const rows = tableAfter(section("Messages"), "| message | sent by | answered with |");
+    expect(rows.map((r) => ticked(r[0]!)[0]).sort()).toEqual([...answers.keys()].sort());
+    for (const r of rows) {
+      const type = ticked(r[0]!)[0]!;
+      const actual = [...answers.get(type)!];
+      expect({ type, answers: actual }).toEqual({ type, answers: [ticked(r[2]!)[0]] });
+      expect(messageSection(type).replace(/\s+/g, " "), `§${type} says what answers it`).toContain(`Answered with \`${actual[0]}\``);
+    }
+  });
+
+  it.each(["Auto-confirmed flow", "Prompted flow"])("draws the %s with the messages, seq numbers, steps and answers the broker sends, in its order", async (title) => {
+    const { flows } = await PAYMENT_RUN;
+    expect(diagramLines(title)).toEqual(flows[title as keyof typeof flows]);
+  });
+});
+
 describe("docs/protocol.md §Errors: the answers column", () => {
   it("names only message types the protocol has", () => {
     const rows = tableAfter(section("Errors"), "| code | answers |");
@@ -479,19 +610,44 @@ print(json.dumps({
     "pong": d.open_broker_message(broker, me, pong),
     "pong tampered": d.open_broker_message(broker, me, pong.replace(b"hello", b"hellO")),
     "pong to another device": d.open_broker_message(broker, "d" + "a" * 19, pong),
+    "payments": {name: (d.answer_prompt(me, m["body"], name == "approve") if m["type"] == "payment_prompt" else d.next_payment_message(me, m)) for name, m in v["samples"].items()},
 }))
 `;
 
 describe("docs/protocol.md §A device in Python", () => {
-  it.skipIf(!HAS_PYTHON_CRYPTOGRAPHY)("reproduces the test vectors with the document's Python code", () => {
+  it.skipIf(!HAS_PYTHON_CRYPTOGRAPHY)("reproduces the test vectors, and answers payment messages that come pushed or as answers, with the document's Python code", async () => {
     const sketch = /```python\n([\s\S]*?)\n```/.exec(section("A device in Python"))?.[1];
     expect(sketch).toBeDefined();
+    expect(sketch, "the PUBACK is the prompt's receipt").not.toContain('"prompt_received"');
+    // Payment messages of the real run, addressed to the vector device: a task and a result
+    // come both ways, pushed (no `re`) and as the answer to the phone's own message.
+    const { seen } = await PAYMENT_RUN;
+    const pick = (type: string, answer: boolean) => ({ ...seen.find((p) => p.type === type && (p.re !== undefined) === answer)!, to: vec("device.id") });
+    const samples = { approve: pick("payment_prompt", false), decline: pick("payment_prompt", false), "task, pushed": pick("payment_task", false), "task, as the answer": pick("payment_task", true), "result, pushed": pick("payment_result", false), "result, as the answer": pick("payment_result", true) };
     const dir = mkdtempSync(join(tmpdir(), "hp-protocol-doc-"));
     try {
       writeFileSync(join(dir, "device.py"), sketch!);
-      const run = spawnSync("python3", ["-c", HARNESS, join(dir, "device.py")], { input: JSON.stringify(Object.fromEntries(VECTORS)), encoding: "utf8", timeout: 30_000 });
+      const run = spawnSync("python3", ["-c", HARNESS, join(dir, "device.py")], { input: JSON.stringify({ ...Object.fromEntries(VECTORS), samples }), encoding: "utf8", timeout: 30_000 });
       expect(run.stderr).toBe("");
-      expect(JSON.parse(run.stdout)).toEqual({
+      const out = JSON.parse(run.stdout) as Record<string, unknown> & { payments: Record<string, Payload | null> };
+      const pays = out.payments;
+      delete (out as Record<string, unknown>).payments;
+      const link = (p: Payload, keys: string[]) => Object.fromEntries(keys.map((k) => [k, (p.body as Record<string, unknown>)[k]]));
+      const execution = (task: Payload) => ({ type: "payment_execute", body: link(task, ["paymentId", "amountMinor", "currency", "payee"]) });
+      expect(Object.fromEntries(Object.entries(pays).map(([name, m]) => [name, m === null ? null : { type: m.type, body: m.body }]))).toEqual({
+        approve: { type: "payment_approve", body: link(samples.approve, ["paymentId", "amountMinor", "currency", "merchantName", "terminalName"]) },
+        decline: { type: "payment_decline", body: { paymentId: samples.decline.body.paymentId } },
+        "task, pushed": execution(samples["task, pushed"]),
+        "task, as the answer": execution(samples["task, as the answer"]),
+        "result, pushed": null,
+        "result, as the answer": null,
+      });
+      for (const m of Object.values(pays)) {
+        if (m === null) continue;
+        expect(payloadSchema.safeParse(m).success, JSON.stringify(m)).toBe(true);
+        expect({ from: m.from, to: m.to, body: upBodies[m.type as keyof typeof upBodies].safeParse(m.body).success }).toEqual({ from: vec("device.id"), to: BROKER_ID, body: true });
+      }
+      expect(out).toEqual({
         "device.public-key.hex": vec("device.public-key.hex"),
         "device.id": vec("device.id"),
         "token.password": vec("token.password"),
