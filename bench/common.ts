@@ -108,7 +108,7 @@ export interface ModeStats {
   readonly completed: number;
   /** Request sent (open loop: the flow's scheduled start) to result received, ms. */
   readonly latencyMs: Percentiles;
-  /** The same, to each step the terminal saw: accepted, prompt_delivered, confirmed, result. */
+  /** The same, to each step the terminal saw: accepted, prompt_delivered and executing (prompted), result. */
   readonly stepsMs: Record<string, Percentiles>;
 }
 

@@ -759,8 +759,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     const m = p.result.byMode;
     const step = (mode: "auto" | "prompt", k: string) => m[mode]?.stepsMs[k]?.p99 ?? "-";
     lines.push(
-      `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} confirmed ${step("auto", "confirmed")} result ${step("auto", "result")}` +
-        `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} confirmed ${step("prompt", "confirmed")} result ${step("prompt", "result")}` +
+      `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} result ${step("auto", "result")}` +
+        `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} executing ${step("prompt", "executing")} result ${step("prompt", "result")}` +
         `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow`,
     );
   }
