@@ -14,7 +14,7 @@ import { join, resolve } from "node:path";
 import { generateKeyPair, keyPairFromSeed, type KeyPair } from "../src/crypto/ed25519.ts";
 import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { Keyring } from "../src/crypto/keyring.ts";
-import { openDatabase, type Db } from "../src/store/db.ts";
+import { openDatabase, type Db, type OpenOptions } from "../src/store/db.ts";
 
 export const DB_FILE = "handoff.db";
 
@@ -26,8 +26,8 @@ export function ensureDataDir(dir: string): string {
   return abs;
 }
 
-export function openDataDb(dir: string): Db {
-  return openDatabase(join(dir, DB_FILE));
+export function openDataDb(dir: string, options: OpenOptions = {}): Db {
+  return openDatabase(join(dir, DB_FILE), options);
 }
 
 /**

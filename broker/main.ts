@@ -24,8 +24,11 @@ async function main(): Promise<number> {
   }
   const log = createLogger(cli.config.logLevel);
   let broker;
+  // The broker stops by itself only when the disk fails it: then the exit code says so.
+  let onFatal: () => void = () => {};
+  const fatal = new Promise<number>((resolve) => (onFatal = () => resolve(1)));
   try {
-    broker = await startBroker(cli.config, { log, masterKeyEnv: masterKeyFromEnv() });
+    broker = await startBroker(cli.config, { log, masterKeyEnv: masterKeyFromEnv(), onFatal: () => onFatal() });
   } catch (err) {
     const message = err instanceof DataDirError || (err as { code?: string }).code === "EADDRINUSE" ? (err as Error).message : String((err as Error).stack ?? err);
     log.fatal({ err: message }, "broker could not start");
@@ -33,7 +36,7 @@ async function main(): Promise<number> {
     process.stderr.write(`broker could not start: ${(err as Error).message}\n`);
     return 1;
   }
-  return new Promise<number>((resolve) => {
+  const stopped = new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
@@ -50,6 +53,7 @@ async function main(): Promise<number> {
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
+  return Promise.race([stopped, fatal]);
 }
 
 main().then(

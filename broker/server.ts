@@ -25,6 +25,7 @@ import { PairingRepo } from "../src/store/binding.ts";
 import { AdminEventFeed } from "../src/store/devices.ts";
 import { OutboxRepo } from "../src/store/outbox.ts";
 import { ReplayRepo } from "../src/store/replay.ts";
+import { WalSync } from "../src/store/wal-sync.ts";
 import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
 import { guardFrames } from "./frame-guard.ts";
 
@@ -33,6 +34,11 @@ export interface BrokerDeps {
   /** HANDOFF_MASTER_KEY's value, when the master key comes from the environment. */
   readonly masterKeyEnv?: string | undefined;
   readonly clock?: () => number;
+  /**
+   * The disk failed to sync a commit: the broker has stopped (nothing that depended on the
+   * commit left it). Absent: logged, and the broker stops.
+   */
+  readonly onFatal?: (err: Error) => void;
 }
 
 export interface BrokerHandle {
@@ -70,7 +76,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const loaded = loadKeyring(dataDir, deps.masterKeyEnv, (msg) => log.warn(msg));
     keyring = loaded.keyring;
     if (loaded.source === "created") log.info({ dataDir }, "created master key file master.key (mode 0600)");
-    db = openDataDb(dataDir);
+    // Commits are synced off the event loop (WalSync), and nothing leaves before its sync.
+    db = openDataDb(dataDir, { durability: "caller" });
     const identity = loadBrokerIdentity(dataDir);
     signer = new Signer(identity);
     publicKey = identity.publicKey;
@@ -100,6 +107,10 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       if (err) log.warn({ device: deviceId, err: errorSummary(err) }, "publish failed; the outbox keeps it for the next connect");
     });
   };
+  const walSync = new WalSync(`${db.name}-wal`, (err) => {
+    log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
+    void close().then(() => deps.onFatal?.(err));
+  });
   const inbox = new Inbox({
     db,
     signer,
@@ -108,6 +119,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     freshnessMs: config.freshnessMs,
     publish,
     rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
+    durable: walSync,
   });
   const payments = new Payments(db, {
     keyring: () => keyring,
@@ -275,6 +287,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     });
   }).catch(async (err: Error) => {
     await new Promise<void>((r) => aedes.close(() => r()));
+    walSync.close();
     db.close();
     lock.release();
     throw err;
@@ -379,6 +392,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       await new Promise<void>((r) => aedes.close(() => r()));
       await inbox.idle();
       await listenerClosed;
+      walSync.close();
       db.close();
       lock.release();
       log.info("broker stopped");

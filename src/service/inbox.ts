@@ -39,6 +39,18 @@ export interface InboxOptions {
   readonly maxBatch?: number;
   /** Per-device message rate limit; none when absent. */
   readonly rateLimiter?: RateLimiter;
+  /**
+   * When commits are not synced by SQLite itself (src/store/wal-sync.ts): everything a batch
+   * causes outside the database — answers, PUBACKs, CONNACKs — waits until its commit is on
+   * disk. Absent: the commit is durable when it returns (synchronous = FULL).
+   */
+  readonly durable?: Durability;
+}
+
+/** See InboxOptions.durable. */
+export interface Durability {
+  committed(): void;
+  afterDurable(fn: () => void): void;
 }
 
 /** What any work inside a batch transaction may do: write, and send messages via the outbox. */
@@ -188,8 +200,16 @@ export class Inbox {
   /** Publishes what the outbox still holds for a device, oldest first (on every (re)connect). */
   resendUndelivered(deviceId: string): number {
     const rows = this.#outbox.undelivered(deviceId);
-    for (const row of rows) this.#o.publish(row.deviceId, row.bytes, row.msgId);
+    // A row of the last batch may be committed but not yet on disk: it waits like its batch.
+    this.#afterDurable(() => {
+      for (const row of rows) this.#o.publish(row.deviceId, row.bytes, row.msgId);
+    });
     return rows.length;
+  }
+
+  #afterDurable(fn: () => void): void {
+    if (this.#o.durable === undefined) fn();
+    else this.#o.durable.afterDurable(fn);
   }
 
   /** Resolves when every submitted message has been answered. */
@@ -246,11 +266,17 @@ export class Inbox {
     for (const v of verified) finished.push(v.done);
     for (const job of jobs) if (job.after !== undefined) finished.push(() => job.after!(committedOk && job.ran === true));
 
-    for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.msgId);
-    for (const out of direct) this.#o.publish(out.to, out.bytes, null);
-    for (const done of finished) done();
-    this.#inFlight -= batch.length + jobs.length + receipts.length;
-    if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
+    if (committedOk && (verified.length > 0 || jobs.length > 0 || receipts.length > 0)) this.#o.durable?.committed();
+    const handled = batch.length + jobs.length + receipts.length;
+    // Nothing leaves before the batch's commit is on disk; answers that were not stored (refusals)
+    // wait too, so that a device's answers leave in the order its messages came.
+    this.#afterDurable(() => {
+      for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.msgId);
+      for (const out of direct) this.#o.publish(out.to, out.bytes, null);
+      for (const done of finished) done();
+      this.#inFlight -= handled;
+      if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
+    });
   }
 
   /** The checks that need no write. Returns the refusal to send, or the verified message. */

@@ -13,6 +13,12 @@ export type Db = Database.Database;
 export interface OpenOptions {
   readonly busyTimeoutMs?: number;
   readonly readonly?: boolean;
+  /**
+   * "commit" (the default): every COMMIT syncs the WAL before it returns (synchronous = FULL).
+   * "caller": COMMIT only writes the WAL (synchronous = NORMAL) and the caller must sync it
+   * (src/store/wal-sync.ts) before anything acts on a commit; the broker does, off the event loop.
+   */
+  readonly durability?: "commit" | "caller";
 }
 
 export function openDatabase(file: string, options: OpenOptions = {}): Db {
@@ -20,7 +26,7 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
   db.pragma(`busy_timeout = ${Math.trunc(options.busyTimeoutMs ?? 5000)}`);
   if (!options.readonly) {
     db.pragma("journal_mode = WAL");
-    db.pragma("synchronous = FULL");
+    db.pragma(options.durability === "caller" ? "synchronous = NORMAL" : "synchronous = FULL");
     // Each message runs in a savepoint, whose undo pages (the statement journal) SQLite spills to
     // a temporary file past 64 KiB: ~two syscalls per page changed. In memory they cost nothing.
     db.pragma("temp_store = MEMORY");

@@ -1,5 +1,6 @@
 /**
- * How the broker opens its database: durable commits (WAL, synchronous FULL), freed pages zeroed
+ * How the database is opened: durable commits (WAL, synchronous FULL, or NORMAL with the caller
+ * syncing the WAL: src/store/wal-sync.ts), freed pages zeroed
  * (secure_delete), and the per-message savepoints' undo pages kept in memory (temp_store), not
  * spilled to a temporary file with two write syscalls per page (docs/performance.md).
  */
@@ -24,6 +25,17 @@ describe("openDatabase", () => {
       expect(db.pragma("synchronous", { simple: true })).toBe(2); // FULL
       expect(db.pragma("secure_delete", { simple: true })).toBe(1);
       expect(db.pragma("temp_store", { simple: true })).toBe(2); // MEMORY
+    } finally {
+      db.close();
+    }
+  });
+
+  it("leaves the WAL's sync to the caller when asked (the broker syncs it off the event loop)", () => {
+    dir = tempDir("hp-db-");
+    const db = openDatabase(join(dir, "handoff.db"), { durability: "caller" });
+    try {
+      expect(db.pragma("journal_mode", { simple: true })).toBe("wal");
+      expect(db.pragma("synchronous", { simple: true })).toBe(1); // NORMAL
     } finally {
       db.close();
     }
