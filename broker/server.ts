@@ -26,6 +26,7 @@ import { AdminEventFeed } from "../src/store/devices.ts";
 import { OutboxRepo } from "../src/store/outbox.ts";
 import { ReplayRepo } from "../src/store/replay.ts";
 import { WalSync } from "../src/store/wal-sync.ts";
+import { Checkpointer } from "../src/store/checkpointer.ts";
 import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
 import { guardFrames } from "./frame-guard.ts";
 
@@ -111,6 +112,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
     void close().then(() => deps.onFatal?.(err));
   });
+  // Checkpoints too run off the event loop (a worker thread with its own connection).
+  const checkpointer = new Checkpointer(db, log);
   const inbox = new Inbox({
     db,
     signer,
@@ -287,6 +290,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     });
   }).catch(async (err: Error) => {
     await new Promise<void>((r) => aedes.close(() => r()));
+    await checkpointer.close();
     walSync.close();
     db.close();
     lock.release();
@@ -392,6 +396,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       await new Promise<void>((r) => aedes.close(() => r()));
       await inbox.idle();
       await listenerClosed;
+      await checkpointer.close();
       walSync.close();
       db.close();
       lock.release();
