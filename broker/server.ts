@@ -110,6 +110,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   };
   const walSync = new WalSync(`${db.name}-wal`, (err) => {
     log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
+    inbox.abandon();
     void close().then(() => deps.onFatal?.(err));
   });
   // Checkpoints too run off the event loop (a worker thread with its own connection).

@@ -23,10 +23,10 @@ export function tempDir(prefix = "hp-test-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-export async function startTestBroker(overrides: Partial<BrokerConfig> = {}, dataDir: string = tempDir()): Promise<TestBroker> {
+export async function startTestBroker(overrides: Partial<BrokerConfig> = {}, dataDir: string = tempDir(), onFatal?: (err: Error) => void): Promise<TestBroker> {
   const config = brokerConfig({}, {}, { port: 0, dataDir, logLevel: "silent", ...overrides });
   const log = pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
-  const handle = await startBroker(config, { log });
+  const handle = await startBroker(config, { log, ...(onFatal === undefined ? {} : { onFatal }) });
   const devices: Device[] = [];
   let userSeq = 0;
   return {

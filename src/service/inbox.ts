@@ -134,6 +134,7 @@ export class Inbox {
   /** Runs a function in a savepoint (a transaction when none is open); made once, used per message. */
   readonly #savepoint: <T>(fn: () => T) => T;
   #idleWaiters: (() => void)[] = [];
+  #abandoned = false;
 
   constructor(options: InboxOptions) {
     this.#o = options;
@@ -214,8 +215,17 @@ export class Inbox {
 
   /** Resolves when every submitted message has been answered. */
   idle(): Promise<void> {
-    if (this.#inFlight === 0) return Promise.resolve();
+    if (this.#inFlight === 0 || this.#abandoned) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /**
+   * The disk failed to sync (see `durable`): what waits for it will never be answered, and the
+   * broker is stopping. `idle()` resolves from now on, so the stop does not wait for it.
+   */
+  abandon(): void {
+    this.#abandoned = true;
+    for (const w of this.#idleWaiters.splice(0)) w();
   }
 
   #schedule(): void {

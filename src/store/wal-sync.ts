@@ -29,6 +29,7 @@ export class WalSync {
   /** Waiting for the next sync. */
   #next: (() => void)[] = [];
   #closed = false;
+  #failed = false;
 
   /**
    * `walPath`: the database's `-wal` file. `onFailure`: a failed fsync means the disk may not
@@ -46,6 +47,7 @@ export class WalSync {
 
   /** Calls `fn` once every commit made so far is on disk (at once if nothing waits to be). */
   afterDurable(fn: () => void): void {
+    if (this.#failed) return;
     if (this.#closed) return fn();
     if (this.#dirty) {
       this.#next.push(fn);
@@ -109,6 +111,9 @@ export class WalSync {
   }
 
   #fail(err: Error): void {
+    // For good: after a failed fsync the kernel may have dropped the dirty pages, and a later
+    // fsync can succeed without them ever reaching the disk. Nothing waiting is released again.
+    this.#failed = true;
     this.#current = [];
     this.#next = [];
     this.#onFailure(err);

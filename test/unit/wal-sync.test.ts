@@ -92,6 +92,24 @@ describe("WalSync", () => {
     expect(called).toBe(false);
     sync.close();
   });
+
+  it("stays failed: after a failed sync nothing is released again, even once a sync could succeed", async () => {
+    const path = join(walFile(), "..", "comes-later-wal");
+    const failures: Error[] = [];
+    const sync = new WalSync(path, (err) => failures.push(err));
+    sync.committed();
+    sync.afterDurable(() => {});
+    await until(() => failures.length === 1);
+    writeFileSync(path, "frames");
+    let called = false;
+    sync.committed();
+    sync.afterDurable(() => (called = true));
+    sync.afterDurable(() => (called = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(called).toBe(false);
+    expect(failures).toHaveLength(1);
+    sync.close();
+  });
 });
 
 describe("Inbox with a durability gate", () => {
@@ -116,6 +134,25 @@ describe("Inbox with a durability gate", () => {
     await idle;
     expect(published).toEqual(["device-1"]);
     expect(ran).toBe(true);
+    db.close();
+  });
+});
+
+describe("Inbox abandoned after a failed sync", () => {
+  it("resolves idle() at once, so the broker can stop without the answers that will never leave", async () => {
+    const db = openDatabase(":memory:");
+    const published: string[] = [];
+    const inbox = new Inbox({ db, signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))), log: pino({ level: "silent" }), freshnessMs: 30_000, clock: () => 1_767_225_600_000, publish: (to) => published.push(to), durable: { committed: () => {}, afterDurable: () => {} } });
+    inbox.internal("test", (ctx) => ctx.send("device-1", "pong", { brokerTs: ctx.nowMs }));
+    let idle = false;
+    void inbox.idle().then(() => (idle = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(idle).toBe(false);
+    inbox.abandon();
+    await new Promise((r) => setImmediate(r));
+    expect(idle).toBe(true);
+    await inbox.idle();
+    expect(published).toEqual([]);
     db.close();
   });
 });
