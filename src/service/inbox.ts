@@ -162,9 +162,13 @@ export class Inbox {
     this.#deliveryHooks.push({ matches, run });
   }
 
-  /** The delivery hooks for one confirmed message, each as a job in the current transaction. */
-  #afterDelivery(deviceId: string, msgId: string, nowMs: number): OutboxRow[] {
+  /**
+   * A receipt (PUBACK or `ack`): marks the message delivered and, the first time only, runs the
+   * delivery hooks that want it, each as a job in the current transaction.
+   */
+  #receipt(deviceId: string, msgId: string, nowMs: number): OutboxRow[] {
     const rows: OutboxRow[] = [];
+    if (!this.#outbox.markDelivered(deviceId, msgId, nowMs)) return rows;
     for (const hook of this.#deliveryHooks) {
       if (hook.matches(msgId)) rows.push(...this.#runJob({ label: "delivered", run: (ctx) => hook.run(ctx, deviceId, msgId) }, nowMs));
     }
@@ -319,16 +323,13 @@ export class Inbox {
     if (verified.length === 0 && jobs.length === 0 && receipts.length === 0) return [];
     const rows: OutboxRow[] = [];
     db.transaction(() => {
-      for (const r of receipts) {
-        if (this.#outbox.markDelivered(r.deviceId, r.msgId, nowMs)) rows.push(...this.#afterDelivery(r.deviceId, r.msgId, nowMs));
-      }
+      for (const r of receipts) rows.push(...this.#receipt(r.deviceId, r.msgId, nowMs));
       for (const v of verified) rows.push(...this.#handleOne(v, nowMs, direct));
       for (const job of jobs) rows.push(...this.#runJob(job, nowMs));
     }).immediate();
     return rows;
   }
 
-  /** One message, in its own savepoint. Returns the outbox rows to publish after the commit. */
   /**
    * One message, in its own savepoint (replay record included). Returns the outbox rows to
    * publish after the commit; answers that must not be stored go to `direct`.
@@ -344,11 +345,7 @@ export class Inbox {
       // Receipts are idempotent: applied without replay memory and never answered (a bad one is).
       const body = upBodies.ack.safeParse(payload.body);
       if (!body.success) return answerNow("invalid_body", bodyProblem(body.error));
-      const rows: OutboxRow[] = [];
-      for (const id of body.data.ids) {
-        if (this.#outbox.markDelivered(v.device.id, id, nowMs)) rows.push(...this.#afterDelivery(v.device.id, id, nowMs));
-      }
-      return rows;
+      return body.data.ids.flatMap((id) => this.#receipt(v.device.id, id, nowMs));
     }
     // The answer to a message leaves before anything the message caused (progress, results).
     const replies: Outgoing[] = [];

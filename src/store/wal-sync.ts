@@ -93,10 +93,8 @@ export class WalSync {
       this.#current = [];
       if (err) return this.#fail(err);
       for (const fn of waiting) fn();
-      if (this.#next.length > 0 && !this.#closed) {
-        if (this.#dirty) this.#start();
-        else for (const fn of this.#next.splice(0)) fn();
-      }
+      // Whoever waits for the next sync queued after a commit, so it has something to sync.
+      if (this.#next.length > 0 && !this.#closed) this.#start();
     });
   }
 
