@@ -54,7 +54,7 @@ import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo } from "../src/store/binding.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
-import { Device, type Received } from "./device.ts";
+import { RecordingDevice, type Received } from "./device.ts";
 import { newDeviceKey, type DeviceKey } from "./keyfile.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -306,16 +306,6 @@ interface ResultRecord {
   readonly answered: (string | null)[];
 }
 
-/** A Device that remembers the type of every message it sent, to tell what an answer answered. */
-class RecordingDevice extends Device {
-  readonly sentTypes = new Map<string, string>();
-
-  override send(type: string, body: Record<string, unknown>, overrides: Parameters<Device["send"]>[2] = {}): string {
-    const id = super.send(type, body, overrides);
-    this.sentTypes.set(id, type);
-    return id;
-  }
-}
 
 class SimDevice {
   readonly device: RecordingDevice;

@@ -241,3 +241,18 @@ export class Device extends EventEmitter<DeviceEvents> {
     }
   }
 }
+
+/**
+ * A Device that remembers the type of every message it sent, by id, so that an answer's `re`
+ * tells what it answers (a task or result may be pushed or be the answer to the device's own
+ * message). For tools that watch the protocol: the map grows with every message sent.
+ */
+export class RecordingDevice extends Device {
+  readonly sentTypes = new Map<string, string>();
+
+  override send(type: string, body: Record<string, unknown>, overrides: Partial<Payload> = {}): string {
+    const id = super.send(type, body, overrides);
+    this.sentTypes.set(id, type);
+    return id;
+  }
+}

@@ -54,7 +54,7 @@ import { addMerchant, creditWallet, MERCHANT_ID_RE, walletBalance } from "../src
 import type { Db } from "../src/store/db.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
 import { PhoneAgent, pay, type PayOutcome, type PromptAnswer } from "./agents.ts";
-import { Device, type DeviceOptions, type Received } from "./device.ts";
+import { RecordingDevice, type Device, type DeviceOptions, type Received } from "./device.ts";
 import { newDeviceKey } from "./keyfile.ts";
 
 // ─── The file format ──────────────────────────────────────────────────────────────────────
@@ -418,9 +418,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /** A Device that tells the runner what it sends, so the narration shows both directions. */
-class NarratedDevice extends Device {
-  /** The type of every message this device sent, by id: what an answer (`re`) answers. */
-  readonly sentTypes = new Map<string, string>();
+class NarratedDevice extends RecordingDevice {
   constructor(
     options: DeviceOptions,
     private readonly onSend: (type: string, body: Record<string, unknown>) => void,
@@ -430,9 +428,7 @@ class NarratedDevice extends Device {
 
   override send(type: string, body: Record<string, unknown>, overrides: Parameters<Device["send"]>[2] = {}): string {
     this.onSend(type, body);
-    const msgId = super.send(type, body, overrides);
-    this.sentTypes.set(msgId, type);
-    return msgId;
+    return super.send(type, body, overrides);
   }
 }
 
