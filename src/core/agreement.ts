@@ -3,7 +3,7 @@
  * terminal, the user and phone, the limits the user chose, and the usage so far.
  *
  * Pure: no clock, no randomness, no I/O. The service seals it with the master key before it
- * touches the database (src/service/agreements.ts).
+ * touches the database (src/service/sealing.ts).
  */
 import { CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR, isAmountMinor } from "./money.ts";
 

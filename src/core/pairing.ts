@@ -6,7 +6,7 @@
  * split): a wrong verifier is a wrong try against that one pairing, and the fifth voids it.
  * 20^4 = 160,000 verifiers and 5 tries give a guesser a 1 in 32,000 chance per live code.
  *
- * Pure: codes are drawn by the caller (src/crypto/codes.ts), time is passed in.
+ * Pure: codes are drawn by the caller (src/crypto/random.ts), time is passed in.
  */
 import type { ErrorCode } from "../protocol/errors.ts";
 
