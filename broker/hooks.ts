@@ -1,0 +1,116 @@
+/**
+ * Policy in Aedes' hooks: preConnect (what a CONNECT may ask for), authenticate (connect tokens,
+ * docs/protocol.md §Connecting), authorizePublish / authorizeSubscribe (the per-device topic ACL,
+ * §Topics and ACL), and a log line for each way a connection ends.
+ */
+import type { Aedes, Client } from "aedes";
+import type { Socket } from "node:net";
+import type { Logger } from "pino";
+import type { BrokerConfig } from "../src/config.ts";
+import { mayPublish, maySubscribe } from "../src/protocol/topics.ts";
+import { CONNECT_REFUSALS, type CheckedConnect, type ConnectAuthenticator, type ConnectRefusal } from "../src/service/connect.ts";
+import { errorSummary, type Inbox } from "../src/service/inbox.ts";
+
+export interface HookOptions {
+  readonly config: BrokerConfig;
+  readonly log: Logger;
+  readonly clock: () => number;
+  readonly inbox: Inbox;
+  readonly authenticator: ConnectAuthenticator;
+  /** A device subscribed to its own down topic (after every connect): send what it missed. */
+  readonly onDownSubscribed: (client: Client) => void;
+}
+
+export function installHooks(aedes: Aedes, o: HookOptions): void {
+  const { config, log, inbox, authenticator } = o;
+
+  aedes.preConnect = (client, packet, callback) => {
+    // Wills would let a device publish after it is gone, outside the signed envelope: none are kept.
+    if (packet.will) delete (packet as { will?: unknown }).will;
+    // Sessions are always clean: the outbox, not Aedes' memory, redelivers, once the device
+    // subscribes after connecting (docs/protocol.md §Delivery).
+    packet.clean = true;
+    // A silent connection must not live forever: keepalive 0 or above the limit becomes the limit,
+    // and Aedes drops a client silent for 1.5 times it.
+    if (!packet.keepalive || packet.keepalive > config.keepaliveLimitS) packet.keepalive = config.keepaliveLimitS;
+    callback(null, true);
+  };
+
+  aedes.authenticate = (client, username, password, callback) => {
+    const remote = remoteOf(client);
+    const refuse = (reason: ConnectRefusal) => {
+      const refusal = CONNECT_REFUSALS[reason];
+      log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
+      const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
+      callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
+    };
+    let checked: CheckedConnect;
+    try {
+      checked = authenticator.check(client.id, username, password, o.clock());
+    } catch (err) {
+      log.error({ err: errorSummary(err), clientId: client.id }, "connect check failed");
+      return refuse("unavailable");
+    }
+    if (!checked.ok) return refuse(checked.reason);
+    const device = checked.device;
+    // The token is consumed in the next group commit, with the messages of that turn: a storm of
+    // reconnects (after a broker restart) shares fsyncs instead of paying one per CONNECT.
+    let fresh = false;
+    inbox.internal(
+      "connect token",
+      () => {
+        fresh = authenticator.useToken(checked);
+      },
+      (committed) => {
+        if (!committed) return refuse("unavailable");
+        if (!fresh) return refuse("reused_token");
+        log.info({ device: device.id, kind: device.kind, remote }, "connection accepted");
+        callback(null, true);
+      },
+    );
+  };
+
+  aedes.authorizePublish = (client, packet, callback) => {
+    if (client === null) return callback(new Error("server-side publishes only"));
+    if (!mayPublish(client.id, packet.topic)) {
+      log.warn({ device: client.id, topic: packet.topic.slice(0, 200) }, "publish refused: not the device's own up topic; connection closed");
+      return callback(new Error("topic not allowed"));
+    }
+    packet.retain = false; // up messages are never retained
+    // Held until the message's transaction commits: the PUBACK then means "stored".
+    inbox.submit(client.id, packet.payload as Buffer, () => callback(null));
+  };
+
+  aedes.authorizeSubscribe = (client, sub, callback) => {
+    if (client === null || !maySubscribe(client.id, sub.topic)) {
+      log.warn({ device: client?.id, filter: sub.topic.slice(0, 200) }, "subscription refused: outside the device's own down topic");
+      return callback(null, null); // SUBACK 0x80 for this filter [MQTT-3.9.3]
+    }
+    callback(null, sub);
+  };
+
+  // Undelivered outbox messages go again once the device subscribes to its down topic (after
+  // every connect): sent earlier, a clean-session client would not receive them.
+  aedes.on("subscribe", (subscriptions, client) => {
+    if (client === null || !subscriptions.some((s) => (s.qos as number) !== 128 && maySubscribe(client.id, s.topic))) return;
+    o.onDownSubscribed(client);
+  });
+
+  aedes.on("clientDisconnect", (client) => log.info({ device: client.id }, "disconnected"));
+  const errorLogged = new WeakSet<Client>();
+  aedes.on("clientError", (client, err) => {
+    // A refused CONNECT was already logged, with its reason, by authenticate; and one line per
+    // client is enough (a drain timeout fires once for every message stuck behind it).
+    if ((err as { returnCode?: number }).returnCode !== undefined || errorLogged.has(client)) return;
+    errorLogged.add(client);
+    log.info({ device: client.id, err: err.message }, "client error; connection closed");
+  });
+  aedes.on("connectionError", (client, err) => log.info({ clientId: client?.id?.slice(0, 64), err: err.message, remote: remoteOf(client) }, "connection error"));
+  aedes.on("keepaliveTimeout", (client) => log.info({ device: client.id }, "keepalive timeout"));
+}
+
+/** The peer address of a client's connection (Aedes reads the TCP socket itself: `conn` is it). */
+export function remoteOf(client: Client | undefined | null): string | undefined {
+  const s = (client as unknown as { conn?: Partial<Socket> } | undefined | null)?.conn;
+  return s?.remoteAddress === undefined ? undefined : `${s.remoteAddress}:${s.remotePort}`;
+}
