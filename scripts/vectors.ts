@@ -12,7 +12,7 @@ import { createHash } from "node:crypto";
 import { keyPairFromSeed, Signer } from "../src/crypto/ed25519.ts";
 import { toBase32, toBase64 } from "../src/crypto/encoding.ts";
 import { deviceIdFor } from "../src/crypto/ids.ts";
-import { BROKER_ID, PROTOCOL_VERSION, sealEnvelope, type Payload } from "../src/protocol/envelope.ts";
+import { BROKER_ID, parseEnvelope, PROTOCOL_VERSION, sealEnvelope, type Payload } from "../src/protocol/envelope.ts";
 import { makeToken, tokenSignedBytes } from "../src/protocol/token.ts";
 import { signedDown } from "../src/service/outgoing.ts";
 
@@ -31,6 +31,8 @@ export const VECTOR_INPUTS = {
   /** The broker answers 42 ms later; its message ids are UUIDs. */
   pongTsMs: 1_767_225_600_042,
   pongId: "00000000-0000-4000-8000-000000000001",
+  /** A ping that names two ids: JSON.parse keeps the second, another parser may keep the first. */
+  duplicateIds: ["dup-0001", "dup-0002"],
 } as const;
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -58,6 +60,15 @@ export function computeVectors(): [label: string, value: string][] {
   const pongEnvelope = new TextDecoder().decode(pong.bytes);
   const pongText = (JSON.parse(pongEnvelope) as { payload: string }).payload;
 
+  // Signed correctly, and still refused: its id is ambiguous (§Envelope, member names).
+  const [firstId, secondId] = i.duplicateIds;
+  const dupText = JSON.stringify({ ...ping, id: firstId }).replace(`"id":"${firstId}",`, `"id":"${firstId}","id":"${secondId}",`);
+  const dupSig = toBase64(deviceSigner.sign(utf8.encode(dupText)));
+  const dupEnvelope = JSON.stringify({ payload: dupText, sig: dupSig });
+  const refused = parseEnvelope(utf8.encode(dupEnvelope));
+  if (refused.ok) throw new Error("the duplicate-id vector parses: the broker would handle it");
+  const dupAnswer = JSON.stringify({ code: refused.code, detail: refused.detail, inReplyTo: refused.id });
+
   return [
     ["device.seed.hex", hex(i.deviceSeed)],
     ["device.public-key.hex", hex(device.publicKey)],
@@ -79,6 +90,10 @@ export function computeVectors(): [label: string, value: string][] {
     ["pong.payload", pongText],
     ["pong.signature.base64", toBase64(brokerSigner.sign(utf8.encode(pongText)))],
     ["pong.envelope", pongEnvelope],
+    ["duplicate-id.payload", dupText],
+    ["duplicate-id.signature.base64", dupSig],
+    ["duplicate-id.envelope", dupEnvelope],
+    ["duplicate-id.error-body", dupAnswer],
   ];
 }
 

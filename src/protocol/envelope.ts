@@ -8,6 +8,7 @@
 import { z } from "zod";
 import { fromBase64, toBase64 } from "../crypto/encoding.ts";
 import type { ErrorCode } from "./errors.ts";
+import { checkMemberNames, describeNameProblem } from "./strict-json.ts";
 
 export const PROTOCOL_VERSION = 1 as const;
 export const BROKER_ID = "broker";
@@ -44,11 +45,16 @@ const utf8Strict = new TextDecoder("utf-8", { fatal: true });
 /** Parses an envelope's bytes: shape and version only, no signature. Never throws. */
 export function parseEnvelope(bytes: Uint8Array): ParseResult {
   let outer: unknown;
+  let outerText: string;
   try {
-    outer = JSON.parse(utf8Strict.decode(bytes));
+    outerText = utf8Strict.decode(bytes);
+    outer = JSON.parse(outerText);
   } catch {
     return { ok: false, code: "malformed", detail: "payload is not UTF-8 JSON", id: null };
   }
+  // Step 2 of §Envelope: JSON with a repeated or reserved member name is not JSON the broker reads.
+  const outerNames = checkMemberNames(outerText).first;
+  if (outerNames !== null) return { ok: false, code: "malformed", detail: `envelope: ${describeNameProblem(outerNames)}`, id: null };
   const o = outerSchema.safeParse(outer);
   if (!o.success) return { ok: false, code: "malformed", detail: "envelope must be {payload: string, sig: string}", id: null };
   let inner: unknown;
@@ -57,8 +63,13 @@ export function parseEnvelope(bytes: Uint8Array): ParseResult {
   } catch {
     return { ok: false, code: "malformed", detail: "envelope payload is not JSON text", id: null };
   }
-  const rawId = (inner as { id?: unknown } | null)?.id;
+  const names = checkMemberNames(o.data.payload);
+  // The id answers only when it is unambiguous: with two `id` members, a verifier that reads the
+  // first and JSON.parse, which keeps the last, would disagree on which message this is.
+  const rawId = names.repeatedAtTop.has("id") ? undefined : (inner as { id?: unknown } | null)?.id;
   const id = typeof rawId === "string" && MESSAGE_ID_RE.test(rawId) ? rawId : null;
+  // Step 4 of §Envelope, before the version (step 5): a repeated `v` must not pick a version.
+  if (names.first !== null) return { ok: false, code: "malformed", detail: `payload: ${describeNameProblem(names.first)}`, id };
   const version = (inner as { v?: unknown } | null)?.v;
   if (typeof inner === "object" && inner !== null && version !== PROTOCOL_VERSION && version !== undefined) {
     return { ok: false, code: "unsupported_version", detail: `protocol version must be ${PROTOCOL_VERSION}`, id };

@@ -552,7 +552,20 @@ describe("docs/protocol.md §Test vectors", () => {
     expect(new TextDecoder().decode(again.bytes)).toBe(vec("pong.envelope"));
   });
 
-  it("has a token and a ping that the broker's own checks accept, once each", async () => {
+  it("gives a correctly signed ping with two ids that the envelope parser refuses as malformed, tied to no id", () => {
+    const payloadText = vec("duplicate-id.payload");
+    expect(toBase64(signer.sign(utf8.encode(payloadText)))).toBe(vec("duplicate-id.signature.base64"));
+    expect(vec("duplicate-id.envelope")).toBe(JSON.stringify({ payload: payloadText, sig: vec("duplicate-id.signature.base64") }));
+    // Two ids, and apart from them the documented ping: JSON.parse keeps the second id.
+    expect([...payloadText.matchAll(/"id":"([^"]+)"/g)].map((m) => m[1])).toEqual(["dup-0001", "dup-0002"]);
+    expect(JSON.parse(payloadText)).toEqual({ ...(JSON.parse(vec("ping.payload")) as Payload), id: "dup-0002" });
+    const parsed = parseEnvelope(utf8.encode(vec("duplicate-id.envelope")));
+    expect(parsed).toEqual({ ok: false, code: "malformed", detail: expect.any(String), id: null });
+    const body = JSON.parse(vec("duplicate-id.error-body")) as unknown;
+    expect(downBodies.error.parse(body)).toEqual({ code: "malformed", detail: expect.stringContaining('"id"'), inReplyTo: null });
+  });
+
+  it("has a token and a ping that the broker's own checks accept, once each, and a ping with two ids it refuses", async () => {
     const ts = Number(vec("token.ts"));
     const nowMs = ts + 42;
     const db = openDatabase(":memory:");
@@ -581,6 +594,17 @@ describe("docs/protocol.md §Test vectors", () => {
       await inbox.idle();
       expect(sent).toHaveLength(2);
       expect(Buffer.from(sent[1]!.bytes).equals(Buffer.from(sent[0]!.bytes))).toBe(true);
+
+      // The signed ping with two ids: answered with the documented error body, and not handled.
+      inbox.submit(deviceId, utf8.encode(vec("duplicate-id.envelope")));
+      await inbox.idle();
+      expect(sent).toHaveLength(3);
+      const refusal = parseEnvelope(sent[2]!.bytes);
+      if (!refusal.ok) throw new Error(`the broker's refusal does not parse: ${refusal.detail}`);
+      expect(verify(brokerPair.publicKey, refusal.msg.payloadBytes, refusal.msg.signature)).toBe(true);
+      expect(refusal.msg.payload).toMatchObject({ type: "error", from: BROKER_ID, to: deviceId });
+      expect(refusal.msg.payload.re).toBeUndefined();
+      expect(JSON.stringify(refusal.msg.payload.body)).toBe(vec("duplicate-id.error-body"));
     } finally {
       db.close();
     }
