@@ -17,14 +17,21 @@ export interface HookOptions {
   readonly clock: () => number;
   readonly inbox: Inbox;
   readonly authenticator: ConnectAuthenticator;
-  /** A device subscribed to its own down topic (after every connect): send what it missed. */
-  readonly onDownSubscribed: (client: Client) => void;
+  /** A device's subscriptions changed (a SUBSCRIBE or UNSUBSCRIBE was granted). */
+  readonly onSubscriptionsChanged: (client: Client) => void;
 }
 
 export function installHooks(aedes: Aedes, o: HookOptions): void {
   const { config, log, inbox, authenticator } = o;
 
   aedes.preConnect = (client, packet, callback) => {
+    if (packet.protocolVersion !== 4) {
+      // MQTT 3.1 (level 3) is refused with CONNACK 1, unacceptable protocol level [MQTT-3.1.2-2]:
+      // Aedes answers so, and disconnects, for any level it does not know, so it is told this
+      // one is such a level. (MQTT 5, level 5, Aedes refuses by itself.)
+      log.warn({ remote: remoteOf(client), protocolVersion: packet.protocolVersion, returnCode: 1 }, "connection refused: only MQTT 3.1.1 (protocol level 4) is spoken");
+      if (packet.protocolVersion === 3) (packet as { protocolVersion: number }).protocolVersion = 0;
+    }
     // Wills would let a device publish after it is gone, outside the signed envelope: none are kept.
     if (packet.will) delete (packet as { will?: unknown }).will;
     // Sessions are always clean: the outbox, not Aedes' memory, redelivers, once the device
@@ -91,9 +98,11 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
 
   // Undelivered outbox messages go again once the device subscribes to its down topic (after
   // every connect): sent earlier, a clean-session client would not receive them.
-  aedes.on("subscribe", (subscriptions, client) => {
-    if (client === null || !subscriptions.some((s) => (s.qos as number) !== 128 && maySubscribe(client.id, s.topic))) return;
-    o.onDownSubscribed(client);
+  aedes.on("subscribe", (_subscriptions, client) => {
+    if (client !== null) o.onSubscriptionsChanged(client);
+  });
+  aedes.on("unsubscribe", (_unsubscriptions, client) => {
+    if (client !== null) o.onSubscriptionsChanged(client);
   });
 
   aedes.on("clientDisconnect", (client) => log.info({ device: client.id }, "disconnected"));

@@ -3,7 +3,7 @@
  *
  *   data-dir.ts      the data dir, database, identity and keyring
  *   hooks.ts         Aedes' hooks: CONNECT policy, connect tokens, the topic ACL, connection logs
- *   receipts.ts      publishing to devices, and PUBACKs as receipts
+ *   delivery.ts      what devices are sent, flow-controlled per connection; PUBACKs as receipts
  *   listener.ts      the TCP listener with its frame guard
  *   deadlines.ts     payment deadlines, polled from their rows
  *   housekeeping.ts  the bounded purge of what is no longer needed
@@ -34,7 +34,7 @@ import { Deadlines } from "./deadlines.ts";
 import { installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
 import { closeListener, listenMqtt } from "./listener.ts";
-import { installReceipts } from "./receipts.ts";
+import { Delivery } from "./delivery.ts";
 
 export interface BrokerDeps {
   readonly log: Logger;
@@ -116,11 +116,20 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     log,
     clock,
     freshnessMs: config.freshnessMs,
-    publish: (deviceId, bytes, outboxId) => publish(deviceId, bytes, outboxId),
+    publish: (deviceId, bytes, row) => delivery.publish(deviceId, bytes, row),
+    onReceipt: (deviceId, msgId) => delivery.receipted(deviceId, msgId),
     rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
     durable: walSync,
   });
-  const publish = installReceipts(aedes, inbox, log);
+  const outbox = new OutboxRepo(db);
+  const delivery = new Delivery({
+    aedes,
+    log,
+    undelivered: (deviceId, afterSeq, limit) => outbox.undelivered(deviceId, limit, afterSeq),
+    delivered: (deviceId, msgId) => inbox.delivered(deviceId, msgId),
+    afterDurable: (fn) => walSync.afterDurable(fn),
+    stallTimeoutMs: config.drainTimeoutMs,
+  });
   const payments = new Payments(db, {
     keyring: () => keyring,
     log,
@@ -146,10 +155,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     clock,
     inbox,
     authenticator: new ConnectAuthenticator(db, config.freshnessMs),
-    onDownSubscribed: (client) => {
-      const resent = inbox.resendUndelivered(client.id);
-      if (resent > 0) log.info({ device: client.id, resent }, "resent undelivered messages");
-    },
+    onSubscriptionsChanged: (client) => delivery.subscriptionsChanged(client),
   });
 
   let listening;
@@ -199,7 +205,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       dataDir,
       brokerPublicKey: toBase64(publicKey),
       keyVersions: keyring.versions,
-      undeliveredOutbox: new OutboxRepo(db).countUndelivered(),
+      undeliveredOutbox: outbox.countUndelivered(),
       armedDeadlines: paymentRepo.armedCount(),
     },
     `broker listening on mqtt://${address.address}:${address.port}`,

@@ -39,3 +39,15 @@ export function maySubscribe(deviceId: string, filter: string): boolean {
   }
   return true;
 }
+
+/** Whether an MQTT topic filter matches a topic name [MQTT-4.7]: `+` one level, `#` the rest (the parent level included). */
+export function filterMatches(filter: string, topic: string): boolean {
+  const f = filter.split("/");
+  const t = topic.split("/");
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === "#") return true;
+    if (i >= t.length) return false;
+    if (f[i] !== "+" && f[i] !== t[i]) return false;
+  }
+  return f.length === t.length;
+}

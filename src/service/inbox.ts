@@ -30,11 +30,13 @@ export interface InboxOptions {
   readonly freshnessMs: number;
   readonly clock: () => number;
   /**
-   * Hands a signed message to the transport (QoS 1 on the device's down topic). `outboxId` is
-   * the outbox row's message id, or null for a direct answer that is not stored: the transport
-   * reports the device's PUBACK for a stored one through `delivered()`.
+   * Hands a signed message to the transport (QoS 1 on the device's down topic). `row` is its
+   * outbox row, or null for a direct answer that is not stored: the transport reports the
+   * device's PUBACK for a stored one through `delivered()`.
    */
-  readonly publish: (deviceId: string, bytes: Uint8Array, outboxId: string | null) => void;
+  readonly publish: (deviceId: string, bytes: Uint8Array, row: OutboxRow | null) => void;
+  /** Hears of each receipt (PUBACK or `ack`) once its transaction is on disk. */
+  readonly onReceipt?: (deviceId: string, msgId: string) => void;
   /** Most messages handled in one transaction; the rest wait for the next turn. */
   readonly maxBatch?: number;
   /** Per-device message rate limit; none when absent. */
@@ -129,6 +131,8 @@ export class Inbox {
   #queue: Pending[] = [];
   #jobs: Job[] = [];
   #receipts: Receipt[] = [];
+  /** Receipts written by the batch being handled: the transport hears of them after its commit. */
+  #receipted: Receipt[] = [];
   #scheduled = false;
   #inFlight = 0;
   /** Runs a function in a savepoint (a transaction when none is open); made once, used per message. */
@@ -168,6 +172,7 @@ export class Inbox {
    */
   #receipt(deviceId: string, msgId: string, nowMs: number): OutboxRow[] {
     const rows: OutboxRow[] = [];
+    this.#receipted.push({ deviceId, msgId });
     if (!this.#outbox.markDelivered(deviceId, msgId, nowMs)) return rows;
     for (const hook of this.#deliveryHooks) {
       if (hook.matches(msgId)) rows.push(...this.#runJob({ label: "delivered", run: (ctx) => hook.run(ctx, deviceId, msgId) }, nowMs));
@@ -200,16 +205,6 @@ export class Inbox {
     this.#receipts.push({ deviceId, msgId });
     this.#inFlight++;
     this.#schedule();
-  }
-
-  /** Publishes what the outbox still holds for a device, oldest first (on every (re)connect). */
-  resendUndelivered(deviceId: string): number {
-    const rows = this.#outbox.undelivered(deviceId);
-    // A row of the last batch may be committed but not yet on disk: it waits like its batch.
-    this.#afterDurable(() => {
-      for (const row of rows) this.#o.publish(row.deviceId, row.bytes, row.msgId);
-    });
-    return rows.length;
   }
 
   #afterDurable(fn: () => void): void {
@@ -246,6 +241,7 @@ export class Inbox {
     const batch = this.#queue.splice(0, max);
     const jobs = this.#jobs.splice(0, max);
     const receipts = this.#receipts.splice(0);
+    this.#receipted = [];
     if (this.#queue.length > 0 || this.#jobs.length > 0) this.#schedule();
     const nowMs = this.#o.clock();
 
@@ -282,11 +278,15 @@ export class Inbox {
 
     if (committedOk && (verified.length > 0 || jobs.length > 0 || receipts.length > 0)) this.#o.durable?.committed();
     const handled = batch.length + jobs.length + receipts.length;
+    const receipted = committedOk ? this.#receipted : [];
+    this.#receipted = [];
     // Nothing leaves before the batch's commit is on disk; answers that were not stored (refusals)
     // wait too, so that a device's answers leave in the order its messages came.
     this.#afterDurable(() => {
-      for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.msgId);
+      // A stored answer sent again for a duplicate goes once more, outside the delivery window.
+      for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.again === true ? null : row);
       for (const out of direct) this.#o.publish(out.to, out.bytes, null);
+      if (this.#o.onReceipt !== undefined) for (const r of receipted) this.#o.onReceipt(r.deviceId, r.msgId);
       for (const done of finished) done();
       this.#inFlight -= handled;
       if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
@@ -355,7 +355,7 @@ export class Inbox {
         const digest = createHash("sha256").update(payloadBytes).digest();
         const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
         // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
-        if (seen === "duplicate") return this.#outbox.repliesTo(v.device.id, payload.id);
+        if (seen === "duplicate") return this.#outbox.repliesTo(v.device.id, payload.id).map((row) => ({ ...row, again: true }));
         // Not stored: it would otherwise be replayed as an answer to the original message.
         if (seen === "conflict") return answerNow("message_id_reused", ERROR_CODES.message_id_reused);
         const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs)];

@@ -12,6 +12,8 @@ export interface OutboxRow {
   readonly deviceId: string;
   readonly msgId: string;
   readonly bytes: Uint8Array;
+  /** Sent before: read again to answer a duplicate of the message it answers. */
+  readonly again?: true;
 }
 
 interface Raw {
@@ -32,8 +34,8 @@ export class OutboxRepo {
 
   constructor(db: Db) {
     this.#insert = db.prepare("INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms) VALUES (?, ?, ?, ?, ?)");
-    this.#undelivered = db.prepare<[string, number], Raw>(
-      "SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND delivered_ms IS NULL ORDER BY seq LIMIT ?",
+    this.#undelivered = db.prepare<[string, number, number], Raw>(
+      "SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND seq > ? ORDER BY seq LIMIT ?",
     );
     this.#replies = db.prepare<[string, string], Raw>("SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND re = ? ORDER BY seq");
     this.#delivered = db.prepare("UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND msg_id = ? AND delivered_ms IS NULL");
@@ -48,8 +50,9 @@ export class OutboxRepo {
     return { seq: Number(info.lastInsertRowid), deviceId: row.deviceId, msgId: row.msgId, bytes: row.bytes };
   }
 
-  undelivered(deviceId: string, limit = 1000): OutboxRow[] {
-    return this.#undelivered.all(deviceId, limit).map(fromRaw);
+  /** A device's undelivered messages, oldest first: those after `afterSeq`, at most `limit`. */
+  undelivered(deviceId: string, limit = 1000, afterSeq = 0): OutboxRow[] {
+    return this.#undelivered.all(deviceId, afterSeq, limit).map(fromRaw);
   }
 
   /** The replies already stored for a device's message: what a duplicate of it gets again. */
