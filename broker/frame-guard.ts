@@ -1,5 +1,7 @@
 /**
- * A byte limit on MQTT packets, which Aedes does not have.
+ * A byte limit on MQTT packets, which Aedes does not have, and the packet rules that are cheapest
+ * to enforce before Aedes parses anything: no QoS 2 PUBLISH, and a bounded number of SUBSCRIBE
+ * and UNSUBSCRIBE packets per connection (docs/protocol.md §Limits).
  *
  * guardFrames() lets Aedes read the TCP socket itself and watches the bytes on their way in:
  * node:net hands every chunk it reads from the kernel to the socket's push() (the Readable
@@ -26,6 +28,12 @@ export class PacketTooLarge extends Error {
   }
 }
 
+/** SUBSCRIBE and UNSUBSCRIBE packets one connection may send; a device needs one SUBSCRIBE. */
+export const MAX_SUBSCRIBES_PER_CONNECTION = 10;
+
+/** A packet the protocol does not allow (docs/protocol.md §Transport, §Limits). */
+export class PacketRefused extends Error {}
+
 /** Incremental scanner of MQTT packet boundaries; returns an Error as soon as a rule breaks. */
 export class FrameScanner {
   #state: "type" | "length" | "body" = "type";
@@ -33,8 +41,12 @@ export class FrameScanner {
   #length = 0;
   #multiplier = 1;
   #lengthBytes = 0;
+  #subscribes = 0;
 
-  constructor(readonly maxBytes: number) {}
+  constructor(
+    readonly maxBytes: number,
+    readonly maxSubscribes: number = MAX_SUBSCRIBES_PER_CONNECTION,
+  ) {}
 
   scan(chunk: Uint8Array): Error | null {
     let i = 0;
@@ -45,7 +57,8 @@ export class FrameScanner {
         this.#bodyLeft -= take;
         if (this.#bodyLeft === 0) this.#state = "type";
       } else if (this.#state === "type") {
-        i++;
+        const refused = this.#typeRule(chunk[i++]!);
+        if (refused !== null) return refused;
         this.#state = "length";
         this.#length = 0;
         this.#multiplier = 1;
@@ -64,6 +77,22 @@ export class FrameScanner {
         this.#bodyLeft = this.#length;
         this.#state = this.#bodyLeft === 0 ? "type" : "body";
       }
+    }
+    return null;
+  }
+
+  /** The rules a packet's first byte (type and flags [MQTT-2.2]) is enough to check. */
+  #typeRule(byte: number): Error | null {
+    const type = byte >> 4;
+    if (type === 3) {
+      const qos = (byte >> 1) & 3;
+      // QoS 2 would make the broker keep each message until its PUBREL; devices publish QoS 1.
+      if (qos === 2) return new PacketRefused("QoS 2 PUBLISH refused: devices publish with QoS 1");
+      if (qos === 3) return new PacketRefused("malformed PUBLISH: QoS 3 [MQTT-3.3.1-4]");
+    }
+    if (type === 8 || type === 10) {
+      this.#subscribes++;
+      if (this.#subscribes > this.maxSubscribes) return new PacketRefused(`more than ${this.maxSubscribes} SUBSCRIBE and UNSUBSCRIBE packets on one connection`);
     }
     return null;
   }
@@ -100,9 +129,10 @@ function guardedPush(this: GuardedSocket, chunk: unknown, encoding?: BufferEncod
 }
 
 /**
- * Puts the packet size limit on a socket that Aedes will read: call it before aedes.handle(socket).
- * A packet announcing more than `maxPacketBytes` (or a malformed remaining length) calls
- * `onViolation` once and destroys the socket, without an error (Aedes then closes the client).
+ * Puts the packet rules on a socket that Aedes will read: call it before aedes.handle(socket).
+ * A packet announcing more than `maxPacketBytes`, a malformed remaining length, a QoS 2 PUBLISH
+ * or one SUBSCRIBE/UNSUBSCRIBE too many calls `onViolation` once and destroys the socket,
+ * without an error (Aedes then closes the client).
  */
 export function guardFrames(socket: Socket, maxPacketBytes: number, onViolation: (err: Error, socket: Socket) => void): void {
   const guarded = socket as GuardedSocket;

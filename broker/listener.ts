@@ -4,6 +4,9 @@ import { createServer, type AddressInfo, type Server, type Socket } from "node:n
 import type { Logger } from "pino";
 import { guardFrames } from "./frame-guard.ts";
 
+/** Connections the kernel may hold for the broker to accept. */
+export const LISTEN_BACKLOG = 4096;
+
 export interface ListenOptions {
   readonly host: string;
   readonly port: number;
@@ -17,13 +20,16 @@ export async function listenMqtt(aedes: Aedes, o: ListenOptions, log: Logger): P
     socket.setNoDelay(true);
     // Aedes reads the socket itself; the guard sees every chunk first (broker/frame-guard.ts).
     guardFrames(socket, o.maxPacketBytes, (err, s) => {
-      log.warn({ remote: `${s.remoteAddress}:${s.remotePort}`, err: err.message }, "connection dropped: packet too large or malformed");
+      const device = (s as Socket & { client?: { id?: string | null } }).client?.id ?? undefined;
+      log.warn({ device, remote: `${s.remoteAddress}:${s.remotePort}`, err: err.message }, "connection dropped: packet too large, malformed or refused");
     });
     aedes.handle(socket);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(o.port, o.host, () => {
+    // Node's default backlog (511) overflowed under 2,000 simultaneous connects: the kernel caps
+    // this at net.core.somaxconn (docs/operations.md §Running in production).
+    server.listen({ port: o.port, host: o.host, backlog: LISTEN_BACKLOG }, () => {
       server.off("error", reject);
       resolve();
     });

@@ -1,7 +1,7 @@
 import mqttPacket from "mqtt-packet";
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { FrameScanner, PacketTooLarge, guardFrames } from "../../broker/frame-guard.ts";
+import { FrameScanner, PacketRefused, PacketTooLarge, guardFrames } from "../../broker/frame-guard.ts";
 
 /** An MQTT fixed header: type byte and the remaining-length varint [MQTT-2.2.3]. */
 function header(type: number, remainingLength: number): number[] {
@@ -231,5 +231,35 @@ describe("guardFrames on a TCP socket read the way Aedes reads it", () => {
     expect(a.violations[0]).not.toBeInstanceOf(PacketTooLarge);
     expect(a.violations[0]?.message).toMatch(/more than 4 bytes/);
     expect(a.received).toEqual([]);
+  });
+});
+
+describe("FrameScanner packet rules", () => {
+  const sub = (id: number) => mqttPacket.generate({ cmd: "subscribe", messageId: id, subscriptions: [{ topic: "hp/v1/dabc/down", qos: 1 }] });
+  const unsub = (id: number) => mqttPacket.generate({ cmd: "unsubscribe", messageId: id, unsubscriptions: ["hp/v1/dabc/down"] });
+
+  it("allows 10 SUBSCRIBE and UNSUBSCRIBE packets on one connection and refuses the 11th, even in one chunk", () => {
+    const ten = concat(...Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? sub(i + 1) : unsub(i + 1))));
+    const scanner = new FrameScanner(65_536);
+    expect(scanner.scan(ten)).toBeNull();
+    const err = scanner.scan(sub(11));
+    expect(err).toBeInstanceOf(PacketRefused);
+    expect(err?.message).toContain("more than 10 SUBSCRIBE and UNSUBSCRIBE packets");
+    expect(new FrameScanner(65_536).scan(concat(ten, sub(11)))).toBeInstanceOf(PacketRefused);
+  });
+
+  it.each([
+    [0, null],
+    [1, null],
+    [2, "QoS 2 PUBLISH refused"],
+  ] as const)("judges a PUBLISH with QoS %i (refused: %s)", (qos, refusal) => {
+    const publish = mqttPacket.generate({ cmd: "publish", topic: "hp/v1/dabc/up", payload: Buffer.from("x"), qos, messageId: qos === 0 ? undefined : 5, retain: false, dup: false });
+    const err = new FrameScanner(65_536).scan(publish);
+    if (refusal === null) expect(err).toBeNull();
+    else expect(err?.message).toContain(refusal);
+  });
+
+  it("refuses a PUBLISH whose QoS bits say 3 as malformed", () => {
+    expect(new FrameScanner(65_536).scan(Uint8Array.of(0x36, 0x00))?.message).toContain("QoS 3");
   });
 });

@@ -14,6 +14,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
+import { DELIVERY_WINDOW } from "../../broker/delivery.ts";
+import { MAX_SUBSCRIBES_PER_CONNECTION } from "../../broker/frame-guard.ts";
 import { describe, expect, it } from "vitest";
 import { computeVectors } from "../../scripts/vectors.ts";
 import { BROKER_OPTIONS } from "../../src/config.ts";
@@ -444,6 +446,13 @@ describe("docs/protocol.md §Limits", () => {
     const operatorOnly = ["host", "port", "data-dir", "log-level", "purge-every-ms"];
     const deviceFacing = BROKER_OPTIONS.map((o) => o.flag).filter((f) => !operatorOnly.includes(f));
     expect(rows.map((r) => r.flag).sort()).toEqual(deviceFacing.sort());
+  });
+
+  it("states the delivery window and the SUBSCRIBE limit the broker has", () => {
+    const text = section("Limits");
+    expect(text).toContain(`| broker messages awaiting your receipt (the delivery window) | ${DELIVERY_WINDOW} per connection | fixed |`);
+    expect(text).toContain(`| SUBSCRIBE and UNSUBSCRIBE packets | ${MAX_SUBSCRIBES_PER_CONNECTION} per connection | fixed | the connection is closed |`);
+    expect(section("Delivery")).toContain(`At most ${DELIVERY_WINDOW} outbox messages are on their way to one connection`);
   });
 
   it("states the fixed binding limits the code has", () => {
