@@ -7,9 +7,14 @@
  *   broker.pub                  broker public key (base64): devices pin it
  *   master.key                  master keyring, mode 0600 (absent when HANDOFF_MASTER_KEY is set)
  *   broker.lock                 held (an exclusive SQLite lock) while a broker runs
+ *
+ * They hold prompts, amounts, names and keys, so only the broker's user may read them: the dir
+ * is 0700 and every file but broker.pub is 0600. A dir or file found looser at start is
+ * tightened, and `warn` hears which (docs/operations.md §The data dir); a dir that another user
+ * owns is refused, because files created in it would belong to the wrong user.
  */
 import Database from "better-sqlite3";
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { generateKeyPair, keyPairFromSeed, type KeyPair } from "../src/crypto/ed25519.ts";
 import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
@@ -20,14 +25,71 @@ export const DB_FILE = "handoff.db";
 
 export class DataDirError extends Error {}
 
-export function ensureDataDir(dir: string): string {
+/** Hears that a dir or file was tightened: a sentence, and the same facts as fields for a log. */
+export type DataDirWarn = (msg: string, detail: { path: string; fromMode: string; toMode: string }) => void;
+
+const warnOnStderr: DataDirWarn = (msg) => process.stderr.write(`warning: ${msg}\n`);
+
+/** Every file of the data dir that only the broker's user may read (broker.pub is public). */
+const PRIVATE_FILES = [DB_FILE, `${DB_FILE}-wal`, `${DB_FILE}-shm`, "broker.lock", "broker.key", "master.key"];
+
+/**
+ * Creates the data dir (0700) or checks an existing one: refused if another user owns it,
+ * tightened to 0700 if group or others have any permission on it. Existing data files looser
+ * than 0600 are tightened too. Returns the absolute path.
+ */
+export function ensureDataDir(dir: string, warn: DataDirWarn = warnOnStderr): string {
   const abs = resolve(dir);
   mkdirSync(abs, { recursive: true, mode: 0o700 });
+  const st = statSync(abs);
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid) {
+    throw new DataDirError(
+      `data dir ${abs} is owned by uid ${st.uid}, not by this process's user (uid ${uid}): files created in it would belong to the wrong user. ` +
+        `Run as the dir's owner (e.g. sudo -u <owner> ...), or give the dir to this user (chown -R ${uid} ${abs})`,
+    );
+  }
+  tighten(abs, st.mode, 0o700, "data dir", warn);
+  for (const name of PRIVATE_FILES) tightenFile(join(abs, name), warn);
   return abs;
 }
 
-export function openDataDb(dir: string, options: OpenOptions = {}): Db {
-  return openDatabase(join(dir, DB_FILE), options);
+/**
+ * Opens the data dir's database. A new database file is created 0600 before SQLite opens it:
+ * SQLite gives the -wal and -shm files the database file's mode, so they are 0600 too.
+ */
+export function openDataDb(dir: string, options: OpenOptions = {}, warn: DataDirWarn = warnOnStderr): Db {
+  const file = join(dir, DB_FILE);
+  if (!options.readonly) createPrivate(file);
+  for (const path of [file, `${file}-wal`, `${file}-shm`]) tightenFile(path, warn);
+  return openDatabase(file, options);
+}
+
+/** Creates an empty file 0600 if it does not exist (SQLite takes an empty file as an empty database). */
+function createPrivate(file: string): void {
+  // "a": create if absent, never truncate; the mode applies only to a file this call creates.
+  closeSync(openSync(file, "a", 0o600));
+}
+
+function tightenFile(path: string, warn: DataDirWarn): void {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (err) {
+    if ((err as { code?: string }).code === "ENOENT") return;
+    throw err;
+  }
+  tighten(path, mode, 0o600, "data file", warn);
+}
+
+/** chmods `path` to `to` if group or others have any permission on it, and says so. */
+function tighten(path: string, mode: number, to: number, what: string, warn: DataDirWarn): void {
+  const from = mode & 0o777;
+  if ((from & 0o077) === 0) return;
+  chmodSync(path, to);
+  const fromMode = from.toString(8);
+  const toMode = to.toString(8);
+  warn(`${what} ${path} had mode ${fromMode}, open to other users; tightened it to ${toMode}`, { path, fromMode, toMode });
 }
 
 /**
@@ -36,7 +98,9 @@ export function openDataDb(dir: string, options: OpenOptions = {}): Db {
  * never leaves a stale lock behind.
  */
 export function lockDataDir(dir: string): { release(): void } {
-  const lock = new Database(join(dir, "broker.lock"), { timeout: 0 });
+  const file = join(dir, "broker.lock");
+  createPrivate(file);
+  const lock = new Database(file, { timeout: 0 });
   try {
     lock.pragma("journal_mode = DELETE");
     lock.pragma("locking_mode = EXCLUSIVE");

@@ -69,7 +69,7 @@ export interface BrokerHandle {
 export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promise<BrokerHandle> {
   const { log } = deps;
   const clock = deps.clock ?? Date.now;
-  const dataDir = ensureDataDir(config.dataDir);
+  const dataDir = ensureDataDir(config.dataDir, (msg, detail) => log.warn(detail, msg));
   const lock = lockDataDir(dataDir);
   let db: Db;
   let keyring: Keyring;
@@ -81,7 +81,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     keyring = loaded.keyring;
     if (loaded.source === "created") log.info({ dataDir }, "created master key file master.key (mode 0600)");
     // Commits are synced off the event loop (WalSync), and nothing leaves before its sync.
-    db = openDataDb(dataDir, { durability: "caller" });
+    db = openDataDb(dataDir, { durability: "caller" }, (msg, detail) => log.warn(detail, msg));
     const identity = loadBrokerIdentity(dataDir);
     signer = new Signer(identity);
     publicKey = identity.publicKey;

@@ -2,7 +2,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pino from "pino";
+import pino, { type Logger } from "pino";
 import { startBroker, type BrokerHandle } from "../broker/server.ts";
 import { Device } from "../device-sim/device.ts";
 import { newDeviceKey, type DeviceKey } from "../device-sim/keyfile.ts";
@@ -23,10 +23,25 @@ export function tempDir(prefix = "hp-test-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-export async function startTestBroker(overrides: Partial<BrokerConfig> = {}, dataDir: string = tempDir(), onFatal?: (err: Error) => void): Promise<TestBroker> {
+/** What a test may inject into the broker: a clock it moves instead of sleeping, a log it reads. */
+export interface TestBrokerDeps {
+  readonly clock?: () => number;
+  readonly log?: Logger;
+}
+
+export async function startTestBroker(
+  overrides: Partial<BrokerConfig> = {},
+  dataDir: string = tempDir(),
+  onFatal?: (err: Error) => void,
+  deps: TestBrokerDeps = {},
+): Promise<TestBroker> {
   const config = brokerConfig({}, {}, { port: 0, dataDir, logLevel: "silent", ...overrides });
-  const log = pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
-  const handle = await startBroker(config, { log, ...(onFatal === undefined ? {} : { onFatal }) });
+  const log = deps.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
+  const handle = await startBroker(config, {
+    log,
+    ...(onFatal === undefined ? {} : { onFatal }),
+    ...(deps.clock === undefined ? {} : { clock: deps.clock }),
+  });
   const devices: Device[] = [];
   let userSeq = 0;
   return {

@@ -28,7 +28,7 @@ export const CONNECT_REFUSALS = {
 export type ConnectRefusal = keyof typeof CONNECT_REFUSALS;
 export type ConnectResult = { ok: true; device: DeviceRow } | { ok: false; reason: ConnectRefusal };
 /** A token that passed every check but one: it is not yet recorded as used. */
-export type CheckedConnect = { ok: true; device: DeviceRow; nonce: string; expiresMs: number } | { ok: false; reason: ConnectRefusal };
+export type CheckedConnect = { ok: true; device: DeviceRow; nonce: string; expiresMs: number; nowMs: number } | { ok: false; reason: ConnectRefusal };
 
 export class ConnectAuthenticator {
   readonly #devices: DeviceRepo;
@@ -62,11 +62,13 @@ export class ConnectAuthenticator {
     if (!verify(device.publicKey, token.signedBytes, token.signature)) return refuse("bad_signature");
     if (Math.abs(nowMs - token.tsMs) > this.#freshnessMs) return refuse("stale_token");
     // Consumed (useToken) only after every other check passed, so garbage cannot fill the table.
-    return { ok: true, device, nonce: token.nonce, expiresMs: token.tsMs + this.#freshnessMs + 1 };
+    // The nonce is remembered until the token itself goes stale (tsMs + window + 1 ms): after that,
+    // this token is refused by its timestamp, and a new token may carry the same nonce.
+    return { ok: true, device, nonce: token.nonce, expiresMs: token.tsMs + this.#freshnessMs + 1, nowMs };
   }
 
-  /** Records the token as used; false if it already was (a replayed or concurrent CONNECT). */
-  useToken(checked: { device: DeviceRow; nonce: string; expiresMs: number }): boolean {
-    return this.#replay.useToken(checked.device.id, checked.nonce, checked.expiresMs);
+  /** Records the token as used; false if a token with its nonce was used and has not expired (a replayed or concurrent CONNECT). */
+  useToken(checked: { device: DeviceRow; nonce: string; expiresMs: number; nowMs: number }): boolean {
+    return this.#replay.useToken(checked.device.id, checked.nonce, checked.expiresMs, checked.nowMs);
   }
 }

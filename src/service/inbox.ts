@@ -353,7 +353,7 @@ export class Inbox {
     try {
       return this.#savepoint(() => {
         const digest = createHash("sha256").update(payloadBytes).digest();
-        const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1);
+        const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1, nowMs);
         // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
         if (seen === "duplicate") return this.#outbox.repliesTo(v.device.id, payload.id).map((row) => ({ ...row, again: true }));
         // Not stored: it would otherwise be replayed as an answer to the original message.

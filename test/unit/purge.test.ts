@@ -26,29 +26,29 @@ describe("bounded purges", () => {
 
   it("forgets expired message ids and tokens at most `limit` per table a call, oldest first, and keeps live ones", () => {
     const replay = new ReplayRepo(db);
-    for (let i = 0; i < 25; i++) replay.remember("d1", `m${i}`, new Uint8Array(32), 1000 + i); // expire at 1000..1024
-    for (let i = 0; i < 5; i++) replay.remember("d1", `live${i}`, new Uint8Array(32), 10_000);
+    for (let i = 0; i < 25; i++) replay.remember("d1", `m${i}`, new Uint8Array(32), 1000 + i, 0); // expire at 1000..1024
+    for (let i = 0; i < 5; i++) replay.remember("d1", `live${i}`, new Uint8Array(32), 10_000, 0);
     const calls: number[] = [];
     for (let n = replay.purge(5000, 10); n > 0; n = replay.purge(5000, 10)) calls.push(n);
     expect(calls).toEqual([10, 10, 5]);
     expect(count("seen_messages")).toBe(5);
     // The live ids are still remembered: a duplicate is still recognised.
-    expect(replay.remember("d1", "live0", new Uint8Array(32), 10_000)).toBe("duplicate");
+    expect(replay.remember("d1", "live0", new Uint8Array(32), 10_000, 5000)).toBe("duplicate");
   });
 
   it("forgets expired connect-token nonces in chunks too, and keeps fresh ones used", () => {
     const replay = new ReplayRepo(db);
-    for (let i = 0; i < 7; i++) expect(replay.useToken("d1", `n${i}`, 1000)).toBe(true);
-    expect(replay.useToken("d1", "fresh", 10_000)).toBe(true);
+    for (let i = 0; i < 7; i++) expect(replay.useToken("d1", `n${i}`, 1000, 0)).toBe(true);
+    expect(replay.useToken("d1", "fresh", 10_000, 0)).toBe(true);
     expect(replay.purge(5000, 4)).toBe(4);
     expect(replay.purge(5000, 4)).toBe(3);
     expect(replay.purge(5000, 4)).toBe(0);
-    expect(replay.useToken("d1", "fresh", 10_000)).toBe(false); // still used: no second connect with it
+    expect(replay.useToken("d1", "fresh", 10_000, 5000)).toBe(false); // still used: no second connect with it
   });
 
   it("purges the oldest expired ids first", () => {
     const replay = new ReplayRepo(db);
-    for (let i = 0; i < 6; i++) replay.remember("d1", `m${i}`, new Uint8Array(32), 1000 - i * 100); // m5 is the oldest
+    for (let i = 0; i < 6; i++) replay.remember("d1", `m${i}`, new Uint8Array(32), 1000 - i * 100, 0); // m5 is the oldest
     expect(replay.purge(5000, 3)).toBe(3);
     const left = (db.prepare("SELECT msg_id FROM seen_messages ORDER BY msg_id").all() as { msg_id: string }[]).map((r) => r.msg_id);
     expect(left).toEqual(["m0", "m1", "m2"]);
