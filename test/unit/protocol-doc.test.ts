@@ -660,7 +660,7 @@ print(json.dumps({
     },
     "re-signed pong": opened(pong_payload),
     "stale": {"unrelated": unrelated, "again": again, "offset": offset, "local": local_ms, "twice": twice, "pending": sorted(pending)},
-    "retry": {str(c): [d.retry_delay_s(c, n) for n in (1, 6, 20)] for c in (None, 0, 1, 2, 3, 4, 5)},
+    "retry": {str(c): [d.retry_delay_s(c, n) for n in (1, 5, 20)] for c in (None, 0, 1, 2, 3, 4, 5)},
     "connack": [d.connack_code(c) for c in (0, 3, ReasonCode("Success"), ReasonCode("Server unavailable"), ReasonCode("Bad user name or password"), ReasonCode("Not authorized"), ReasonCode("Client identifier not valid"))],
     "payments": {name: (d.answer_prompt(me, m["body"], name == "approve") if m["type"] == "payment_prompt" else d.next_payment_message(me, m)) for name, m in v["samples"].items()},
 }))
@@ -725,8 +725,9 @@ describe("docs/protocol.md §A device in Python", () => {
       // §Connecting, refusals: 3 (and a lost or failed connection) backs off up to a minute; 1, 2, 4 and 5 stop.
       for (const code of ["1", "2", "4", "5"]) expect({ code, delays: retry[code] }).toEqual({ code, delays: [null, null, null] });
       for (const code of ["3", "None", "0"]) {
-        const [first, sixth, twentieth] = retry[code]!;
-        expect({ code, first: first! >= 1 && first! <= 2, sixth: sixth! >= 32 && sixth! <= 60, capped: twentieth! >= 30 && twentieth! <= 60 }).toEqual({ code, first: true, sixth: true, capped: true });
+        // 2^failures seconds, at most 60, times a jitter of 0.5 to 1.
+        const [first, fifth, twentieth] = retry[code]!;
+        expect({ code, first: first! >= 1 && first! <= 2, fifth: fifth! >= 16 && fifth! <= 32, capped: twentieth! >= 30 && twentieth! <= 60 }).toEqual({ code, first: true, fifth: true, capped: true });
       }
       expect(connack).toEqual([0, 3, 0, 3, 4, 5, 2]);
     } finally {
