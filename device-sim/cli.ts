@@ -17,15 +17,18 @@ import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
 import { newDeviceKey, readKeyFile, writeKeyFile, type DeviceKey } from "./keyfile.ts";
 
-const USAGE = `Usage: npm run sim -- <command> [options]
+export const USAGE = `Usage: npm run sim -- <command> [options]
 
 Commands:
   keygen --out FILE [--kind terminal|phone] [--name NAME] [--force]
          [--register [--user USER_ID] [--data-dir DIR]]
                        make a key pair file (mode 0600); --register also adds the device to
                        the broker's data dir, as "npm run admin -- device add" would
-  terminal --key FILE  connect as a terminal and print what arrives
-  phone --key FILE     connect as a phone and print what arrives
+  terminal --key FILE [--login LOGIN] [--merchant ID] [--name NAME]
+                       connect as a terminal, print what arrives, and take typed commands
+                       (bind, pay, ...); --login and --merchant are their defaults
+  phone --key FILE [--auto approve|decline|ignore]
+                       connect as a phone, print what arrives, and answer payment prompts
 
 One-shot device commands (connect, do one thing, print the outcome, exit):
   terminal --key FILE bind --login LOGIN [--model M] [--serial S] [--name NAME]
@@ -49,17 +52,45 @@ The phone, when connected without a command, answers payment prompts: it asks
 "Approve ¥128.00 to Coffee Corner, from Living room TV? [y/N]" and executes approved
 payments. --auto approve|decline|ignore answers every prompt that way without asking.
 
-Connection options (terminal, phone):
-  --url URL            broker URL (env HANDOFF_URL, default mqtt://127.0.0.1:1883)
-  --broker-key BASE64  the broker public key to pin (default: read <data-dir>/broker.pub)
-  --data-dir DIR       where broker.pub is (env HANDOFF_DATA_DIR, default ./data)
+Once connected without a command, type a command: the one-shot commands above without
+"terminal --key FILE" (e.g. bind, pay 12.50 CNY), or ping, help, quit.
 
-Once connected, type a command: ping, help, quit.
+Options:
+  --out FILE               keygen: the key file to write
+  --kind terminal|phone    keygen: the device kind (needed with --register)
+  --name NAME              keygen: the device's name; terminal bind: the displayName shown
+                           on the phone (default: the key file's name)
+  --force                  keygen: overwrite an existing key file
+  --register               keygen: also register the device in the broker's data dir
+  --user USER_ID           keygen --register --kind phone: the user whose wallet the
+                           phone's payments debit (phones need it)
+  --key FILE               terminal, phone: the device's key file (from keygen)
+  --url URL                terminal, phone: broker URL (env HANDOFF_URL, default
+                           mqtt://127.0.0.1:1883)
+  --broker-key BASE64      terminal, phone: the broker public key to pin (default: read
+                           <data-dir>/broker.pub)
+  --data-dir DIR           the broker's data dir: where broker.pub is, and where keygen
+                           --register registers (env HANDOFF_DATA_DIR, default ./data)
+  --login LOGIN            terminal bind, pay: the name of the user logged in on the
+                           terminal; pay must send the login that was bound
+  --model M                terminal bind: the terminal's model (default "Handoff simulator")
+  --serial S               terminal bind: the terminal's serial (default SIM-<id>)
+  --merchant ID            terminal pay: the merchant id to pay (a registered merchant)
+  --order REF              terminal pay: the order reference (default order-<ms>)
+  --idempotency-key KEY    terminal pay: the idempotency key (default: a new one)
+  --description TEXT       terminal pay: the text shown on the phone's prompt
+  --currency CODE          phone pair: the agreement's currency (default CNY)
+  --auto-max AMOUNT        phone pair, limits: auto-confirm payments up to this amount
+  --auto-daily AMOUNT      phone pair, limits: auto-confirm at most this much per UTC day
+  --max AMOUNT             phone pair, limits: the most one payment may be
+  --auto approve|decline|ignore
+                           phone: answer every prompt this way without asking
+  -h, --help               print this help and exit
 
 Examples:
   npm run sim -- keygen --out tv.key --kind terminal --name "Living room TV" --register
   npm run sim -- keygen --out phone.key --kind phone --name "Alice's phone" --register --user alice
-  npm run sim -- terminal --key tv.key
+  npm run sim -- terminal --key tv.key --login alice --merchant coffee-corner
   npm run sim -- phone --key phone.key --url mqtt://127.0.0.1:1883
   npm run sim -- terminal --key tv.key bind --login alice
   npm run sim -- phone --key phone.key pair BCDF-GHJK --auto-max 50 --max 500
@@ -67,7 +98,7 @@ Examples:
   npm run sim -- terminal --key tv.key pay 12.50 CNY --login alice --merchant coffee-corner --order A-1001
   npm run sim -- phone --key phone.key --auto approve`;
 
-const FLAGS = {
+export const FLAGS = {
   out: { type: "string" },
   kind: { type: "string" },
   name: { type: "string" },
@@ -473,4 +504,5 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
   throw new UsageError(`unknown ${kind} command "${action.join(" ")}"\n\n${USAGE}`);
 }
 
-runCli(main);
+// Run only as a program: the help test imports USAGE and FLAGS.
+if (import.meta.url === `file://${process.argv[1]}`) runCli(main);

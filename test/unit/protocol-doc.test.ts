@@ -6,7 +6,9 @@
  * real handlers, the answer each payment message gets and the auto and prompted flow diagrams
  * against a real run of the handlers, and every test vector against the real signing code and
  * the broker's own checks. When python3 with `cryptography` is installed, it also runs the
- * document's Python sketch against the vectors and against payment messages of that run.
+ * document's Python sketch against the vectors, against payment messages of that run, and
+ * against broker messages that break each rule a device must check (its MQTT part runs against
+ * a real broker in test/e2e/python-device.test.ts).
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -624,31 +626,81 @@ const HAS_PYTHON_CRYPTOGRAPHY = spawnSync("python3", ["-c", "import cryptography
 
 /** Loads the document's Python sketch as a module and computes the vectors with it. */
 const HARNESS = `
-import importlib.util, json, sys
+import base64, importlib.util, json, sys, time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 spec = importlib.util.spec_from_file_location("device", sys.argv[1])
 d = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(d)
 v = json.load(sys.stdin)
 key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["device.seed.hex"]))
-broker = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["broker.seed.hex"])).public_key()
+broker_priv = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["broker.seed.hex"]))
+broker = broker_priv.public_key()
 pub = d.public_key_bytes(key)
 me = d.device_id(pub)
+down = "hp/v1/" + me + "/down"
 pong = v["pong.envelope"].encode("utf-8")
+pong_payload = json.loads(v["pong.payload"])
+
+def envelope(payload, extra=None, cut=64):
+    """A broker envelope signed with the broker key; cut shortens the signature."""
+    text = json.dumps(payload, separators=(",", ":"))
+    outer = {"payload": text, "sig": base64.b64encode(broker_priv.sign(text.encode("utf-8"))[:cut]).decode("ascii")}
+    outer.update(extra or {})
+    return json.dumps(outer).encode("utf-8")
+
+def opened(payload, **kw):
+    return d.open_broker_message(broker, me, down, envelope(payload, **kw))
+
+# A stale error for a ping of ours, five minutes ahead of our clock, then for its resend.
+pending = {}
+ping = d.message(me, "ping", {"echo": "late"})
+pending[ping["id"]] = ("ping", ping["body"], False)
+local_ms = time.time_ns() // 1_000_000
+def stale(msg_id):
+    return opened({"v": 1, "type": "error", "id": "err-" + msg_id, "from": "broker", "to": me, "ts": local_ms + 300000, "re": msg_id, "body": {"code": "stale", "detail": "late", "inReplyTo": msg_id}})
+not_stale = opened({"v": 1, "type": "error", "id": "err-other", "from": "broker", "to": me, "ts": local_ms, "re": ping["id"], "body": {"code": "invalid_body", "detail": "no", "inReplyTo": ping["id"]}})
+unrelated = d.resend_if_stale(me, pending, not_stale)
+again = d.resend_if_stale(me, pending, stale(ping["id"]))
+offset = d.clock_offset_ms
+twice = d.resend_if_stale(me, pending, stale(again["id"]))
+
+class ReasonCode:  # paho 2.x hands on_connect one of these for an MQTT 3.1.1 CONNACK
+    def __init__(self, name):
+        self.name = name
+    def getName(self):
+        return self.name
+
 print(json.dumps({
     "device.public-key.hex": pub.hex(),
     "device.id": me,
     "token.password": d.connect_token(key, me, int(v["token.ts"]), v["token.nonce"]),
     "ping.envelope": d.seal(key, json.loads(v["ping.payload"])).decode("utf-8"),
-    "pong": d.open_broker_message(broker, me, pong),
-    "pong tampered": d.open_broker_message(broker, me, pong.replace(b"hello", b"hellO")),
-    "pong to another device": d.open_broker_message(broker, "d" + "a" * 19, pong),
+    "pong": d.open_broker_message(broker, me, down, pong),
+    "refused": {
+        "tampered": d.open_broker_message(broker, me, down, pong.replace(b"hello", b"hellO")),
+        "to another device": d.open_broker_message(broker, "d" + "a" * 19, "hp/v1/d" + "a" * 19 + "/down", pong),
+        "on the up topic": d.open_broker_message(broker, me, "hp/v1/" + me + "/up", pong),
+        "on another device's down topic": d.open_broker_message(broker, me, "hp/v1/d" + "a" * 19 + "/down", pong),
+        "an extra envelope member": opened(pong_payload, extra={"note": "x"}),
+        "a 63-byte sig": opened(pong_payload, cut=63),
+        "v true": opened(dict(pong_payload, v=True)),
+        "v 1.0": opened(dict(pong_payload, v=1.0)),
+        "v '1'": opened(dict(pong_payload, v="1")),
+        "no id": opened({k: x for k, x in pong_payload.items() if k != "id"}),
+        "from a device": opened(dict(pong_payload, **{"from": me})),
+        "body not an object": opened(dict(pong_payload, body=[])),
+        "not JSON": d.open_broker_message(broker, me, down, b"{"),
+    },
+    "re-signed pong": opened(pong_payload),
+    "stale": {"unrelated": unrelated, "again": again, "offset": offset, "local": local_ms, "twice": twice, "pending": sorted(pending)},
+    "retry": {str(c): [d.retry_delay_s(c, n) for n in (1, 5, 20)] for c in (None, 0, 1, 2, 3, 4, 5)},
+    "connack": [d.connack_code(c) for c in (0, 3, ReasonCode("Success"), ReasonCode("Server unavailable"), ReasonCode("Bad user name or password"), ReasonCode("Not authorized"), ReasonCode("Client identifier not valid"))],
     "payments": {name: (d.answer_prompt(me, m["body"], name == "approve") if m["type"] == "payment_prompt" else d.next_payment_message(me, m)) for name, m in v["samples"].items()},
 }))
 `;
 
 describe("docs/protocol.md §A device in Python", () => {
-  it.skipIf(!HAS_PYTHON_CRYPTOGRAPHY)("reproduces the test vectors, and answers payment messages that come pushed or as answers, with the document's Python code", async () => {
+  it.skipIf(!HAS_PYTHON_CRYPTOGRAPHY)("reproduces the test vectors, drops broker messages that break a rule of §Envelope, resends after stale with a corrected clock, backs off on CONNACK 3 only, and answers payment messages, with the document's Python code", async () => {
     const sketch = /```python\n([\s\S]*?)\n```/.exec(section("A device in Python"))?.[1];
     expect(sketch).toBeDefined();
     expect(sketch, "the PUBACK is the prompt's receipt").not.toContain('"prompt_received"');
@@ -680,15 +732,37 @@ describe("docs/protocol.md §A device in Python", () => {
         expect(payloadSchema.safeParse(m).success, JSON.stringify(m)).toBe(true);
         expect({ from: m.from, to: m.to, body: upBodies[m.type as keyof typeof upBodies].safeParse(m.body).success }).toEqual({ from: vec("device.id"), to: BROKER_ID, body: true });
       }
-      expect(out).toEqual({
+      const { stale, retry, connack, ...rest } = out as unknown as {
+        stale: { unrelated: null; again: Payload; offset: number; local: number; twice: null; pending: string[] };
+        retry: Record<string, (number | null)[]>;
+        connack: number[];
+      } & Record<string, unknown>;
+      expect(rest).toEqual({
         "device.public-key.hex": vec("device.public-key.hex"),
         "device.id": vec("device.id"),
         "token.password": vec("token.password"),
         "ping.envelope": vec("ping.envelope"),
         pong: JSON.parse(vec("pong.payload")),
-        "pong tampered": null,
-        "pong to another device": null,
+        // §Envelope, how a device checks a message from the broker: each broken rule drops it.
+        refused: Object.fromEntries(Object.keys(rest.refused as object).map((k) => [k, null])),
+        "re-signed pong": JSON.parse(vec("pong.payload")),
       });
+      expect(Object.keys(rest.refused as object)).toHaveLength(13);
+      // §error: after `stale`, the clock follows the error's signed ts and the message goes again, once.
+      const skewMs = stale.offset - 300_000;
+      expect({ unrelated: stale.unrelated, twice: stale.twice, skewWithinAMinute: Math.abs(skewMs) < 60_000 }).toEqual({ unrelated: null, twice: null, skewWithinAMinute: true });
+      expect({ type: stale.again.type, body: stale.again.body, to: stale.again.to }).toEqual({ type: "ping", body: { echo: "late" }, to: BROKER_ID });
+      expect(Math.abs(stale.again.ts - (stale.local + 300_000))).toBeLessThan(60_000);
+      expect(payloadSchema.safeParse(stale.again).success).toBe(true);
+      expect(stale.pending).toEqual([]);
+      // §Connecting, refusals: 3 (and a lost or failed connection) backs off up to a minute; 1, 2, 4 and 5 stop.
+      for (const code of ["1", "2", "4", "5"]) expect({ code, delays: retry[code] }).toEqual({ code, delays: [null, null, null] });
+      for (const code of ["3", "None", "0"]) {
+        // 2^failures seconds, at most 60, times a jitter of 0.5 to 1.
+        const [first, fifth, twentieth] = retry[code]!;
+        expect({ code, first: first! >= 1 && first! <= 2, fifth: fifth! >= 16 && fifth! <= 32, capped: twentieth! >= 30 && twentieth! <= 60 }).toEqual({ code, first: true, fifth: true, capped: true });
+      }
+      expect(connack).toEqual([0, 3, 0, 3, 4, 5, 2]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
