@@ -58,6 +58,8 @@ export interface AbuseOptions {
   readonly pairs?: number;
   /** Attacks running at once (default 6). */
   readonly attackers?: number;
+  /** Only these kinds of attack (default: all), to find which one hurts. */
+  readonly only?: readonly AttackName[];
   readonly keepDataDir?: boolean;
   /** Where progress lines go (default: stdout). */
   readonly log?: (line: string) => void;
@@ -146,7 +148,8 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
   const at = () => `${((Date.now() - started) / 1000).toFixed(1)}s`;
   if (!(seconds > 0) || !(pairCount >= 1) || !(attackers >= 1)) throw new UsageError("seconds, pairs and attackers must be positive");
 
-  say(`abuse: seed ${seed}, ${seconds} s, ${pairCount} honest pairs, ${attackers} attacks at once (replay: npm run test:abuse -- --seed ${seed} --seconds ${seconds} --pairs ${pairCount})`);
+  const onlyFlag = options.only !== undefined && options.only.length > 0 ? ` --only ${options.only.join(",")}` : "";
+  say(`abuse: seed ${seed}, ${seconds} s, ${pairCount} honest pairs, ${attackers} attacks at once (replay: npm run test:abuse -- --seed ${seed} --seconds ${seconds} --pairs ${pairCount} --attackers ${attackers}${onlyFlag})`);
   const rootRng = mulberry32(seed);
   const problems: string[] = [];
   const refusedOrClosed: Record<string, number> = {};
@@ -261,7 +264,8 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     });
     const honestLoops = pairs.map((p, i) => p.payLoop(mulberry32(seed ^ (0x9e3779b9 * (i + 1))), payments, () => stopNew || death !== null, () => giveUpAt));
 
-    const order = [...ATTACKS];
+    const kinds: readonly AttackName[] = options.only !== undefined && options.only.length > 0 ? options.only : ATTACKS;
+    const order = [...kinds];
     const pickRng = mulberry32(Math.floor(rootRng() * 2 ** 32));
     for (let i = order.length - 1; i > 0; i--) {
       const j = Math.floor(pickRng() * (i + 1));
@@ -272,7 +276,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     const workers = Array.from({ length: attackers }, async (_, w) => {
       const rng = mulberry32(Math.floor(rootRng() * 2 ** 32) ^ w);
       while (!stopAttacks && Date.now() < runEnd) {
-        const name = order.shift() ?? ATTACKS[Math.floor(pickRng() * ATTACKS.length)]!;
+        const name = order.shift() ?? kinds[Math.floor(pickRng() * kinds.length)]!;
         const tally = tallies[name]!;
         tally.runs++;
         const id = ++runId;
@@ -441,6 +445,7 @@ Options:
   --seed N       replay a run's choices of attacks and payments (default: random)
   --pairs N      honest terminal/phone pairs paying (default ${ABUSE_DEFAULTS.pairs})
   --attackers N  attacks running at once (default ${ABUSE_DEFAULTS.attackers})
+  --only A,B     only these attacks (default all): ${ATTACKS.join(", ")}
   --keep-data    keep the data dir afterwards (it is always kept when not ok)
   -h, --help     show this help`;
 
@@ -453,19 +458,22 @@ function wholeNumber(values: Record<string, unknown>, name: string, min: number,
 }
 
 export async function abuseMain(argv: readonly string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, { seed: { type: "string" }, seconds: { type: "string" }, pairs: { type: "string" }, attackers: { type: "string" }, "keep-data": { type: "boolean" } }, USAGE);
+  const { values, positionals } = parseFlags(argv, { seed: { type: "string" }, seconds: { type: "string" }, pairs: { type: "string" }, attackers: { type: "string" }, only: { type: "string" }, "keep-data": { type: "boolean" } }, USAGE);
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0]}\n\n${USAGE}`);
   const seed = wholeNumber(values, "seed", 0, 0xffffffff);
+  const only = typeof values.only === "string" ? values.only.split(",").map((a) => a.trim()) : [];
+  for (const a of only) if (!(ATTACKS as readonly string[]).includes(a)) throw new UsageError(`--only: unknown attack ${a}; the attacks are ${ATTACKS.join(", ")}\n\n${USAGE}`);
   const r = await runAbuse({
     ...(seed === undefined ? {} : { seed }),
     seconds: wholeNumber(values, "seconds", 1, 3600) ?? ABUSE_DEFAULTS.seconds,
     pairs: wholeNumber(values, "pairs", 1, 500) ?? ABUSE_DEFAULTS.pairs,
     attackers: wholeNumber(values, "attackers", 1, 100) ?? ABUSE_DEFAULTS.attackers,
     keepDataDir: values["keep-data"] === true,
+    only: only as AttackName[],
   });
   const attacks = Object.fromEntries(Object.entries(r.attacks).map(([k, t]) => [k, t.runs]));
   const json = {
