@@ -183,6 +183,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
   const running = new Map<number, AttackName>();
   let stopAttacks = false;
   let stopNew = false;
+  let stoppingBroker = false;
   let giveUpAt = Number.POSITIVE_INFINITY;
   let peakRss: number | null = null;
   let rssTimer: NodeJS.Timeout | undefined;
@@ -250,7 +251,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     const runStart = Date.now();
     const runEnd = runStart + seconds * 1000;
     const brokerDied = spawned.exited.then(() => {
-      if (stopAttacks) return;
+      if (stoppingBroker) return; // our own stop at the end
       const e = spawned.exit;
       death = {
         atS: round1((Date.now() - runStart) / 1000),
@@ -259,7 +260,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
         stderrTail: broker.stderrTail.trim().split("\n").slice(-8).join("\n"),
         attacksRunning: [...new Set(running.values())],
       };
-      say(`BROKER DIED at ${death.atS}s into the run (${death.exit}${death.error === null ? "" : `: ${death.error}`}) while these attacks ran: ${death.attacksRunning.join(", ") || "none"}`);
+      say(`BROKER DIED at ${death.atS}s into the run${stopAttacks ? ", after the attacks stopped" : ""} (${death.exit}${death.error === null ? "" : `: ${death.error}`}) while these attacks ran: ${death.attacksRunning.join(", ") || "none"}`);
       if (death.stderrTail) say(`its last words on stderr:\n  ${death.stderrTail.split("\n").join("\n  ")}`);
     });
     const honestLoops = pairs.map((p, i) => p.payLoop(mulberry32(seed ^ (0x9e3779b9 * (i + 1))), payments, () => stopNew || death !== null, () => giveUpAt));
@@ -327,7 +328,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
       alive = p.ok;
       say(`probe: ${p.detail}`);
       if (!p.ok) problems.push(`the broker process runs but does not serve: ${p.detail}`);
-    } else if (death === null) problems.push("the broker exited after the run");
+    }
     const died = death as AbuseReport["brokerDeath"];
     if (died !== null) problems.push(`the broker died ${died.atS} s into the run (${died.exit}${died.error === null ? "" : `: ${died.error}`})`);
 
@@ -396,6 +397,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     clearInterval(rssTimer);
     for (const s of sockets) s.destroy();
     await within(Promise.all(pairs.map((p) => p.close())), 10_000);
+    stoppingBroker = true;
     const code = await broker.stop();
     if (report !== null && report.brokerAlive && code !== 0) say(`note: the broker's clean stop exited ${String(code)}`);
     const keep = options.keepDataDir === true || report === null || !report.ok;
