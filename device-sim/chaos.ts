@@ -38,10 +38,8 @@
  * The seed fixes the kill moments and every device's choices; the interleaving of messages is up
  * to the machine, so a replay re-creates the same storm, not the same microseconds.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomInt } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -54,11 +52,10 @@ import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo } from "../src/store/binding.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
+import { BrokerProcess, freePort } from "./broker-process.ts";
 import { RecordingDevice, type Received } from "./device.ts";
 import { newDeviceKey, type DeviceKey } from "./keyfile.ts";
-
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const BROKER_MAIN = join(ROOT, "broker", "main.ts");
+import { between, mulberry32, sleep, within } from "./util.ts";
 
 export const CHAOS_DEFAULTS = { kills: 20, pairs: 24, promptTtlMs: 3000, taskTtlMs: 3000 } as const;
 
@@ -129,22 +126,6 @@ const RICH_MINOR = 100_000_000;
 /** Every fifth pair's wallet runs dry after a few payments: insufficient_funds is an outcome too. */
 const POOR_MINOR = 30_000;
 
-// ── Seeded randomness ──────────────────────────────────────────────────────────────────────
-
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const between = (rng: () => number, lo: number, hi: number) => lo + Math.floor(rng() * (hi - lo + 1));
-
 // ── Plans: what each payment's devices do, carried in the amount's last digit ──────────────
 
 type Plan = "approve" | "decline" | "ignore_prompt" | "ignore_task" | "cancel";
@@ -174,127 +155,8 @@ const executesTask = (plan: Plan): boolean => plan !== "ignore_task";
 
 // ── Small helpers ──────────────────────────────────────────────────────────────────────────
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** True if `p` settles within `ms`; the timer is cleared either way, so it keeps nothing alive. */
-async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
-  try {
-    return await Promise.race([p.then(() => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 const isFinal = (status: string) => (FINAL_STATUSES as readonly string[]).includes(status);
 const errorCode = (m: Received) => (m.body as { code?: string }).code ?? "?";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolvePort(port));
-    });
-  });
-}
-
-// ── The broker child process ───────────────────────────────────────────────────────────────
-
-interface Spawned {
-  /** Resolves when the broker logs "broker listening"; rejects if it exits first. */
-  readonly listening: Promise<Record<string, unknown>>;
-  readonly exited: Promise<number | null>;
-  readonly child: ChildProcess;
-  /** Whether it had logged "broker listening" (so far). */
-  listened: boolean;
-}
-
-class BrokerProcess {
-  /** Error and fatal log lines of every run, and a start that failed. */
-  readonly errors: string[] = [];
-  /** Messages the outbox sent again on a device's reconnect, summed over the broker's log. */
-  resent = 0;
-  #current: Spawned | null = null;
-  #stderrTail = "";
-
-  constructor(readonly args: readonly string[]) {}
-
-  spawn(): Spawned {
-    // The broker's settings come from our flags only: HANDOFF_* from the caller's shell stay out.
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HANDOFF_")));
-    const child = spawn(process.execPath, ["--import", "tsx", BROKER_MAIN, ...this.args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
-    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-    let spawned: Spawned | null = null;
-    const listening = new Promise<Record<string, unknown>>((resolveListening, reject) => {
-      let buffer = "";
-      child.stdout!.on("data", (d: Buffer) => {
-        buffer += d.toString();
-        let nl;
-        while ((nl = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, nl);
-          buffer = buffer.slice(nl + 1);
-          let obj: Record<string, unknown>;
-          try {
-            obj = JSON.parse(line) as Record<string, unknown>;
-          } catch {
-            continue;
-          }
-          if (String(obj.msg).startsWith("broker listening")) {
-            if (spawned !== null) spawned.listened = true;
-            resolveListening(obj);
-          }
-          if (obj.msg === "resent undelivered messages" && typeof obj.resent === "number") this.resent += obj.resent;
-          if (typeof obj.level === "number" && obj.level >= 50) this.errors.push(`${String(obj.msg)} ${JSON.stringify(obj.err ?? obj.code ?? "")}`);
-        }
-      });
-      child.stderr!.on("data", (d: Buffer) => {
-        this.#stderrTail = (this.#stderrTail + d.toString()).slice(-2000);
-      });
-      void exited.then((code) => reject(new Error(`broker exited (${code ?? "killed"}) before it listened${this.#stderrTail ? `: ${this.#stderrTail.trim()}` : ""}`)));
-    });
-    listening.catch(() => {}); // a kill during start is expected; callers that wait see the rejection
-    spawned = { listening, exited, child, listened: false };
-    this.#current = spawned;
-    return spawned;
-  }
-
-  get current(): Spawned | null {
-    return this.#current;
-  }
-
-  /** Waits until the current run listens; false if it exited (or was never started) first. */
-  async listening(): Promise<boolean> {
-    const c = this.#current;
-    if (c === null) return false;
-    return c.listening.then(
-      () => true,
-      () => false,
-    );
-  }
-
-  /** SIGKILL: no cleanup of any kind, as a power cut or the OOM killer would do it. */
-  async kill(): Promise<void> {
-    const c = this.#current;
-    if (c === null) return;
-    c.child.kill("SIGKILL");
-    await c.exited;
-    this.#current = null;
-  }
-
-  /** SIGTERM and wait; the exit code (0 after a clean stop). */
-  async stop(): Promise<number | null> {
-    const c = this.#current;
-    if (c === null) return null;
-    c.child.kill("SIGTERM");
-    const timer = setTimeout(() => c.child.kill("SIGKILL"), 20_000);
-    const code = await c.exited;
-    clearTimeout(timer);
-    this.#current = null;
-    return code;
-  }
-}
 
 // ── A device as the driver uses it ─────────────────────────────────────────────────────────
 
