@@ -43,7 +43,9 @@ export class Housekeeping {
         // Spent and expired pairing codes are kept a day for the answers they give, then dropped;
         // so are delivered outbox messages (a duplicate within the freshness window needs them).
         pairings.purge(now - KEEP_ANSWERS_MS, chunk) +
-        outbox.purgeDelivered(now - KEEP_ANSWERS_MS, chunk),
+        outbox.purgeDelivered(now - KEEP_ANSWERS_MS, chunk) +
+        // Answers that carry nothing to learn later go once no duplicate can ask for them.
+        outbox.purgeExpired(now, chunk),
     );
     this.#step = (now) => step.immediate(now);
   }

@@ -119,13 +119,14 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     publish: (deviceId, bytes, row) => delivery.publish(deviceId, bytes, row),
     onReceipt: (deviceId, msgId) => delivery.receipted(deviceId, msgId),
     rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
+    maxBacklog: config.deviceBacklog,
     durable: walSync,
   });
   const outbox = new OutboxRepo(db);
   const delivery = new Delivery({
     aedes,
     log,
-    undelivered: (deviceId, afterSeq, limit) => outbox.undelivered(deviceId, limit, afterSeq),
+    undelivered: (deviceId, afterSeq, limit) => outbox.undelivered(deviceId, clock(), limit, afterSeq),
     delivered: (deviceId, msgId) => inbox.delivered(deviceId, msgId),
     afterDurable: (fn) => walSync.afterDurable(fn),
     stallTimeoutMs: config.drainTimeoutMs,

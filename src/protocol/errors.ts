@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   misaddressed: "The envelope is not addressed to the broker.",
   bad_signature: "The signature does not verify against the sender's registered public key.",
   stale: "The timestamp is outside the broker's freshness window; check the device clock and send a new message.",
+  backlog_full: "Too many messages wait for this device to receive them; subscribe to the down topic and acknowledge them before sending more.",
   message_id_reused: "This message id was already used for a different message; pick a new id.",
   unknown_type: "The broker does not handle this message type.",
   invalid_body: "The message body does not match the schema of its type.",

@@ -166,3 +166,10 @@ export const downBodies = {
 export type DownType = keyof typeof downBodies;
 export type DownBody<T extends DownType> = z.infer<(typeof downBodies)[T]>;
 export type ErrorBody = DownBody<"error">;
+
+/**
+ * Answers that carry nothing a device must learn later: a pong, a refusal (the message changed
+ * nothing), the answer to a question it can ask again. They are kept only while a duplicate of
+ * the message they answer could still ask for them (docs/protocol.md §Delivery), delivered or not.
+ */
+export const EPHEMERAL_DOWN_TYPES: ReadonlySet<DownType> = new Set<DownType>(["pong", "error", "agreements", "payment_state"]);

@@ -14,7 +14,7 @@ import type { Logger } from "pino";
 import { verify, type Signer } from "../crypto/ed25519.ts";
 import { BROKER_ID, parseEnvelope, type Parsed, type Payload } from "../protocol/envelope.ts";
 import { ERROR_CODES, type ErrorCode } from "../protocol/errors.ts";
-import { isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
+import { EPHEMERAL_DOWN_TYPES, isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
 import type { Db } from "../store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../store/devices.ts";
 import { OutboxRepo, type OutboxRow } from "../store/outbox.ts";
@@ -41,6 +41,11 @@ export interface InboxOptions {
   readonly maxBatch?: number;
   /** Per-device message rate limit; none when absent. */
   readonly rateLimiter?: RateLimiter;
+  /**
+   * Undelivered messages one device may have before its new messages are refused with
+   * `backlog_full` (receipts are always taken); none when absent.
+   */
+  readonly maxBacklog?: number;
   /**
    * When commits are not synced by SQLite itself (src/store/wal-sync.ts): everything a batch
    * causes outside the database — answers, PUBACKs, CONNACKs — waits until its commit is on
@@ -121,6 +126,9 @@ export class Refusal extends Error {
   }
 }
 
+/** How long a device's counted backlog is trusted before it is counted again. */
+const BACKLOG_RECOUNT_MS = 1000;
+
 export class Inbox {
   readonly #o: InboxOptions;
   readonly #devices: DeviceRepo;
@@ -139,6 +147,11 @@ export class Inbox {
   readonly #savepoint: <T>(fn: () => T) => T;
   #idleWaiters: (() => void)[] = [];
   #abandoned = false;
+  /**
+   * Each device's backlog as last counted, plus what was stored for it since: counted again
+   * after BACKLOG_RECOUNT_MS, so a device at its bound costs one count a second, not one a message.
+   */
+  readonly #backlogs = new Map<string, { n: number; atMs: number }>();
 
   constructor(options: InboxOptions) {
     this.#o = options;
@@ -174,6 +187,7 @@ export class Inbox {
     const rows: OutboxRow[] = [];
     this.#receipted.push({ deviceId, msgId });
     if (!this.#outbox.markDelivered(deviceId, msgId, nowMs)) return rows;
+    this.#counted(deviceId, -1);
     for (const hook of this.#deliveryHooks) {
       if (hook.matches(msgId)) rows.push(...this.#runJob({ label: "delivered", run: (ctx) => hook.run(ctx, deviceId, msgId) }, nowMs));
     }
@@ -285,6 +299,7 @@ export class Inbox {
     this.#afterDurable(() => {
       // A stored answer sent again for a duplicate goes once more, outside the delivery window.
       for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.again === true ? null : row);
+      for (const row of committed) if (row.again !== true) this.#counted(row.deviceId);
       for (const out of direct) this.#o.publish(out.to, out.bytes, null);
       if (this.#o.onReceipt !== undefined) for (const r of receipted) this.#o.onReceipt(r.deviceId, r.msgId);
       for (const done of finished) done();
@@ -313,7 +328,31 @@ export class Inbox {
     if (Math.abs(nowMs - payload.ts) > this.#o.freshnessMs) {
       return refuse("stale", `timestamp ${payload.ts} is ${nowMs - payload.ts} ms from broker time ${nowMs}; the window is ±${this.#o.freshnessMs} ms`);
     }
+    // Receipts are always taken: they are how a backlog shrinks.
+    if (payload.type !== "ack" && this.#o.maxBacklog !== undefined && this.#backlog(p.deviceId, nowMs) >= this.#o.maxBacklog) {
+      return refuse("backlog_full", `${this.#o.maxBacklog} messages wait for this device to receive them; subscribe to its down topic and acknowledge them (PUBACK or ack) before sending more`);
+    }
     return { msg: parsed.msg, device, done: p.done };
+  }
+
+  #backlog(deviceId: string, nowMs: number): number {
+    let b = this.#backlogs.get(deviceId);
+    if (b === undefined || nowMs - b.atMs >= BACKLOG_RECOUNT_MS || nowMs < b.atMs) {
+      // A cache: cleared whole rather than grown past what a busy broker's devices need.
+      if (this.#backlogs.size >= 100_000) this.#backlogs.clear();
+      b = { n: this.#outbox.backlog(deviceId, nowMs, this.#o.maxBacklog ?? 0), atMs: nowMs };
+      this.#backlogs.set(deviceId, b);
+    }
+    return b.n;
+  }
+
+  /**
+   * A message was stored for a device (+1) or marked delivered (-1): its counted backlog follows
+   * until the next count. (A savepoint rolled back after a receipt can make it low by one until then.)
+   */
+  #counted(deviceId: string, by = 1): void {
+    const b = this.#backlogs.get(deviceId);
+    if (b !== undefined) b.n = Math.max(0, b.n + by);
   }
 
   #transact(verified: readonly Verified[], jobs: readonly Job[], receipts: readonly Receipt[], nowMs: number, direct: Outgoing[]): OutboxRow[] {
@@ -358,7 +397,9 @@ export class Inbox {
         if (seen === "duplicate") return this.#outbox.repliesTo(v.device.id, payload.id).map((row) => ({ ...row, again: true }));
         // Not stored: it would otherwise be replayed as an answer to the original message.
         if (seen === "conflict") return answerNow("message_id_reused", ERROR_CODES.message_id_reused);
-        const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs)];
+        // An answer that carries nothing to learn later lives as long as a duplicate could ask for it.
+        const ephemeralUntil = Math.max(payload.ts, nowMs) + this.#o.freshnessMs + 1;
+        const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs, ephemeralUntil)];
         const handler = this.#handlers.get(payload.type);
         if (handler === undefined || !isUpType(payload.type)) return answer("unknown_type", `unknown message type "${payload.type}"`);
         const body = upBodies[payload.type].safeParse(payload.body);
@@ -382,7 +423,7 @@ export class Inbox {
           if (err instanceof Refusal) return answer(err.code, err.message);
           throw err;
         }
-        return [...replies, ...outgoing].map((o) => this.#store(o, nowMs));
+        return [...replies, ...outgoing].map((o) => this.#store(o, nowMs, ephemeralUntil));
       });
     } catch (err) {
       // A storage fault fails the whole batch (nothing half-written). Anything else is a bug in
@@ -411,17 +452,19 @@ export class Inbox {
       return [];
     }
     job.ran = true;
-    return outgoing.map((o) => this.#store(o, nowMs));
+    return outgoing.map((o) => this.#store(o, nowMs, nowMs + this.#o.freshnessMs + 1));
   }
 
   #withdraw(to: string, msgId: string, nowMs: number, pending: Outgoing[]): void {
-    this.#outbox.markDelivered(to, msgId, nowMs);
+    if (this.#outbox.markDelivered(to, msgId, nowMs)) this.#counted(to, -1);
     const i = pending.findIndex((o) => o.to === to && o.msgId === msgId);
     if (i >= 0) pending.splice(i, 1);
   }
 
-  #store(o: Outgoing, nowMs: number): OutboxRow {
-    return this.#outbox.add({ deviceId: o.to, msgId: o.msgId, re: o.re, bytes: o.bytes, createdMs: nowMs });
+  /** Stores a message in the outbox; one of the ephemeral types expires at `ephemeralUntil`. */
+  #store(o: Outgoing, nowMs: number, ephemeralUntil: number): OutboxRow {
+    const expiresMs = EPHEMERAL_DOWN_TYPES.has(o.type) ? ephemeralUntil : null;
+    return this.#outbox.add({ deviceId: o.to, msgId: o.msgId, re: o.re, bytes: o.bytes, createdMs: nowMs, expiresMs });
   }
 
   #error(to: string, code: ErrorCode, detail: string, re: string | null, nowMs: number): Outgoing {

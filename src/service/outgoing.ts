@@ -6,6 +6,7 @@ import type { DownBody, DownType } from "../protocol/messages.ts";
 
 export interface Outgoing {
   readonly to: string;
+  readonly type: DownType;
   readonly msgId: string;
   readonly re: string | null;
   readonly bytes: Uint8Array;
@@ -35,5 +36,5 @@ export function signedDown<T extends DownType>(
     body: body as Record<string, unknown>,
   };
   const { bytes } = sealEnvelope(payload, (b) => signer.sign(b));
-  return { to, msgId, re, bytes };
+  return { to, type, msgId, re, bytes };
 }

@@ -172,4 +172,10 @@ export const MIGRATIONS: readonly string[] = [
   `
   CREATE INDEX outbox_delivered ON outbox (delivered_ms) WHERE delivered_ms IS NOT NULL;
   `,
+  // 6: answers that carry nothing a device must learn later (pong, refusals, query answers)
+  // expire: they are not resent past expires_ms, and the purge finds them by this index.
+  `
+  ALTER TABLE outbox ADD COLUMN expires_ms INTEGER;
+  CREATE INDEX outbox_by_expiry ON outbox (expires_ms) WHERE expires_ms IS NOT NULL;
+  `,
 ];

@@ -31,11 +31,19 @@ export class OutboxRepo {
   readonly #delivered;
   readonly #countUndelivered;
   readonly #purge;
+  readonly #backlog;
+  readonly #purgeExpired;
 
   constructor(db: Db) {
-    this.#insert = db.prepare("INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms) VALUES (?, ?, ?, ?, ?)");
-    this.#undelivered = db.prepare<[string, number, number], Raw>(
-      "SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+    this.#insert = db.prepare("INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?)");
+    this.#undelivered = db.prepare<[string, number, number, number], Raw>(
+      "SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND seq > ? AND (expires_ms IS NULL OR expires_ms > ?) ORDER BY seq LIMIT ?",
+    );
+    this.#backlog = db.prepare<[string, number, number], { n: number }>(
+      "SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?) LIMIT ?)",
+    );
+    this.#purgeExpired = db.prepare(
+      "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE expires_ms IS NOT NULL AND expires_ms < ? ORDER BY expires_ms LIMIT ?)",
     );
     this.#replies = db.prepare<[string, string], Raw>("SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND re = ? ORDER BY seq");
     this.#delivered = db.prepare("UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND msg_id = ? AND delivered_ms IS NULL");
@@ -45,14 +53,25 @@ export class OutboxRepo {
     this.#countUndelivered = db.prepare<[], { n: number }>("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NULL");
   }
 
-  add(row: { deviceId: string; msgId: string; re: string | null; bytes: Uint8Array; createdMs: number }): OutboxRow {
-    const info = this.#insert.run(row.deviceId, row.msgId, row.re, row.bytes, row.createdMs);
+  /** `expiresMs`: an answer that is not sent again, and is deleted, from then on (null: kept until delivered). */
+  add(row: { deviceId: string; msgId: string; re: string | null; bytes: Uint8Array; createdMs: number; expiresMs?: number | null }): OutboxRow {
+    const info = this.#insert.run(row.deviceId, row.msgId, row.re, row.bytes, row.createdMs, row.expiresMs ?? null);
     return { seq: Number(info.lastInsertRowid), deviceId: row.deviceId, msgId: row.msgId, bytes: row.bytes };
   }
 
-  /** A device's undelivered messages, oldest first: those after `afterSeq`, at most `limit`. */
-  undelivered(deviceId: string, limit = 1000, afterSeq = 0): OutboxRow[] {
-    return this.#undelivered.all(deviceId, afterSeq, limit).map(fromRaw);
+  /** A device's undelivered, unexpired messages at `nowMs`, oldest first: those after `afterSeq`, at most `limit`. */
+  undelivered(deviceId: string, nowMs: number, limit = 1000, afterSeq = 0): OutboxRow[] {
+    return this.#undelivered.all(deviceId, afterSeq, nowMs, limit).map(fromRaw);
+  }
+
+  /** How many undelivered, unexpired messages a device has at `nowMs`, counting no further than `max`. */
+  backlog(deviceId: string, nowMs: number, max: number): number {
+    return this.#backlog.get(deviceId, nowMs, max)?.n ?? 0;
+  }
+
+  /** Deletes up to `limit` rows that expired before `nowMs`, delivered or not; returns how many went. */
+  purgeExpired(nowMs: number, limit: number): number {
+    return this.#purgeExpired.run(nowMs, limit).changes;
   }
 
   /** The replies already stored for a device's message: what a duplicate of it gets again. */

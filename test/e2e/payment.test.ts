@@ -5,6 +5,7 @@ import type { DeviceKey } from "../../device-sim/keyfile.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
+import { RawDevice } from "../wire.ts";
 
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
 
@@ -328,6 +329,27 @@ describe("payment", () => {
     expect((since.body.events as { kind: string }[]).map((e) => e.kind)).toEqual(["executing", "completed"]);
     const stranger = await broker.device(broker.register("terminal"));
     expect(errorCode(await stranger.request("payment_status", { paymentId: accepted.body.paymentId }))).toBe("payment_not_found");
+  });
+
+  it("stores and sends the prompt for a phone whose backlog is full: what a device must learn is never dropped", async () => {
+    const w = await world({ deviceBacklog: 10, deviceRatePerSec: 100_000, deviceBurst: 100_000 });
+    await w.phone.close();
+    // The phone pings without ever subscribing, until its backlog is full.
+    const filler = await RawDevice.connect(broker.url, w.phoneKey, broker.publicKey, false);
+    for (let i = 0; i < 10; i++) await filler.publish(filler.seal("ping", {}).bytes);
+    const refused = filler.seal("ping", {});
+    await filler.publish(refused.bytes);
+    await filler.close();
+    const backlog = () => (broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE device_id = ? AND delivered_ms IS NULL").get(w.phoneKey.deviceId) as { n: number }).n;
+    expect(backlog()).toBe(10);
+    // The terminal's payment needs the phone: its prompt is stored past the phone's bound.
+    const accepted = await w.pay(10_000);
+    expect(accepted.type).toBe("payment_accepted");
+    expect(backlog()).toBe(11);
+    const phone = await RawDevice.connect(broker.url, w.phoneKey, broker.publicKey);
+    const prompt = await phone.waitFor((m) => m.payload?.type === "payment_prompt");
+    expect(prompt.payload!.body).toMatchObject({ paymentId: accepted.body.paymentId, amountMinor: 10_000 });
+    await phone.close();
   });
 
   it("fires deadlines that were armed before a restart", async () => {

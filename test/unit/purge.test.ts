@@ -62,7 +62,7 @@ describe("bounded purges", () => {
     expect(outbox.purgeDelivered(205, 3)).toBe(2); // 203, 204
     expect(outbox.purgeDelivered(205, 3)).toBe(0);
     expect(outbox.purgeDelivered(10_000, 100)).toBe(4);
-    expect(outbox.undelivered("d1").map((r) => r.msgId)).toEqual(["o9", "o10", "o11"]);
+    expect(outbox.undelivered("d1", 0).map((r) => r.msgId)).toEqual(["o9", "o10", "o11"]);
     expect(count("outbox")).toBe(3);
   });
 

@@ -66,7 +66,7 @@ describe("ReplayRepo", () => {
       expect(outbox.repliesTo("d1", "m1").map((r) => r.msgId)).toEqual(["answer-1"]);
       replay.remember("d1", "m1", digestB, 9000, 5000);
       expect(outbox.repliesTo("d1", "m1")).toEqual([]);
-      expect(outbox.undelivered("d1").map((r) => r.msgId)).toEqual(["answer-1"]);
+      expect(outbox.undelivered("d1", 0).map((r) => r.msgId)).toEqual(["answer-1"]);
     });
 
     it("keeps ids per device", () => {
