@@ -125,7 +125,8 @@ describe("broker program", () => {
     const badPort = await finish(run("broker/main.ts", ["--port", "99999"]));
     expect(badPort.code).toBe(2);
     expect(badPort.stderr).toContain("--port");
-  });
+    // Three program starts through the TypeScript loader: ~5 s on a loaded 2-core machine.
+  }, 30_000);
 
   it("takes its options from the environment when no flag is given", async () => {
     const dataDir = dir();
