@@ -26,8 +26,8 @@ interface World {
 
 let orderSeq = 0;
 
-async function world(overrides: Parameters<typeof startTestBroker>[0] = {}, fundsMinor = 50_000): Promise<World> {
-  broker = await startTestBroker(overrides);
+async function world(overrides: Parameters<typeof startTestBroker>[0] = {}, fundsMinor = 50_000, deps: Parameters<typeof startTestBroker>[3] = {}): Promise<World> {
+  broker = await startTestBroker(overrides, undefined, undefined, deps);
   const userId = `user-${Math.random().toString(36).slice(2, 8)}`;
   const login = `${userId}@tv`;
   expect(addMerchant(broker.db, { id: "coffee-corner", name: "Coffee Corner" }, Date.now())).toEqual({ ok: true });
@@ -163,19 +163,34 @@ describe("payment", () => {
     expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
   });
 
-  it("expires a prompt nobody answers, telling both devices", async () => {
-    const w = await world({ promptTtlMs: 400 });
+  // The broker's clock is moved past the deadline (the default 120 s prompt, 60 s task) and the
+  // deadlines polled: the test waits for no timer.
+  it("expires a prompt nobody answers once the broker's clock passes its deadline, telling both devices", async () => {
+    let offsetMs = 0;
+    const w = await world({}, 50_000, { clock: () => Date.now() + offsetMs });
+    const prompt = w.phone.next("payment_prompt");
     const phoneResult = w.phone.next("payment_result");
     const result = w.terminal.next("payment_result");
     await w.pay(12_800);
+    const deadlineMs = (await prompt).body.deadlineMs as number;
+    offsetMs = deadlineMs - Date.now() - 1;
+    broker.deadlines.poll();
+    await broker.inbox.idle();
+    expect(broker.db.prepare("SELECT status FROM payments").pluck().all()).toEqual(["awaiting_confirmation"]);
+    offsetMs = deadlineMs - Date.now() + 1;
+    expect(broker.deadlines.poll()).toBe(1);
     expect((await result).body).toMatchObject({ status: "expired", reason: "prompt_expired" });
     expect((await phoneResult).body).toMatchObject({ status: "expired" });
   });
 
-  it("expires a confirmed payment the phone never executes", async () => {
-    const w = await world({ taskTtlMs: 400 });
+  it("expires a confirmed payment the phone never executes once the broker's clock passes the task's deadline", async () => {
+    let offsetMs = 0;
+    const w = await world({}, 50_000, { clock: () => Date.now() + offsetMs });
+    const task = w.phone.next("payment_task");
     const result = w.terminal.next("payment_result");
     await w.pay(1000);
+    offsetMs = ((await task).body.deadlineMs as number) - Date.now() + 1;
+    expect(broker.deadlines.poll()).toBe(1);
     expect((await result).body).toMatchObject({ status: "expired", reason: "task_expired" });
     expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
   });
