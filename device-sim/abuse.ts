@@ -100,7 +100,7 @@ function reasonOf(line: Record<string, unknown>): string | null {
   const msg = String(line.msg ?? "");
   const err = String(line.err ?? "").replace(/\d+/g, "N").slice(0, 80);
   if (msg.startsWith("connection refused")) return `refused: ${String(line.reason ?? msg)}`;
-  if (msg.startsWith("connection dropped")) return `dropped: ${err.includes("exceeds") ? "packet too large" : err}`;
+  if (msg.startsWith("connection dropped")) return `dropped: ${err === "" ? msg.replace(/^connection dropped: /, "").slice(0, 80) : err.includes("exceeds") ? "packet too large" : err}`;
   if (msg === "client error; connection closed") return `client error: ${err}`;
   if (msg === "connection error") return `connection error: ${err}`;
   if (msg === "keepalive timeout") return "keepalive timeout";
