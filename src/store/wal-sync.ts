@@ -16,9 +16,27 @@
  */
 import { closeSync, fstatSync, fsync, openSync, statSync } from "node:fs";
 
+/** The file calls WalSync makes: node:fs, or a test's wrapper that sees which file each sync reaches. */
+export interface WalIo {
+  readonly stat: (path: string) => { readonly ino: number };
+  readonly open: (path: string) => number;
+  readonly fstat: (fd: number) => { readonly ino: number };
+  readonly fsync: (fd: number, done: (err: NodeJS.ErrnoException | null) => void) => void;
+  readonly close: (fd: number) => void;
+}
+
+export const NODE_WAL_IO: WalIo = {
+  stat: (path) => statSync(path),
+  open: (path) => openSync(path, "r+"),
+  fstat: (fd) => fstatSync(fd),
+  fsync: (fd, done) => fsync(fd, done),
+  close: (fd) => closeSync(fd),
+};
+
 export class WalSync {
   readonly #path: string;
   readonly #onFailure: (err: Error) => void;
+  readonly #io: WalIo;
   #fd: number | null = null;
   #ino = -1;
   /** Commits were written since the sync in flight (or the last one) started. */
@@ -33,11 +51,13 @@ export class WalSync {
 
   /**
    * `walPath`: the database's `-wal` file. `onFailure`: a failed fsync means the disk may not
-   * hold what was committed; the callbacks waiting for it are never called.
+   * hold what was committed; the callbacks waiting for it are never called. `io`: node:fs unless
+   * a test watches the calls.
    */
-  constructor(walPath: string, onFailure: (err: Error) => void) {
+  constructor(walPath: string, onFailure: (err: Error) => void, io: WalIo = NODE_WAL_IO) {
     this.#path = walPath;
     this.#onFailure = onFailure;
+    this.#io = io;
   }
 
   /** A transaction committed: the next `afterDurable` must wait for a sync. */
@@ -70,7 +90,7 @@ export class WalSync {
   }
 
   #closeFd(): void {
-    if (this.#fd !== null) closeSync(this.#fd);
+    if (this.#fd !== null) this.#io.close(this.#fd);
     this.#fd = null;
   }
 
@@ -86,7 +106,7 @@ export class WalSync {
     this.#dirty = false;
     this.#current = this.#next;
     this.#next = [];
-    fsync(fd, (err) => {
+    this.#io.fsync(fd, (err) => {
       this.#inFlight = false;
       if (this.#closed) this.#closeFd();
       const waiting = this.#current;
@@ -100,11 +120,11 @@ export class WalSync {
 
   /** A descriptor of the WAL file as it is now (reopened if SQLite replaced the file). */
   #descriptor(): number {
-    const ino = statSync(this.#path).ino;
-    if (this.#fd !== null && ino === this.#ino && fstatSync(this.#fd).ino === ino) return this.#fd;
-    if (this.#fd !== null) closeSync(this.#fd);
-    this.#fd = openSync(this.#path, "r+");
-    this.#ino = fstatSync(this.#fd).ino;
+    const ino = this.#io.stat(this.#path).ino;
+    if (this.#fd !== null && ino === this.#ino && this.#io.fstat(this.#fd).ino === ino) return this.#fd;
+    if (this.#fd !== null) this.#io.close(this.#fd);
+    this.#fd = this.#io.open(this.#path);
+    this.#ino = this.#io.fstat(this.#fd).ino;
     return this.#fd;
   }
 
