@@ -26,6 +26,8 @@ describe("housekeeping (docs/operations.md §Housekeeping)", () => {
       for (let i = 0; i < 5; i++) out.run("d-offline", `waiting-${i}`, Buffer.from("x"), dayAgo, null);
     })();
 
+    // Every step the purge runs, and how many rows it deleted (the timer calls this.step()).
+    const step = vi.spyOn(broker.housekeeping, "step");
     // The purge needs several steps (250 rows a table each); pings are answered throughout.
     const answered: string[] = [];
     await vi.waitFor(
@@ -37,6 +39,12 @@ describe("housekeeping (docs/operations.md §Housekeeping)", () => {
       { timeout: 15_000, interval: 50 },
     );
     expect(answered.every((t) => t === "pong")).toBe(true);
+    // In steps: 3000 message ids at 250 a step take at least 12, and no step deleted more than
+    // 250 ids and 250 outbox rows (docs/operations.md §Housekeeping).
+    const deleted = step.mock.results.map((r) => r.value as number).filter((n) => n > 0);
+    expect(deleted.length).toBeGreaterThanOrEqual(3000 / 250);
+    expect(Math.max(...deleted)).toBeLessThanOrEqual(2 * 250);
+    expect(deleted.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(4000);
     expect(count("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NULL AND device_id = 'd-offline'")).toBe(5);
     // The pings' own ids are still remembered: their freshness window has not passed.
     expect(count(`SELECT count(*) AS n FROM seen_messages WHERE device_id = '${key.deviceId}'`)).toBeGreaterThan(0);
