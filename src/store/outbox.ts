@@ -88,6 +88,11 @@ export class OutboxRepo {
     return this.#purge.run(beforeMs, limit).changes;
   }
 
+  /** The purges' SQL as prepared: a test EXPLAINs these very statements to see that they use their index. */
+  get purgeSql(): { readonly delivered: string; readonly expired: string } {
+    return { delivered: this.#purge.source, expired: this.#purgeExpired.source };
+  }
+
   countUndelivered(): number {
     return this.#countUndelivered.get()?.n ?? 0;
   }

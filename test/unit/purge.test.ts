@@ -66,8 +66,16 @@ describe("bounded purges", () => {
     expect(count("outbox")).toBe(3);
   });
 
-  it("finds delivered outbox rows by an index, not by scanning the outbox", () => {
-    const plan = db.prepare("EXPLAIN QUERY PLAN SELECT seq FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ? ORDER BY delivered_ms LIMIT ?").all(1, 1) as { detail: string }[];
-    expect(plan.map((p) => p.detail).join("; ")).toMatch(/USING (COVERING )?INDEX outbox_delivered/);
+  it.each([
+    ["delivered outbox rows", (d: Db) => new OutboxRepo(d).purgeSql.delivered, "outbox", "outbox_delivered"],
+    ["expired outbox rows", (d: Db) => new OutboxRepo(d).purgeSql.expired, "outbox", "outbox_by_expiry"],
+    ["expired message ids", (d: Db) => new ReplayRepo(d).purgeSql.seen, "seen_messages", "seen_messages_by_expiry"],
+    ["expired connect-token nonces", (d: Db) => new ReplayRepo(d).purgeSql.tokens, "used_tokens", "used_tokens_by_expiry"],
+  ] as const)("finds %s by an index, in its order: no scan of the table and no sort of what it found", (_, purgeSql, table, index) => {
+    // The statement the repository prepared, not a copy of it: a change that loses the index fails here.
+    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${purgeSql(db)}`).all(1, 1) as { detail: string }[]).map((p) => p.detail);
+    expect(plan.join("; ")).toMatch(new RegExp(`SEARCH ${table} USING (COVERING )?INDEX ${index} \\(`));
+    // A scan reads the whole table, and a sort reads every expired row, whatever the limit.
+    expect(plan.filter((d) => /\bSCAN\b|TEMP B-TREE/.test(d))).toEqual([]);
   });
 });
