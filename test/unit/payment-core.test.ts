@@ -107,15 +107,16 @@ const eventArb = (amountMinor: number): fc.Arbitrary<PaymentEvent> =>
   );
 
 describe("payment state machine properties", () => {
-  it("keeps money conserved per currency, debits each payment at most once, never overdraws, and never moves a final payment", () => {
+  it("moves each completed payment's own amount once, as the phone authorised it, from the wallet to its merchant, never overdrawing and never moving a final payment", () => {
     const scenario = fc
       .array(fc.record({ amountMinor: fc.integer({ min: 1, max: 10_000 }), mode: fc.constantFrom("auto" as const, "prompt" as const) }), { minLength: 1, maxLength: 5 })
       .chain((payments) =>
         fc.record({
           payments: fc.constant(payments),
           funds: fc.integer({ min: 0, max: 30_000 }),
+          // Each event is drawn for the payment it goes to, so that its right values come up often.
           steps: fc.array(
-            fc.record({ which: fc.nat(payments.length - 1), advanceMs: fc.integer({ min: 0, max: 90_000 }), event: fc.oneof(...payments.map((p) => eventArb(p.amountMinor))) }),
+            fc.nat(payments.length - 1).chain((which) => fc.record({ which: fc.constant(which), advanceMs: fc.integer({ min: 0, max: 90_000 }), event: eventArb(payments[which]!.amountMinor) })),
             { maxLength: 40 },
           ),
         }),
@@ -124,33 +125,41 @@ describe("payment state machine properties", () => {
       fc.property(scenario, ({ payments, funds, steps }) => {
         let now = DAY;
         const state = payments.map((p, i) => newPayment(`pay${i}`, p.mode, p.amountMinor, now));
-        // The model ledger: the wallet, the merchant, and the funding account that filled the wallet.
-        const balances = { wallet: funds, merchant: 0, funding: -funds };
-        const debits = new Map<string, number>();
+        // The ledger, moved only by the core's post_transfer effects, applied as
+        // src/service/payments.ts applies them: from the payment the core returned.
+        const wallet = "wallet:w:CNY";
+        const ledger = new Map<string, number>([["funding:CNY", -funds], [wallet, funds], ["merchant:m:CNY", 0]]);
+        const transfers: { paymentId: string; amountMinor: number; authorised: unknown }[] = [];
         for (const s of steps) {
           now += s.advanceMs;
           const before = state[s.which]!;
           // The shell fills the balance in from the ledger, as src/service/payments.ts does.
-          const ev = s.event.kind === "execute" ? { ...s.event, walletBalanceMinor: balances.wallet } : s.event;
+          const ev = s.event.kind === "execute" ? { ...s.event, walletBalanceMinor: ledger.get(wallet)! } : s.event;
           const d = step(before, ev, now, D);
           if (!d.ok) continue;
           if (isFinal(before.status)) expect(d.payment).toBe(before);
           for (const e of d.effects) {
-            if (e.kind === "post_transfer") {
-              balances.wallet -= before.amountMinor;
-              balances.merchant += before.amountMinor;
-              debits.set(before.id, (debits.get(before.id) ?? 0) + 1);
-            }
+            if (e.kind !== "post_transfer") continue;
+            const p = d.payment;
+            const from = `wallet:${p.walletAccountId}:${p.currency}`;
+            const to = `merchant:${p.merchantId}:${p.currency}`;
+            ledger.set(from, (ledger.get(from) ?? 0) - p.amountMinor);
+            ledger.set(to, (ledger.get(to) ?? 0) + p.amountMinor);
+            expect(ledger.get(from), "overdrawn").toBeGreaterThanOrEqual(0);
+            transfers.push({ paymentId: p.id, amountMinor: p.amountMinor, authorised: ev.kind === "execute" ? ev.values : null });
           }
           state[s.which] = d.payment;
         }
-        expect(balances.wallet + balances.merchant + balances.funding).toBe(0);
-        expect(balances.wallet).toBeGreaterThanOrEqual(0);
-        for (const p of state) {
-          const n = debits.get(p.id) ?? 0;
-          expect(n).toBeLessThanOrEqual(1);
-          expect(n === 1).toBe(p.status === "completed");
-        }
+        // What the core says was paid: the requested amounts of the payments it completed.
+        const paid = payments.reduce((sum, p, i) => sum + (state[i]!.status === "completed" ? p.amountMinor : 0), 0);
+        // Exactly that left the wallet for the merchant, and no other account or currency moved.
+        expect(Object.fromEntries(ledger)).toEqual({ "funding:CNY": -funds, [wallet]: funds - paid, "merchant:m:CNY": paid });
+        payments.forEach((req, i) => {
+          const own = transfers.filter((t) => t.paymentId === `pay${i}`);
+          expect(own).toHaveLength(state[i]!.status === "completed" ? 1 : 0);
+          // Each transfer is the payment's own amount, posted by an execution that named it.
+          for (const t of own) expect(t).toEqual({ paymentId: `pay${i}`, amountMinor: req.amountMinor, authorised: { amountMinor: req.amountMinor, currency: "CNY", payee: "m" } });
+        });
       }),
       { numRuns: 500 },
     );
