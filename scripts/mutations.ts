@@ -92,7 +92,7 @@ export async function runMutations(o: MutationOptions = {}): Promise<MutationRep
   const scratch = makeScratchCopy();
   scratchDirs.add(scratch);
   const results: MutationResult[] = [];
-  let baseline = { ok: true, detail: "" };
+  let baseline: { ok: boolean; detail: string };
   try {
     log(`scratch copy: ${scratch}; ${selected.length} mutation(s), one at a time`);
     baseline = await runBaseline(scratch, selected, timeoutMs, log);
@@ -170,7 +170,7 @@ async function runBaseline(scratch: string, selected: readonly Mutation[], timeo
     const v = await vitest(scratch, run.files, run.pattern, timeoutMs);
     log(`baseline: ${run.files.length} file(s)${run.pattern === undefined ? "" : ", filtered"}: ${v.passed} passed, ${v.failed.length} failed (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
     if (v.exitCode !== 0 || v.failed.length > 0 || v.passed === 0) {
-      const why = v.failed.length > 0 ? `failing: ${v.failed.join("; ")}` : v.problem ?? `vitest exited ${v.exitCode}`;
+      const why = v.failed.length > 0 ? `failing: ${v.failed.join("; ")}` : (v.problem ?? (v.passed === 0 ? "no test ran (does a filter match no test name?)" : `vitest exited ${v.exitCode}: ${v.tail}`));
       return { ok: false, detail: `baseline fails (${run.files.join(" ")}): ${why}` };
     }
   }
