@@ -171,7 +171,7 @@ export const MUTATIONS: readonly Mutation[] = [
     filter: "auto-confirms a small payment",
   },
   {
-    id: "idempotency-conflict-missed",
+    id: "idempotency-conflict-ignored",
     rule: "A pay_request reusing an idempotency key with other fields gets the earlier payment instead of idempotency_conflict.",
     file: "src/service/payments.ts",
     search: "if (!sameBytes(existing.requestDigest, digest)) throw",
