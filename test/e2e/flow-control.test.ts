@@ -104,6 +104,19 @@ describe("the delivery window", () => {
     await polite.close();
   });
 
+  it("sends a connected device that withholds its PUBACKs 100 of its live answers, and keeps the rest in the outbox", async () => {
+    broker = await startTestBroker({ deviceRatePerSec: 100_000, deviceBurst: 100_000 });
+    const key = broker.register("terminal");
+    const d = await RawDevice.connect(broker.url, key, broker.publicKey, true, {}, false);
+    // Each PUBACK of a ping comes after the broker has published (or held back) its pong on the
+    // same connection, so once the last ping is acknowledged, what the device received is final.
+    for (let i = 0; i < 150; i++) await d.publish(d.seal("ping", { echo: String(i) }).bytes);
+    expect(d.received.length).toBe(100);
+    expect(d.received.map((m) => m.payload?.body.echo)).toEqual(Array.from({ length: 100 }, (_, i) => String(i)));
+    expect(undelivered(key.deviceId)).toBe(150);
+    await d.close();
+  });
+
   it("sends nothing again for a repeated SUBSCRIBE of the down topic", async () => {
     broker = await startTestBroker({ deviceRatePerSec: 100_000, deviceBurst: 100_000 });
     const key = broker.register("terminal");
