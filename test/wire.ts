@@ -71,6 +71,29 @@ export function withholdPubacks(client: MqttClient): void {
   };
 }
 
+/**
+ * Makes a client withhold the PUBACK of each message `withhold` picks (given its envelope's
+ * payload, unverified, or null when it does not parse) and send the others as usual: a device
+ * that confirmed some messages and not others. Install it before subscribing, so it sees every
+ * message the broker sends.
+ */
+export function withholdPubacksFor(client: MqttClient, withhold: (payload: Payload | null) => boolean): void {
+  const picked = new Set<number>();
+  // MQTT.js emits 'packetreceive' before it answers the PUBLISH with its PUBACK.
+  client.on("packetreceive", (packet) => {
+    if (packet.cmd !== "publish" || packet.messageId === undefined) return;
+    const parsed = parseEnvelope(Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload));
+    if (withhold(parsed.ok ? parsed.msg.payload : null)) picked.add(packet.messageId);
+    else picked.delete(packet.messageId);
+  });
+  const c = client as unknown as { _sendPacket: (packet: { cmd: string; messageId?: number }, cb?: () => void, ...rest: unknown[]) => void };
+  const send = c._sendPacket.bind(client);
+  c._sendPacket = (packet, cb, ...rest) => {
+    if (packet.cmd === "puback" && packet.messageId !== undefined && picked.delete(packet.messageId)) return cb?.();
+    send(packet, cb, ...rest);
+  };
+}
+
 /** The SUBACK return code for one filter: the granted QoS, or 128 when refused. */
 export function subscribeGranted(client: MqttClient, filter: string): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -27,8 +27,8 @@ interface Setup {
   userId: string;
 }
 
-async function setup(overrides: Parameters<typeof startTestBroker>[0] = {}): Promise<Setup> {
-  broker = await startTestBroker(overrides);
+async function setup(overrides: Parameters<typeof startTestBroker>[0] = {}, deps: Parameters<typeof startTestBroker>[3] = {}): Promise<Setup> {
+  broker = await startTestBroker(overrides, undefined, undefined, deps);
   const userId = `user-${Math.random().toString(36).slice(2, 10)}`;
   const terminal = await broker.device(broker.register("terminal", { name: "Living room TV" }));
   const phone = await broker.device(broker.register("phone", { userId }));
@@ -77,13 +77,18 @@ describe("pairing", () => {
   });
 
   it("refuses a wrong code, an expired code and a used code, each with its own error", async () => {
-    const s = await setup({ pairingTtlMs: 1500 });
+    // Expiry is judged by the broker's clock when it handles the message: the test moves that
+    // clock past the code's lifetime instead of sleeping through it.
+    let offsetMs = 0;
+    const s = await setup({ pairingTtlMs: 1500 }, { clock: () => Date.now() + offsetMs });
     expect(errorCode(await s.phone.request("bind_confirm", { code: "BBBB-BBBB", limits: LIMITS }))).toBe("pairing_code_invalid");
     expect(errorCode(await s.phone.request("bind_confirm", { code: "not a code", limits: LIMITS }))).toBe("pairing_code_invalid");
 
-    const expiring = (await bindRequest(s)).body.code as string;
-    await new Promise((r) => setTimeout(r, 1600));
-    expect(errorCode(await s.phone.request("bind_confirm", { code: expiring, limits: LIMITS }))).toBe("pairing_code_expired");
+    const expiring = await bindRequest(s);
+    offsetMs = 5000; // past the code's 1.5 s lifetime
+    expect(Date.now() + offsetMs).toBeGreaterThan(expiring.body.expiresAtMs as number);
+    // The phone signs with the moved clock's time (5 s off real time is well within ±120 s anyway).
+    expect(errorCode(await s.phone.request("bind_confirm", { code: expiring.body.code, limits: LIMITS }, 5000, { ts: Date.now() + offsetMs }))).toBe("pairing_code_expired");
 
     const code = (await bindRequest(s)).body.code as string;
     expect((await s.phone.call("bind_confirm", { code, limits: LIMITS })).type).toBe("bound");
@@ -298,6 +303,17 @@ describe("tampering", () => {
     const bytes = Buffer.from(sealedOf(a));
     bytes[30]! ^= 0xff;
     setSealed(a, bytes);
-    expect((await s.phone.call("unbind", { agreementId: a })).type).toBe("unbound");
+    const payRequest = () =>
+      s.terminal.request("pay_request", { login: s.login, merchantId: "any-merchant", amountMinor: 100, currency: "CNY", orderRef: "o-1", idempotencyKey: `idem-${Math.random()}` });
+    // Before: the terminal's login still finds the (broken) agreement.
+    expect(errorCode(await payRequest())).toBe("agreement_tampered");
+    const terminalTold = s.terminal.next("unbound");
+    expect((await s.phone.call("unbind", { agreementId: a })).body).toMatchObject({ agreementId: a, by: "phone" });
+    expect((await terminalTold).body).toMatchObject({ agreementId: a, by: "phone" });
+    // Shredded like any unbound agreement: sealed blob, blind index and key version gone.
+    const row = broker.db.prepare("SELECT status, sealed, lookup, key_version, unbound_by FROM agreements WHERE id = ?").get(a);
+    expect(row).toEqual({ status: "unbound", sealed: null, lookup: null, key_version: null, unbound_by: "phone" });
+    // Nothing finds it any more: the login is not bound to this terminal.
+    expect(errorCode(await payRequest())).toBe("not_bound");
   });
 });

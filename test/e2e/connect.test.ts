@@ -5,8 +5,9 @@ import { CONNACK } from "../../src/service/connect.ts";
 import { revokeDevice } from "../../src/service/devices.ts";
 import { newDeviceKey } from "../../device-sim/keyfile.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
-import { downTopic } from "../../src/protocol/topics.ts";
-import { closed, nonce, rawConnect, subscribeGranted, tokenFor, type ConnectOutcome } from "../wire.ts";
+import { downTopic, upTopic } from "../../src/protocol/topics.ts";
+import { closed, nonce, rawConnect, sealWith, subscribeGranted, tokenFor, withholdPubacks, type ConnectOutcome } from "../wire.ts";
+import { parseEnvelope } from "../../src/protocol/envelope.ts";
 
 const FRESHNESS_MS = 120_000;
 
@@ -176,22 +177,52 @@ describe("CONNECT", () => {
     expect(refusalCode(outcome)).toBe("accepted");
   });
 
-  it("keeps no MQTT session: a device asking for clean session 0 is refused or finds no session on its next connect", async () => {
-    // docs/protocol.md §Transport: "The broker keeps nothing for you in an MQTT session."
+  it("keeps no MQTT session: clean session 0 is accepted as 1, the CONNACK says no session present, and nothing of the last connection comes from a session", async () => {
+    // docs/protocol.md §Transport: "a CONNECT with clean session 0 is accepted but handled as 1,
+    // and the CONNACK's session-present flag is always 0".
     const key = broker.register("terminal");
-    const persistent = { clean: false, clientId: key.deviceId, username: key.deviceId };
-    const first = await connect({ ...persistent, password: tokenFor(key.deviceId, key.pair) });
-    if (first.accepted) {
-      await subscribeGranted(first.client, downTopic(key.deviceId));
-      await first.client.endAsync();
-    }
-    const client = mqtt.connect(broker.url, { ...persistent, password: tokenFor(key.deviceId, key.pair), protocolVersion: 4, reconnectPeriod: 0 });
-    clients.push(client);
-    const second = await new Promise<{ sessionPresent: boolean } | { refused: number | undefined }>((resolve) => {
-      client.once("connect", (connack) => resolve({ sessionPresent: connack.sessionPresent }));
-      client.once("error", (err) => resolve({ refused: (err as { code?: number }).code }));
-    });
-    expect(second).not.toEqual({ sessionPresent: true });
+    const persistent = { clean: false, clientId: key.deviceId, username: key.deviceId, protocolVersion: 4 as const, reconnectPeriod: 0 };
+    /** Connects and resolves with the CONNACK's session-present flag, or the refusal. */
+    const connectPersistent = () => {
+      const client = mqtt.connect(broker.url, { ...persistent, password: tokenFor(key.deviceId, key.pair) });
+      clients.push(client);
+      return new Promise<{ client: MqttClient; sessionPresent: boolean } | { refused: number | undefined }>((resolve) => {
+        client.once("connect", (connack) => resolve({ client, sessionPresent: connack.sessionPresent }));
+        client.once("error", (err) => resolve({ refused: (err as { code?: number }).code }));
+        client.once("close", () => resolve({ refused: undefined }));
+      });
+    };
+    const pongIds = (all: { bytes: Buffer }[], re: string) =>
+      all.map((m) => parseEnvelope(m.bytes)).flatMap((p) => (p.ok && p.msg.payload.re === re ? [p.msg.payload.id] : []));
+
+    const first = await connectPersistent();
+    if (!("client" in first)) throw new Error(`clean session 0 refused: ${JSON.stringify(first)}`);
+    expect(first.sessionPresent).toBe(false);
+    // A subscription and a QoS 1 message never acknowledged: what a kept session would hold.
+    withholdPubacks(first.client);
+    const firstGot: { bytes: Buffer }[] = [];
+    first.client.on("message", (_t, bytes) => firstGot.push({ bytes }));
+    expect(await subscribeGranted(first.client, downTopic(key.deviceId))).toBe(1);
+    const ping = sealWith(key.pair, { type: "ping", from: key.deviceId });
+    await first.client.publishAsync(upTopic(key.deviceId), Buffer.from(ping.bytes), { qos: 1 });
+    await expect.poll(() => pongIds(firstGot, ping.id).length, { timeout: 5000 }).toBe(1);
+    const [pongId] = pongIds(firstGot, ping.id);
+    await first.client.endAsync();
+
+    const second = await connectPersistent();
+    if (!("client" in second)) throw new Error(`clean session 0 refused: ${JSON.stringify(second)}`);
+    expect(second.sessionPresent).toBe(false);
+    const secondGot: { bytes: Buffer; dup: boolean }[] = [];
+    second.client.on("message", (_t, bytes, packet) => secondGot.push({ bytes, dup: packet.dup }));
+    expect(await subscribeGranted(second.client, downTopic(key.deviceId))).toBe(1);
+    // A sync point: the answer to this ping comes after anything sent on connect or subscribe.
+    const sync = sealWith(key.pair, { type: "ping", from: key.deviceId });
+    await second.client.publishAsync(upTopic(key.deviceId), Buffer.from(sync.bytes), { qos: 1 });
+    await expect.poll(() => pongIds(secondGot, sync.id).length, { timeout: 5000 }).toBe(1);
+    // The unacknowledged pong comes again once, from the broker's outbox after the new SUBSCRIBE,
+    // not a second time from an MQTT session (which would also flag it dup).
+    expect(pongIds(secondGot, ping.id)).toEqual([pongId]);
+    expect(secondGot.filter((m) => m.dup)).toEqual([]);
   });
 
   it("refuses an MQTT 5 CONNECT with return code 1 (unacceptable protocol version)", async () => {

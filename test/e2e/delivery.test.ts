@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { DeviceKey } from "../../device-sim/keyfile.ts";
 import { downTopic } from "../../src/protocol/topics.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
-import { RawDevice, subscribeGranted } from "../wire.ts";
+import { RawDevice, subscribeGranted, withholdPubacksFor } from "../wire.ts";
 
 describe("outbox delivery and receipts", () => {
   let broker: TestBroker;
@@ -80,16 +80,38 @@ describe("outbox delivery and receipts", () => {
   });
 
   it("does not mark a direct refusal, which is not stored, nor anything else, on its PUBACK", async () => {
-    const d = await connect();
-    const before = broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NOT NULL").get();
+    const d = await connect(key, false);
     const { id, bytes } = d.seal("ping", {}, { to: "somebody-else" });
+    // Only the refusal is confirmed: every stored reply stays unconfirmed, so a row marked
+    // delivered could only have been marked by the refusal's PUBACK.
+    withholdPubacksFor(d.client, (p) => p?.re !== id);
+    expect(await subscribeGranted(d.client, downTopic(d.id))).toBe(1);
+    const waiting = await d.ping("stays undelivered");
     await d.publish(bytes);
     const refusal = await d.waitFor((m) => m.payload?.re === id);
     expect((refusal.payload!.body as { code: string }).code).toBe("misaddressed");
     await d.ping("sync");
-    await d.ping("sync again"); // the PUBACKs of the refusal and the first pong have been handled
+    await d.ping("sync again"); // the refusal's PUBACK went before this ping: any receipt it made is written
     expect(broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE msg_id = ?").get(refusal.payload!.id)).toEqual({ n: 0 });
-    expect((broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE delivered_ms IS NOT NULL").get() as { n: number }).n).toBeGreaterThanOrEqual((before as { n: number }).n);
+    expect(deliveredMs(waiting.id)).toBeNull();
+    expect(broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE device_id = ? AND delivered_ms IS NOT NULL").get(d.id)).toEqual({ n: 0 });
+    expect(broker.db.prepare("SELECT count(*) AS n FROM outbox WHERE device_id = ? AND delivered_ms IS NULL").get(d.id)).toEqual({ n: 3 });
+  });
+
+  it("marks only the message its PUBACK names: withhold the PUBACK of A, acknowledge B, reconnect, and A comes again", async () => {
+    const first = await connect(key, false);
+    const a = first.seal("ping", { echo: "A" });
+    withholdPubacksFor(first.client, (p) => p?.re === a.id);
+    expect(await subscribeGranted(first.client, downTopic(first.id))).toBe(1);
+    await first.publish(a.bytes);
+    const pongA = (await first.waitFor((m) => m.payload?.re === a.id)).payload!;
+    const pongB = await first.ping("B");
+    await isDelivered(pongB.id);
+    expect(deliveredMs(pongA.id)).toBeNull();
+    const second = await reconnect(first);
+    expect(second.received.filter((m) => m.payload?.id === pongA.id)).toHaveLength(1);
+    expect(second.received.filter((m) => m.payload?.id === pongB.id)).toEqual([]);
+    await isDelivered(pongA.id); // confirmed this time
   });
 
   it("keeps a reply sent at QoS 0 (a device subscribed at QoS 0 sends no PUBACK) undelivered until a signed ack", async () => {

@@ -285,12 +285,26 @@ describe("rate limit", () => {
     for (const reply of limited) expectError(reply, d.id, "rate_limited", reply.re!);
   });
 
-  it("limits each device on its own", async () => {
-    broker = await startTestBroker({ deviceBurst: 1, deviceRatePerSec: 1 });
+  it("limits each device on its own: the noisy one is answered rate_limited, the quiet one never", async () => {
+    // The broker's clock stands still, so no bucket refills: exactly `burst` messages pass.
+    const frozenMs = Date.now();
+    broker = await startTestBroker({ deviceBurst: 2, deviceRatePerSec: 1 }, undefined, undefined, { clock: () => frozenMs });
     const noisy = await broker.device(broker.register("terminal"));
     const quiet = await broker.device(broker.register("phone"));
-    await Promise.all(["a", "b", "c"].map((id) => noisy.request("ping", {}, 5000, { id })));
-    expect((await quiet.request("ping", {}, 5000)).type).toBe("pong");
+    const heard = (d: Device) => {
+      const all: Received[] = [];
+      d.on("message", (m) => all.push(m));
+      return all;
+    };
+    const [noisyHeard, quietHeard] = [heard(noisy), heard(quiet)];
+    const outcome = (m: Received) => (m.type === "error" ? String(m.body.code) : m.type);
+    const noisyAnswers = await Promise.all(["a", "b", "c", "d", "e"].map((id) => noisy.request("ping", {}, 5000, { id })));
+    expect(noisyAnswers.map(outcome).sort()).toEqual(["pong", "pong", "rate_limited", "rate_limited", "rate_limited"]);
+    // The quiet device's own budget is whole, whatever the noisy one spent.
+    const quietAnswers = await Promise.all(["f", "g"].map((id) => quiet.request("ping", {}, 5000, { id })));
+    expect(quietAnswers.map(outcome)).toEqual(["pong", "pong"]);
+    expect(noisyHeard.filter((m) => outcome(m) === "rate_limited")).toHaveLength(3);
+    expect(quietHeard.filter((m) => m.type === "error")).toEqual([]);
   });
 });
 

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { Device, Received } from "../../device-sim/device.ts";
 import type { DeviceKey } from "../../device-sim/keyfile.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
+import { parseEnvelope } from "../../src/protocol/envelope.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
 import { RawDevice } from "../wire.ts";
@@ -273,18 +274,55 @@ describe("payment", () => {
     expect(errorCode(await w.pay(amount, extra))).toBe(code);
   });
 
+  it("accepts a payment of exactly the per-payment maximum and completes it; one minor unit more is over_limit", async () => {
+    const w = await world({}, 200_000);
+    expect(errorCode(await w.pay(LIMITS.perPaymentMaxMinor + 1))).toBe("over_limit");
+    const prompt = w.phone.next("payment_prompt");
+    const result = w.terminal.next("payment_result");
+    const accepted = await w.pay(LIMITS.perPaymentMaxMinor);
+    expect(accepted.body).toMatchObject({ status: "awaiting_confirmation", amountMinor: LIMITS.perPaymentMaxMinor });
+    expect((await approveAndExecute(w.phone, await prompt)).body).toMatchObject({ status: "completed", amountMinor: LIMITS.perPaymentMaxMinor });
+    expect((await result).body).toMatchObject({ paymentId: accepted.body.paymentId, status: "completed" });
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(200_000 - LIMITS.perPaymentMaxMinor);
+    ledgerHolds();
+  });
+
+  it("refuses an execution in another currency with dynamic_link_mismatch: nothing moves, and the payment still executes as it was", async () => {
+    const w = await world();
+    const task = w.phone.next("payment_task");
+    const accepted = await w.pay(1000);
+    const t = (await task).body as { paymentId: string; amountMinor: number; currency: string; payee: string };
+    expect(errorCode(await w.phone.request("payment_execute", { paymentId: t.paymentId, amountMinor: t.amountMinor, currency: "EUR", payee: t.payee }))).toBe("dynamic_link_mismatch");
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000);
+    expect(new LedgerRepo(broker.db).transferForPayment(t.paymentId)).toBeNull();
+    expect((await w.terminal.call("payment_status", { paymentId: accepted.body.paymentId })).body).toMatchObject({ payment: { status: "executing", transferId: null } });
+    // The task as it was given still completes the payment, once.
+    expect((await execute(w.phone, await task)).body).toMatchObject({ status: "completed", amountMinor: 1000, currency: "CNY" });
+    expect(walletBalance(broker.db, broker.keyring, w.userId, "CNY")).toBe(50_000 - 1000);
+    ledgerHolds();
+  });
+
   it("returns the same payment for a retried request and sends no second prompt; other fields under the key conflict", async () => {
     const w = await world();
-    const prompts: Received[] = [];
-    w.phone.on("message", (m) => m.type === "payment_prompt" && prompts.push(m));
+    // The phone on a raw connection: it keeps every message it gets, duplicates included (the
+    // Device client would drop a second prompt under the same id).
+    await w.phone.close();
+    const phone = await RawDevice.connect(broker.url, w.phoneKey, broker.publicKey);
     const fields = { idempotencyKey: "retry-me", orderRef: "order-r" };
     const first = await w.pay(12_800, fields);
     const again = await w.pay(12_800, fields);
     expect(again.type).toBe("payment_accepted");
     expect(again.body.paymentId).toBe(first.body.paymentId);
     expect(errorCode(await w.pay(12_900, fields))).toBe("idempotency_conflict");
-    await w.phone.next("payment_prompt", 2000).catch(() => undefined);
-    expect(prompts).toHaveLength(1);
+    // Anything sent to the phone before its ping was handled arrives before the pong.
+    await phone.ping("sync");
+    const storedPrompts = (broker.db.prepare("SELECT bytes FROM outbox WHERE device_id = ?").all(w.phoneKey.deviceId) as { bytes: Buffer }[])
+      .map((r) => parseEnvelope(r.bytes))
+      .filter((r) => r.ok && r.msg.payload.type === "payment_prompt");
+    expect(storedPrompts).toHaveLength(1);
+    const prompts = phone.received.filter((m) => m.payload?.type === "payment_prompt");
+    expect(prompts.map((m) => m.payload!.body.paymentId)).toEqual([first.body.paymentId]);
+    await phone.close();
   });
 
   it.each([
@@ -368,22 +406,28 @@ describe("payment", () => {
   });
 
   it("fires deadlines that were armed before a restart", async () => {
-    const w = await world({ promptTtlMs: 1500 });
-    await w.pay(12_800);
+    let offsetMs = 0;
+    const clock = () => Date.now() + offsetMs;
+    const w = await world({}, 50_000, { clock });
+    const accepted = await w.pay(12_800);
+    const paymentId = accepted.body.paymentId as string;
+    const deadlineMs = accepted.body.deadlineMs as number;
+    const state = () => ({
+      status: broker.db.prepare("SELECT status FROM payments WHERE id = ?").pluck().get(paymentId),
+      deadlines: broker.db.prepare("SELECT which, due_ms FROM deadlines WHERE payment_id = ?").all(paymentId),
+    });
+    // Live at the restart: still awaiting the phone, its prompt deadline armed and not yet due.
+    expect(deadlineMs).toBeGreaterThan(clock());
+    expect(state()).toEqual({ status: "awaiting_confirmation", deadlines: [{ which: "prompt", due_ms: deadlineMs }] });
     const dataDir = broker.dataDir;
     await broker.stop({ keepData: true });
-    broker = await startTestBroker({ promptTtlMs: 1500 }, dataDir);
-    const result = await new Promise<number>((resolve) => {
-      const t = setInterval(() => {
-        const row = broker.db.prepare("SELECT count(*) AS n FROM payments WHERE status = 'expired'").get() as { n: number };
-        if (row.n === 1) {
-          clearInterval(t);
-          resolve(row.n);
-        }
-      }, 100);
-    });
-    expect(result).toBe(1);
-    expect(broker.db.prepare("SELECT count(*) AS n FROM deadlines").get()).toEqual({ n: 0 });
+    broker = await startTestBroker({}, dataDir, undefined, { clock });
+    expect(state()).toEqual({ status: "awaiting_confirmation", deadlines: [{ which: "prompt", due_ms: deadlineMs }] });
+    // The restarted broker's clock passes the deadline it only knows from its row.
+    offsetMs = deadlineMs - Date.now() + 1;
+    expect(broker.deadlines.poll()).toBe(1);
+    await broker.inbox.idle();
+    expect(state()).toEqual({ status: "expired", deadlines: [] });
   });
 });
 
@@ -419,10 +463,14 @@ describe("offline phone", () => {
   });
 
   it("gives both devices the expired result after the deadline, the phone on its next connect", async () => {
-    const w = await world({ promptTtlMs: 500 });
+    // A short prompt: the phone reconnects with a token of real time, which the moved clock must still find fresh.
+    let offsetMs = 0;
+    const w = await world({ promptTtlMs: 1000 }, 50_000, { clock: () => Date.now() + offsetMs });
     await w.phone.close();
     const result = w.terminal.next("payment_result");
     const accepted = await w.pay(12_800);
+    offsetMs = (accepted.body.deadlineMs as number) - Date.now() + 1;
+    expect(broker.deadlines.poll()).toBe(1);
     expect((await result).body).toMatchObject({ status: "expired" });
     const again = await broker.device(w.phoneKey, { connect: false });
     const seen: string[] = [];
