@@ -41,8 +41,8 @@ export const MUTATIONS: readonly Mutation[] = [
     file: "src/service/binding.ts",
     search: "    agreements.shred(row.id, by, ctx.nowMs);\n    o.onUnbound?.(ctx, row.id);",
     replace: "    if (opened.ok) agreements.shred(row.id, by, ctx.nowMs);\n    o.onUnbound?.(ctx, row.id);",
-    // The whole file: the test that catches it is being written, its name is not known yet.
     tests: ["test/e2e/binding.test.ts"],
+    filter: "unbind a tampered agreement",
     quick: true,
   },
   {
@@ -52,15 +52,17 @@ export const MUTATIONS: readonly Mutation[] = [
     search: '"UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND msg_id = ? AND delivered_ms IS NULL"',
     replace: '"UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND ? IS NOT NULL AND delivered_ms IS NULL"',
     tests: ["test/e2e/delivery.test.ts"],
+    filter: "withhold the PUBACK of A",
     quick: true,
   },
   {
     id: "wal-sync-never-reopens",
     rule: "The WAL sync keeps syncing the descriptor of a WAL file SQLite has replaced.",
     file: "src/store/wal-sync.ts",
-    search: "if (this.#fd !== null && ino === this.#ino && fstatSync(this.#fd).ino === ino) return this.#fd;",
+    search: "if (this.#fd !== null && ino === this.#ino && this.#io.fstat(this.#fd).ino === ino) return this.#fd;",
     replace: "if (this.#fd !== null) return this.#fd;",
     tests: ["test/unit/wal-sync.test.ts"],
+    filter: "replaced",
     quick: true,
   },
   {
