@@ -167,18 +167,19 @@ describe("payment", () => {
   // The broker's clock is moved past the deadline (the default 120 s prompt, 60 s task) and the
   // deadlines polled: the test waits for no timer.
   it("expires a prompt nobody answers once the broker's clock passes its deadline, telling both devices", async () => {
-    let offsetMs = 0;
-    const w = await world({}, 50_000, { clock: () => Date.now() + offsetMs });
+    // Real time until the prompt is out, then a clock the test holds still and moves itself.
+    let frozenMs: number | null = null;
+    const w = await world({}, 50_000, { clock: () => frozenMs ?? Date.now() });
     const prompt = w.phone.next("payment_prompt");
     const phoneResult = w.phone.next("payment_result");
     const result = w.terminal.next("payment_result");
     await w.pay(12_800);
     const deadlineMs = (await prompt).body.deadlineMs as number;
-    offsetMs = deadlineMs - Date.now() - 1;
-    broker.deadlines.poll();
+    frozenMs = deadlineMs - 1;
+    expect(broker.deadlines.poll()).toBe(0);
     await broker.inbox.idle();
     expect(broker.db.prepare("SELECT status FROM payments").pluck().all()).toEqual(["awaiting_confirmation"]);
-    offsetMs = deadlineMs - Date.now() + 1;
+    frozenMs = deadlineMs;
     expect(broker.deadlines.poll()).toBe(1);
     expect((await result).body).toMatchObject({ status: "expired", reason: "prompt_expired" });
     expect((await phoneResult).body).toMatchObject({ status: "expired" });
