@@ -22,6 +22,7 @@ import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { TCP_ONLY_FLAGS } from "../src/config.ts";
 import { ensureDataDir, loadBrokerIdentity, loadKeyring, openDataDb } from "../broker/data-dir.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
@@ -461,6 +462,7 @@ async function startBroker(o: Options, keys: KeysFile, funded: readonly string[]
     "broker/main.ts",
     "--port",
     String(port),
+    ...TCP_ONLY_FLAGS,
     "--data-dir",
     dataDir,
     "--log-level",

@@ -24,6 +24,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DB_FILE, loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { UsageError, parseFlags, runCli } from "../src/cli/args.ts";
+import { TCP_ONLY_FLAGS } from "../src/config.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { addMerchant, creditWallet } from "../src/service/ledger.ts";
@@ -161,6 +162,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     [
       "--host", "127.0.0.1",
       "--port", String(port),
+      ...TCP_ONLY_FLAGS,
       "--data-dir", dataDir,
       "--log-level", "info",
       "--device-rate", String(RATE_PER_SEC),

@@ -45,6 +45,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { UsageError, parseFlags, runCli } from "../src/cli/args.ts";
+import { TCP_ONLY_FLAGS } from "../src/config.ts";
 import { FINAL_STATUSES, type Payment, type PaymentStatus } from "../src/core/payment.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
@@ -368,6 +369,7 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   const url = `mqtt://127.0.0.1:${port}`;
   const broker = new BrokerProcess([
     "--port", String(port),
+    ...TCP_ONLY_FLAGS,
     "--data-dir", dataDir,
     "--prompt-ttl-ms", String(promptTtlMs),
     "--task-ttl-ms", String(taskTtlMs),

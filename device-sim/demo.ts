@@ -13,7 +13,7 @@ import pino from "pino";
 import { loadKeyring, openDataDb, readBrokerPublicKey, MASTER_KEY_FILE } from "../broker/data-dir.ts";
 import { startBroker, type BrokerHandle } from "../broker/server.ts";
 import { UsageError, parseFlags } from "../src/cli/args.ts";
-import { brokerConfig, masterKeyFromEnv } from "../src/config.ts";
+import { TCP_ONLY, brokerConfig, masterKeyFromEnv } from "../src/config.ts";
 import { formatAmount } from "../src/core/money.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import type { Db } from "../src/store/db.ts";
@@ -161,7 +161,7 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
       const kept = values["data-dir"] !== undefined;
       const dataDir = kept ? resolve(values["data-dir"]!) : (tempDir = mkdtempSync(join(tmpdir(), "hp-demo-")));
       const logLevel = values["log-level"] ?? "silent";
-      const config = brokerConfig({}, {}, { host: "127.0.0.1", port: 0, dataDir, logLevel: logLevel as "silent", ...scenario.broker });
+      const config = brokerConfig({}, {}, { host: "127.0.0.1", port: 0, ...TCP_ONLY, dataDir, logLevel: logLevel as "silent", ...scenario.broker });
       const log = logLevel === "silent" ? pino({ level: "silent" }) : pino({ level: logLevel }, pino.destination(2));
       broker = await startBroker(config, { log, masterKeyEnv: masterKeyFromEnv() });
       target = { url: broker.url, brokerPublicKey: broker.publicKey, db: broker.db, keyring: broker.keyring };

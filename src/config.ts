@@ -10,10 +10,27 @@ import { z } from "zod";
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/** A listener's port: a number (0 picks a free one) or "off" for no listener. */
+const listenerPort = z.union([z.literal("off"), int(0, 65535)]);
+/** A file path, or "" for none. */
+const optionalFile = z.string();
+/** Allowed WebSocket Origins: repeatable flag, or a comma-separated environment variable; none means any. */
+const origins = z.preprocess(
+  (v) => (Array.isArray(v) ? v : String(v ?? "").split(",")).map((o) => String(o).trim()).filter((o) => o !== ""),
+  z.array(z.string().regex(/^https?:\/\/[^/\s]+$/, "an origin such as https://shop.example.com (scheme, host and port; no path)")),
+);
 
 export const brokerConfigSchema = z.strictObject({
   host: z.string().min(1),
   port: int(0, 65535),
+  tlsPort: listenerPort,
+  wsPort: listenerPort,
+  wssPort: listenerPort,
+  tlsCert: optionalFile,
+  tlsKey: optionalFile,
+  wsOrigin: origins,
+  metricsHost: z.string().min(1),
+  metricsPort: listenerPort,
   dataDir: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS),
   maxPacketBytes: int(1024, 16 * 1024 * 1024),
@@ -40,11 +57,21 @@ interface OptionSpec {
   readonly env: string;
   readonly def: string;
   readonly help: string;
+  /** The flag may be given more than once. */
+  readonly repeatable?: true;
 }
 
 export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "host", flag: "host", env: "HANDOFF_HOST", def: "127.0.0.1", help: "address to listen on (0.0.0.0 for all interfaces)" },
-  { key: "port", flag: "port", env: "HANDOFF_PORT", def: "1883", help: "MQTT TCP port; 0 picks a free one" },
+  { key: "port", flag: "port", env: "HANDOFF_PORT", def: "1883", help: "MQTT over plain TCP (development); 0 picks a free port, off turns it off" },
+  { key: "tlsPort", flag: "tls-port", env: "HANDOFF_TLS_PORT", def: "8883", help: "MQTT over TLS; 0 picks a free port, off turns it off" },
+  { key: "wsPort", flag: "ws-port", env: "HANDOFF_WS_PORT", def: "8080", help: "MQTT over WebSocket; 0 picks a free port, off turns it off" },
+  { key: "wssPort", flag: "wss-port", env: "HANDOFF_WSS_PORT", def: "8443", help: "MQTT over WebSocket over TLS; 0 picks a free port, off turns it off" },
+  { key: "tlsCert", flag: "tls-cert", env: "HANDOFF_TLS_CERT", def: "", help: "certificate (PEM) for TLS and WSS; none: a self-signed one in the data dir" },
+  { key: "tlsKey", flag: "tls-key", env: "HANDOFF_TLS_KEY", def: "", help: "private key (PEM) of --tls-cert" },
+  { key: "wsOrigin", flag: "ws-origin", env: "HANDOFF_WS_ORIGIN", def: "", help: "an Origin allowed to open a WebSocket (repeatable; env comma-separated); none: any", repeatable: true },
+  { key: "metricsHost", flag: "metrics-host", env: "HANDOFF_METRICS_HOST", def: "127.0.0.1", help: "address of the operator endpoints (/healthz, /readyz, /metrics)" },
+  { key: "metricsPort", flag: "metrics-port", env: "HANDOFF_METRICS_PORT", def: "9464", help: "port of the operator endpoints; 0 picks a free port, off turns them off" },
   { key: "dataDir", flag: "data-dir", env: "HANDOFF_DATA_DIR", def: "./data", help: "database, broker identity and master key file" },
   { key: "logLevel", flag: "log-level", env: "HANDOFF_LOG_LEVEL", def: "info", help: LOG_LEVELS.join(" | ") },
   { key: "maxPacketBytes", flag: "max-packet-bytes", env: "HANDOFF_MAX_PACKET_BYTES", def: "65536", help: "largest MQTT packet accepted; a larger one drops the connection" },
@@ -63,6 +90,13 @@ export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "purgeEveryMs", flag: "purge-every-ms", env: "HANDOFF_PURGE_EVERY_MS", def: "60000", help: "how often expired replay memory, pairings and delivered messages are deleted" },
 ];
 
+/**
+ * For tools and tests that start a broker on one free TCP port: every other listener off, so that
+ * several brokers can run at once without taking each other's default ports.
+ */
+export const TCP_ONLY: Readonly<Pick<BrokerConfig, "tlsPort" | "wsPort" | "wssPort" | "metricsPort">> = Object.freeze({ tlsPort: "off", wsPort: "off", wssPort: "off", metricsPort: "off" });
+export const TCP_ONLY_FLAGS: readonly string[] = ["--tls-port", "off", "--ws-port", "off", "--wss-port", "off", "--metrics-port", "off"];
+
 export class ConfigError extends Error {}
 
 export interface ParsedCli {
@@ -74,9 +108,9 @@ export interface ParsedCli {
 export function parseBrokerCli(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ParsedCli {
   let values: Record<string, string | boolean | undefined>;
   try {
-    const options: Record<string, { type: "string" | "boolean"; short?: string }> = { help: { type: "boolean", short: "h" } };
-    for (const o of BROKER_OPTIONS) options[o.flag] = { type: "string" };
-    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
+    const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = { help: { type: "boolean", short: "h" } };
+    for (const o of BROKER_OPTIONS) options[o.flag] = o.repeatable ? { type: "string", multiple: true } : { type: "string" };
+    values = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
   } catch (err) {
     throw new ConfigError(`${(err as Error).message}\nRun with --help to see the options.`);
   }

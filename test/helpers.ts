@@ -6,7 +6,7 @@ import pino, { type Logger } from "pino";
 import { startBroker, type BrokerHandle } from "../broker/server.ts";
 import { Device } from "../device-sim/device.ts";
 import { newDeviceKey, type DeviceKey } from "../device-sim/keyfile.ts";
-import { brokerConfig, type BrokerConfig } from "../src/config.ts";
+import { TCP_ONLY, brokerConfig, type BrokerConfig } from "../src/config.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 
@@ -35,7 +35,7 @@ export async function startTestBroker(
   onFatal?: (err: Error) => void,
   deps: TestBrokerDeps = {},
 ): Promise<TestBroker> {
-  const config = brokerConfig({}, {}, { port: 0, dataDir, logLevel: "silent", ...overrides });
+  const config = brokerConfig({}, {}, { port: 0, ...TCP_ONLY, dataDir, logLevel: "silent", ...overrides });
   const log = deps.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
   const handle = await startBroker(config, {
     log,

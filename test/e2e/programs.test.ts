@@ -7,6 +7,7 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { adminMain } from "../../broker/admin.ts";
+import { TCP_ONLY_FLAGS } from "../../src/config.ts";
 import { Device } from "../../device-sim/device.ts";
 import { readKeyFile } from "../../device-sim/keyfile.ts";
 import { fromBase64 } from "../../src/crypto/encoding.ts";
@@ -28,7 +29,7 @@ function finish(child: ChildProcessWithoutNullStreams): Promise<{ code: number |
 
 /** Starts the broker program and resolves once it logs its port. */
 async function startProcess(dataDir: string | null, env: NodeJS.ProcessEnv = {}) {
-  const child = run("broker/main.ts", dataDir === null ? [] : ["--port", "0", "--data-dir", dataDir], env);
+  const child = run("broker/main.ts", dataDir === null ? [] : ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir], env);
   const lines: Record<string, unknown>[] = [];
   let buffer = "";
   const port = await new Promise<number>((resolve, reject) => {
@@ -96,7 +97,7 @@ describe("broker program", () => {
   it("refuses to start a second broker on the same data dir, naming the reason", async () => {
     const dataDir = dir();
     const first = await startProcess(dataDir);
-    const second = await finish(run("broker/main.ts", ["--port", "0", "--data-dir", dataDir]));
+    const second = await finish(run("broker/main.ts", ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir]));
     expect(second.code).toBe(1);
     expect(second.stderr).toContain("another broker is already running");
     first.child.kill("SIGINT");
@@ -109,7 +110,7 @@ describe("broker program", () => {
     first.child.kill("SIGTERM");
     expect(await first.exited).toBe(0);
     rmSync(join(dataDir, "master.key"));
-    const again = await finish(run("broker/main.ts", ["--port", "0", "--data-dir", dataDir]));
+    const again = await finish(run("broker/main.ts", ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir]));
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("has a database but no master.key");
     await expect(adminMain(["device", "list", "--data-dir", dataDir], () => {})).rejects.toThrow("no master.key");
@@ -130,7 +131,7 @@ describe("broker program", () => {
 
   it("takes its options from the environment when no flag is given", async () => {
     const dataDir = dir();
-    const broker = await startProcess(null, { HANDOFF_PORT: "0", HANDOFF_DATA_DIR: dataDir, HANDOFF_LOG_LEVEL: "debug" });
+    const broker = await startProcess(null, { HANDOFF_PORT: "0", HANDOFF_TLS_PORT: "off", HANDOFF_WS_PORT: "off", HANDOFF_WSS_PORT: "off", HANDOFF_METRICS_PORT: "off", HANDOFF_DATA_DIR: dataDir, HANDOFF_LOG_LEVEL: "debug" });
     const start = broker.lines.find((l) => String(l.msg).startsWith("broker listening"))!;
     expect(start.dataDir).toBe(dataDir);
     expect(start.port).not.toBe(1883);
