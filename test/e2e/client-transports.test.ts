@@ -6,17 +6,24 @@
  * and https) that pipe every connection to it. Each front end counts the application bytes it
  * receives, so a refused certificate can be shown to have sent nothing, the token least of all.
  */
+import { execFile } from "node:child_process";
 import { once } from "node:events";
+import { rmSync, writeFileSync } from "node:fs";
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import { join } from "node:path";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
 import type { Duplex } from "node:stream";
 import { generate } from "selfsigned";
 import { WebSocketServer, createWebSocketStream } from "ws";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { runDemo } from "../../device-sim/demo.ts";
 import { Device, certificateFingerprint } from "../../device-sim/device.ts";
-import { startTestBroker, type TestBroker } from "../helpers.ts";
+import { writeKeyFile } from "../../device-sim/keyfile.ts";
+import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+
+const ROOT = join(import.meta.dirname, "../..");
 
 interface FrontEnd {
   readonly url: string;
@@ -211,5 +218,60 @@ describe("Device options", () => {
   ])("refuses %o", (o, message) => {
     const key = broker.register("terminal");
     expect(() => new Device({ key, brokerPublicKey: broker.publicKey, ...o })).toThrow(message);
+  });
+});
+
+/** `npm run sim -- …` as a program: exit status and everything it printed. */
+function sim(args: string[]): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ["--import", "tsx", join(ROOT, "device-sim/cli.ts"), ...args], { cwd: ROOT, timeout: 30_000 }, (err, stdout, stderr) =>
+      resolve({ code: err === null ? 0 : typeof err.code === "number" ? err.code : -1, output: stdout + stderr }),
+    );
+  });
+}
+
+describe("the simulator and the demo over TLS", () => {
+  it("sim: --url mqtts://… --ca FILE connects and runs a command; a wrong --fingerprint is refused and says why", { timeout: 60_000 }, async () => {
+    const front = await tlsFront();
+    const dir = tempDir();
+    try {
+      const keyFile = join(dir, "phone.key");
+      writeKeyFile(keyFile, broker.register("phone"));
+      const caFile = join(dir, "broker.crt");
+      writeFileSync(caFile, pems.cert);
+      const base = ["phone", "--key", keyFile, "agreements", "--url", front.url, "--data-dir", broker.dataDir];
+      const ok = await sim([...base, "--ca", caFile]);
+      expect(ok).toMatchObject({ code: 0, output: expect.stringContaining("no agreements") });
+      expect(front.piped).toBe(1);
+      const wrong = await sim([...base, "--fingerprint", certificateFingerprint(otherPems.cert)]);
+      expect(wrong.code).toBe(1);
+      expect(wrong.output).toContain(`could not connect to ${front.url}: the broker's TLS certificate has SHA-256 fingerprint`);
+      expect(front.piped).toBe(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("demo: --url wss://… plays the whole story, trusting the certificate it finds in --data-dir (tls.crt)", { timeout: 60_000 }, async () => {
+    const front = await wsFront(true);
+    const certFile = join(broker.dataDir, "tls.crt");
+    writeFileSync(certFile, pems.cert);
+    try {
+      const lines: string[] = [];
+      const errors: string[] = [];
+      // The test broker's prompts live long: --max-wait-ms 0 skips the expiry step (reported, not failed).
+      const code = await runDemo(["--json", "--url", front.url, "--data-dir", broker.dataDir, "--max-wait-ms", "0"], { out: (l) => lines.push(l), err: (l) => errors.push(l) });
+      expect({ code, errors }).toEqual({ code: 0, errors: [] });
+      expect((JSON.parse(lines.at(-1)!) as { ok: boolean }).ok).toBe(true);
+      expect(front.piped).toBeGreaterThan(1);
+    } finally {
+      rmSync(certFile);
+    }
+  });
+
+  it("demo: --ca with a plain --url is a usage error", async () => {
+    const errors: string[] = [];
+    const code = await runDemo(["--url", "mqtt://127.0.0.1:1", "--data-dir", broker.dataDir, "--ca", "x.pem"], { out: () => {}, err: (l) => errors.push(l) });
+    expect({ code, errors }).toEqual({ code: 2, errors: [expect.stringContaining("--ca and --fingerprint are for an mqtts:// or wss:// --url")] });
   });
 });
