@@ -150,6 +150,16 @@ export function readBrokerPublicKey(dir: string): Uint8Array | null {
   return fromBase64(readFileSync(file, "utf8").trim());
 }
 
+/**
+ * The broker's TLS certificate (PEM) a data dir holds, tls.crt, for tools that trust it: null
+ * if there is none (the broker writes it on its first start with a TLS or wss listener).
+ */
+export function readBrokerCertificate(dir: string): string | null {
+  const file = join(resolve(dir), "tls.crt");
+  if (!existsSync(file)) return null;
+  return readFileSync(file, "utf8");
+}
+
 export const MASTER_KEY_FILE = "master.key";
 
 /**

@@ -4,15 +4,16 @@
  *   terminal   be a terminal: connect and print what arrives
  *   phone      be a phone: connect and print what arrives
  */
+import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { defaultBrokerUrl, defaultDataDir, masterKeyFromEnv } from "../src/config.ts";
 import { OperationError, UsageError, parseFlags, requireString, runCli } from "../src/cli/args.ts";
 import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
-import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
+import { ensureDataDir, loadKeyring, openDataDb, readBrokerCertificate, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { PhoneAgent, pay, type PromptAnswer } from "./agents.ts";
 import { STEP_TEXT, acceptedText, codeBox, limitsText } from "./present.ts";
-import { Device, type Received } from "./device.ts";
+import { Device, certificateFingerprint, type DeviceOptions, type Received } from "./device.ts";
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
 import { newDeviceKey, readKeyFile, writeKeyFile, type DeviceKey } from "./keyfile.ts";
@@ -65,12 +66,21 @@ Options:
   --user USER_ID           keygen --register --kind phone: the user whose wallet the
                            phone's payments debit (phones need it)
   --key FILE               terminal, phone: the device's key file (from keygen)
-  --url URL                terminal, phone: broker URL (env HANDOFF_URL, default
+  --url URL                terminal, phone: broker URL, mqtt://, mqtts:// (TLS), ws:// or
+                           wss:// (MQTT over WebSocket) host:port (env HANDOFF_URL, default
                            mqtt://127.0.0.1:1883)
+  --ca FILE                terminal, phone with mqtts:// or wss://: trust the broker certificate
+                           or CA in FILE (PEM) instead of the system's CAs; the host name must
+                           match it
+  --fingerprint SHA256     terminal, phone with mqtts:// or wss://: accept only the broker
+                           certificate with this SHA-256 fingerprint (AB:CD:…, as the broker
+                           logs it at start). With neither --ca nor --fingerprint, the
+                           certificate in <data-dir>/tls.crt is trusted, if there is one, and
+                           otherwise the system's CAs
   --broker-key BASE64      terminal, phone: the broker public key to pin (default: read
                            <data-dir>/broker.pub)
-  --data-dir DIR           the broker's data dir: where broker.pub is, and where keygen
-                           --register registers (env HANDOFF_DATA_DIR, default ./data)
+  --data-dir DIR           the broker's data dir: where broker.pub and tls.crt are, and where
+                           keygen --register registers (env HANDOFF_DATA_DIR, default ./data)
   --login LOGIN            terminal bind, pay: the name of the user logged in on the
                            terminal; pay must send the login that was bound
   --model M                terminal bind: the terminal's model (default "Handoff simulator")
@@ -92,6 +102,8 @@ Examples:
   npm run sim -- keygen --out phone.key --kind phone --name "Alice's phone" --register --user alice
   npm run sim -- terminal --key tv.key --login alice --merchant coffee-corner
   npm run sim -- phone --key phone.key --url mqtt://127.0.0.1:1883
+  npm run sim -- phone --key phone.key --url mqtts://127.0.0.1:8883 --ca data/tls.crt
+  npm run sim -- phone --key phone.key --url wss://broker.example:8443 --fingerprint AB:CD:…
   npm run sim -- terminal --key tv.key bind --login alice
   npm run sim -- phone --key phone.key pair BCDF-GHJK --auto-max 50 --max 500
   npm run sim -- phone --key phone.key agreements
@@ -108,6 +120,8 @@ export const FLAGS = {
   "data-dir": { type: "string" },
   key: { type: "string" },
   url: { type: "string" },
+  ca: { type: "string" },
+  fingerprint: { type: "string" },
   "broker-key": { type: "string" },
   login: { type: "string" },
   model: { type: "string" },
@@ -192,6 +206,37 @@ function brokerKey(values: Values): Uint8Array {
   return key;
 }
 
+/**
+ * What a device trusts of the broker's TLS certificate (mqtts://, wss://): --ca, --fingerprint,
+ * or else the certificate in the data dir, trusted exactly (whatever host names it lists); with
+ * none of them, the system's CAs. Plain mqtt:// and ws:// take none.
+ */
+export function brokerTrust(url: string, flags: { ca?: string | undefined; fingerprint?: string | undefined }, dataDir: string): Pick<DeviceOptions, "ca" | "fingerprint256"> {
+  const secure = /^(mqtts|wss):/i.test(url);
+  if (!secure) {
+    if (flags.ca !== undefined || flags.fingerprint !== undefined) throw new UsageError(`--ca and --fingerprint are for mqtts:// and wss:// URLs, not ${url}`);
+    return {};
+  }
+  const trust: { ca?: string; fingerprint256?: string } = {};
+  if (flags.ca !== undefined) {
+    try {
+      trust.ca = readFileSync(flags.ca, "utf8");
+      certificateFingerprint(trust.ca);
+    } catch (err) {
+      throw new OperationError(`--ca ${flags.ca}: not a readable PEM certificate (${(err as Error).message})`);
+    }
+  }
+  if (flags.fingerprint !== undefined) trust.fingerprint256 = flags.fingerprint;
+  if (trust.ca !== undefined || trust.fingerprint256 !== undefined) return trust;
+  const cert = readBrokerCertificate(dataDir);
+  if (cert === null) return {};
+  try {
+    return { ca: cert, fingerprint256: certificateFingerprint(cert) };
+  } catch (err) {
+    throw new OperationError(`${dataDir}/tls.crt is not a PEM certificate (${(err as Error).message}): pass --ca or --fingerprint`);
+  }
+}
+
 function stamp(): string {
   return new Date().toISOString().slice(11, 23);
 }
@@ -222,7 +267,14 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
   }
   if (key.kind !== undefined && key.kind !== kind) process.stderr.write(`warning: ${keyFile} was made for a ${key.kind}\n`);
   const url = values.url ?? defaultBrokerUrl();
-  const device = new Device({ url, key, brokerPublicKey: brokerKey(values) });
+  const trust = brokerTrust(url, values, values["data-dir"] ?? defaultDataDir());
+  const brokerPublicKey = brokerKey(values);
+  let device: Device;
+  try {
+    device = new Device({ url, key, brokerPublicKey, ...trust });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
   const say = (line: string) => process.stdout.write(`${stamp()}  ${line}\n`);
   device.on("message", (m) => {
     // A terminal's commands narrate their own replies, progress and results.

@@ -17,6 +17,7 @@ import { TCP_ONLY, brokerConfig, masterKeyFromEnv } from "../src/config.ts";
 import { formatAmount } from "../src/core/money.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import type { Db } from "../src/store/db.ts";
+import { brokerTrust } from "./cli.ts";
 import { ScenarioError, loadScenario, runScenario, type Balances, type Scenario, type ScenarioEvent, type ScenarioReport } from "./scenario.ts";
 
 export const DEFAULT_SCENARIO = fileURLToPath(new URL("../scenarios/demo.json", import.meta.url));
@@ -47,7 +48,8 @@ Options:
                      so you can check they are not stored in clear in the data dir)
   --data-dir DIR     keep the broker's data in DIR (created if missing) instead of a temporary
                      dir; with --url, the data dir of the running broker (required)
-  --url URL          play against a broker that is already running, e.g. mqtt://127.0.0.1:1883.
+  --url URL          play against a broker that is already running, e.g. mqtt://127.0.0.1:1883
+                     (or mqtts://, ws://, wss://).
                      Devices, merchants and wallet credits are then written into the database in
                      --data-dir directly, as "npm run admin" does, and devices pin the key in
                      <data-dir>/broker.pub. That broker keeps its own settings: the scenario's
@@ -56,6 +58,12 @@ Options:
                      --max-wait-ms away; otherwise the terminal cancels that payment and the
                      step is reported as skipped, with the reason (a skipped step does not fail
                      the run). Start that broker with --prompt-ttl-ms 1500 to see the expiry.
+  --ca FILE          with an mqtts:// or wss:// --url: trust the broker certificate or CA in FILE
+                     (PEM) instead of the system's CAs
+  --fingerprint SHA256
+                     with an mqtts:// or wss:// --url: accept only the broker certificate with
+                     this SHA-256 fingerprint. With neither, <data-dir>/tls.crt is trusted if
+                     there is one, else the system's CAs
   --max-wait-ms N    the longest wait for a prompt to expire (default ${DEFAULT_MAX_WAIT_MS})
   --log-level LEVEL  the in-process broker's log on stderr: ${LOG_LEVELS.join(" | ")} (default silent)
   -h, --help         this help
@@ -76,6 +84,8 @@ const FLAGS = {
   json: { type: "boolean" },
   "data-dir": { type: "string" },
   url: { type: "string" },
+  ca: { type: "string" },
+  fingerprint: { type: "string" },
   "max-wait-ms": { type: "string" },
   "log-level": { type: "string" },
 } as const;
@@ -116,6 +126,9 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
     if (values.url !== undefined && values["data-dir"] === undefined) {
       throw new UsageError("--url needs --data-dir: the running broker's data dir, where the demo registers its devices and reads broker.pub");
     }
+    if ((values.ca !== undefined || values.fingerprint !== undefined) && !/^(mqtts|wss):/i.test(values.url ?? "")) {
+      throw new UsageError("--ca and --fingerprint are for an mqtts:// or wss:// --url (the demo's own broker listens on plain TCP)");
+    }
     if (values.url !== undefined && values["log-level"] !== undefined) throw new UsageError("--log-level is for the broker the demo starts; with --url, see that broker's own log");
     scenario = loadScenario(values.scenario ?? DEFAULT_SCENARIO);
   } catch (err) {
@@ -149,12 +162,13 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
   let failure: string | null = null;
   let where = { url: values.url ?? "", dataDir: values["data-dir"] ?? "", kept: true };
   try {
-    let target: { url: string; brokerPublicKey: Uint8Array; db: Db; keyring: Keyring };
+    let target: { url: string; brokerPublicKey: Uint8Array; db: Db; keyring: Keyring; trust?: ReturnType<typeof brokerTrust> };
     if (values.url !== undefined) {
       const dataDir = resolve(values["data-dir"]!);
+      const trust = brokerTrust(values.url, values, dataDir);
       const opened = openRunningBrokerData(dataDir);
       ownDb = opened.db;
-      target = { url: values.url, ...opened };
+      target = { url: values.url, trust, ...opened };
       where = { url: values.url, dataDir, kept: true };
       show.start({ url: values.url, dataDir, kept: true, running: true, scenario });
     } else {

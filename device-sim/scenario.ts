@@ -318,6 +318,8 @@ function crossCheck(s: Scenario): { path: Path; message: string }[] {
 export interface ScenarioTarget {
   readonly url: string;
   readonly brokerPublicKey: Uint8Array;
+  /** mqtts:// and wss://: what the devices trust of the broker's TLS certificate. */
+  readonly trust?: Pick<DeviceOptions, "ca" | "fingerprint256">;
   /** The broker's database: devices, merchants and funds are written here, as `npm run admin` does. */
   readonly db: Db;
   readonly keyring: Keyring;
@@ -543,7 +545,7 @@ export async function runScenario(s: Scenario, target: ScenarioTarget, onEvent: 
     const res = registerDevice(target.db, target.keyring, { kind: column, name: spec.name, publicKey: toBase64(key.pair.publicKey), ...(userId ? { userId } : {}) }, Date.now());
     if (!res.ok) throw new Error(`${column} ${spec.id}: ${res.error}`);
     namesById.set(key.deviceId, spec.name);
-    const device = new NarratedDevice({ url: target.url, key, brokerPublicKey: target.brokerPublicKey, reconnect: false }, (type, body) => {
+    const device = new NarratedDevice({ url: target.url, ...target.trust, key, brokerPublicKey: target.brokerPublicKey, reconnect: false }, (type, body) => {
       const text = describeUp(type, body);
       if (text !== null) deviceEvent({ event: "message", t: t(), column, device: spec.id, deviceName: spec.name, dir: "up", type, text, body });
     });
