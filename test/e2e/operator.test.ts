@@ -4,6 +4,7 @@ import { downType } from "../../broker/delivery.ts";
 import { Signer } from "../../src/crypto/ed25519.ts";
 import { newDeviceKey } from "../../device-sim/keyfile.ts";
 import { downBodies, type DownType } from "../../src/protocol/messages.ts";
+import { Refusal } from "../../src/service/inbox.ts";
 import { signedDown } from "../../src/service/outgoing.ts";
 import { addMerchant, creditWallet } from "../../src/service/ledger.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
@@ -205,6 +206,40 @@ describe("operator endpoints", () => {
     // Every commit's answer waited for a sync: the buckets are cumulative, +Inf holds them all.
     expect(value(after, "handoff_disk_sync_duration_seconds_bucket", { le: "+Inf" })).toBe(value(after, "handoff_disk_sync_duration_seconds_count"));
     expect(value(after, "handoff_outbox_undelivered_messages")).toBeGreaterThanOrEqual(0);
+  });
+});
+
+describe("afterCommit (what metrics count)", () => {
+  it("runs a job's callback once its writes commit, and never one whose writes were rolled back", async () => {
+    broker = await startTestBroker();
+    const calls: string[] = [];
+    const ran = (label: string, fail: boolean) =>
+      new Promise<boolean>((resolve) =>
+        broker!.inbox.internal(
+          label,
+          (ctx) => {
+            ctx.afterCommit(() => calls.push(label));
+            if (fail) throw new Error("a bug in this job");
+          },
+          resolve,
+        ),
+      );
+    expect(await Promise.all([ran("kept", false), ran("rolled back", true)])).toEqual([true, false]);
+    expect(calls).toEqual(["kept"]);
+  });
+
+  it("never runs the callback of a message whose handler refused it", async () => {
+    broker = await startTestBroker();
+    const calls: string[] = [];
+    broker.inbox.on("ping", (ctx, body) => {
+      ctx.afterCommit(() => calls.push((body as { echo?: string }).echo ?? ""));
+      if ((body as { echo?: string }).echo === "refuse") throw new Refusal("rate_limited", "refused by the test");
+      ctx.reply("pong", { brokerTs: ctx.nowMs });
+    });
+    const device = await broker.device(broker.register("terminal"));
+    expect((await device.request("ping", { echo: "refuse" })).body).toMatchObject({ code: "rate_limited" });
+    expect((await device.request("ping", { echo: "keep" })).type).toBe("pong");
+    expect(calls).toEqual(["keep"]);
   });
 });
 
