@@ -13,6 +13,7 @@ import { ERROR_CODES } from "../src/protocol/errors.ts";
 import { downBodies, upBodies } from "../src/protocol/messages.ts";
 import { CONNECT_REFUSALS } from "../src/service/connect.ts";
 import type { Metrics } from "../src/service/metrics.ts";
+import type { Db } from "../src/store/db.ts";
 
 export const METRIC_PREFIX = "handoff_";
 
@@ -91,7 +92,7 @@ export function promMetrics(sources: ScrapeSources): PromMetrics {
   });
   new Gauge({
     name: `${p}outbox_undelivered_messages`,
-    help: "Messages stored for devices and not yet delivered (the outbox backlog)",
+    help: `Messages stored for devices and not yet delivered (the outbox backlog), counted up to ${BACKLOG_COUNT_CAP}: at that value, at least as many`,
     registers,
     collect() {
       const n = sources.outboxBacklog();
@@ -142,4 +143,17 @@ export function connectionsByListener(clients: Readonly<Record<string, { readonl
     counts.set(listener, (counts.get(listener) ?? 0) + 1);
   }
   return counts;
+}
+
+/**
+ * Undelivered outbox messages are counted up to this many per scrape. Counting is a scan of the
+ * undelivered index on the event loop (measured: 0.3 ms for 10,000 rows, 6-9 ms for 100,000,
+ * 67-100 ms for 1,000,000): past the cap, the exact number tells an operator nothing more.
+ */
+export const BACKLOG_COUNT_CAP = 100_000;
+
+/** Reads the outbox backlog for the gauge (null once the database is closed). */
+export function outboxBacklogReader(db: Db): () => number | null {
+  const count = db.prepare<[number], { n: number }>("SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE delivered_ms IS NULL LIMIT ?)");
+  return () => (db.open ? (count.get(BACKLOG_COUNT_CAP)?.n ?? 0) : null);
 }

@@ -35,7 +35,7 @@ import { installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
 import { closeListener, listenMqtt } from "./listener.ts";
 import { Delivery } from "./delivery.ts";
-import { connectionsByListener, promMetrics } from "./metrics.ts";
+import { connectionsByListener, outboxBacklogReader, promMetrics } from "./metrics.ts";
 import { startOperatorHttp, type OperatorServer } from "./operator-http.ts";
 
 export interface BrokerDeps {
@@ -110,7 +110,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   // Metrics (broker/metrics.ts): counted by the parts below, read on each scrape.
   const metrics = promMetrics({
     openConnections: () => connectionsByListener(clients as Record<string, { conn?: unknown } | undefined>),
-    outboxBacklog: () => (db.open ? outbox.countUndelivered() : null),
+    outboxBacklog: outboxBacklogReader(db),
   });
 
   const walSync = new WalSync(`${db.name}-wal`, (err) => {
