@@ -34,7 +34,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
       // Aedes answers so, and disconnects, for any level it does not know, so it is told this
       // one is such a level. (MQTT 5, level 5, Aedes refuses by itself.)
       log.warn({ remote: remoteOf(client), protocolVersion: packet.protocolVersion, returnCode: 1 }, "connection refused: only MQTT 3.1.1 (protocol level 4) is spoken");
-      metrics.connectRefused("protocol_level");
+      metrics.connectRefused("protocol_level"); // PROTOCOL_LEVEL_REFUSAL (broker/metrics.ts)
       if (packet.protocolVersion === 3) (packet as { protocolVersion: number }).protocolVersion = 0;
     }
     // Wills would let a device publish after it is gone, outside the signed envelope: none are kept.
