@@ -22,6 +22,7 @@ import { Readable } from "node:stream";
 import type { Logger } from "pino";
 import { downTopic, filterMatches } from "../src/protocol/topics.ts";
 import { errorSummary } from "../src/service/inbox.ts";
+import { NO_METRICS, type Metrics } from "../src/service/metrics.ts";
 import type { OutboxRow } from "../src/store/outbox.ts";
 
 /** Broker messages one connection may have awaiting their receipt (docs/protocol.md §Limits). */
@@ -43,6 +44,8 @@ export interface DeliveryOptions {
    * stopped reading or acknowledging (--drain-timeout-ms). Its messages stay undelivered.
    */
   readonly stallTimeoutMs: number;
+  /** Counts each message written to a device's connection, by type (broker/metrics.ts); none when absent. */
+  readonly metrics?: Metrics;
 }
 
 /** What one connection has been sent and may be sent. */
@@ -76,10 +79,12 @@ export class Delivery {
   readonly #clients: Record<string, Client | undefined>;
   /** The packet identifier of each payload buffer handed to Aedes (its authorizeForward sets it). */
   readonly #packetIds = new WeakMap<Buffer, number>();
+  readonly #metrics: Metrics;
 
   constructor(options: DeliveryOptions) {
     this.#o = options;
     this.#window = options.window ?? DELIVERY_WINDOW;
+    this.#metrics = options.metrics ?? NO_METRICS;
     const aedes = options.aedes;
     this.#clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
     // Aedes numbers QoS 1 packets itself unless the packet it forwards has an identifier.
@@ -244,6 +249,7 @@ export class Delivery {
         conn.stallTimer.unref();
       }
     }
+    this.#metrics.messageOut(downType(bytes));
     conn.client.publish({ cmd: "publish", topic: downTopic(conn.deviceId), payload, qos: conn.qos ?? 0, retain: false, dup: false }, (err?: Error) => {
       if (err) this.#o.log.warn({ device: conn.deviceId, err: errorSummary(err) }, "publish failed; the outbox keeps it for the next connect");
     });
@@ -261,6 +267,17 @@ function downQos(client: Client): 0 | 1 | null {
   }
   return qos;
 }
+
+/**
+ * The type of a signed down message, read from its first bytes without parsing it: the broker's
+ * own envelopes put `v` and then `type` first in the payload (src/protocol/envelope.ts
+ * sealEnvelope, src/service/outgoing.ts). "unknown" if that ever changes (a test holds it).
+ */
+export function downType(bytes: Uint8Array): string {
+  const head = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, 80)).toString("latin1");
+  return DOWN_TYPE_RE.exec(head)?.[1] ?? "unknown";
+}
+const DOWN_TYPE_RE = /^\{"payload":"\{\\"v\\":\d+,\\"type\\":\\"([a-z_]{1,40})\\"/;
 
 function emptyStream(): Readable {
   return new Readable({

@@ -10,6 +10,7 @@ import type { BrokerConfig } from "../src/config.ts";
 import { mayPublish, maySubscribe } from "../src/protocol/topics.ts";
 import { CONNECT_REFUSALS, type CheckedConnect, type ConnectAuthenticator, type ConnectRefusal } from "../src/service/connect.ts";
 import { errorSummary, type Inbox } from "../src/service/inbox.ts";
+import { NO_METRICS, type Metrics } from "../src/service/metrics.ts";
 
 export interface HookOptions {
   readonly config: BrokerConfig;
@@ -19,10 +20,13 @@ export interface HookOptions {
   readonly authenticator: ConnectAuthenticator;
   /** A device's subscriptions changed (a SUBSCRIBE or UNSUBSCRIBE was granted). */
   readonly onSubscriptionsChanged: (client: Client) => void;
+  /** Counts connects accepted and refused by reason (broker/metrics.ts); none when absent. */
+  readonly metrics?: Metrics;
 }
 
 export function installHooks(aedes: Aedes, o: HookOptions): void {
   const { config, log, inbox, authenticator } = o;
+  const metrics = o.metrics ?? NO_METRICS;
 
   aedes.preConnect = (client, packet, callback) => {
     if (packet.protocolVersion !== 4) {
@@ -30,6 +34,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
       // Aedes answers so, and disconnects, for any level it does not know, so it is told this
       // one is such a level. (MQTT 5, level 5, Aedes refuses by itself.)
       log.warn({ remote: remoteOf(client), protocolVersion: packet.protocolVersion, returnCode: 1 }, "connection refused: only MQTT 3.1.1 (protocol level 4) is spoken");
+      metrics.connectRefused("protocol_level"); // PROTOCOL_LEVEL_REFUSAL (broker/metrics.ts)
       if (packet.protocolVersion === 3) (packet as { protocolVersion: number }).protocolVersion = 0;
     }
     // Wills would let a device publish after it is gone, outside the signed envelope: none are kept.
@@ -47,6 +52,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
     const remote = remoteOf(client);
     const refuse = (reason: ConnectRefusal) => {
       const refusal = CONNECT_REFUSALS[reason];
+      metrics.connectRefused(reason);
       log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
       const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
       callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
@@ -72,6 +78,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
         if (!committed) return refuse("unavailable");
         if (!fresh) return refuse("reused_token");
         log.info({ device: device.id, kind: device.kind, remote }, "connection accepted");
+        metrics.connectAccepted();
         callback(null, true);
       },
     );

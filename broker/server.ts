@@ -35,6 +35,8 @@ import { installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
 import { closeListener, listenMqtt } from "./listener.ts";
 import { Delivery } from "./delivery.ts";
+import { connectionsByListener, outboxBacklogReader, promMetrics } from "./metrics.ts";
+import { startOperatorHttp, type OperatorServer } from "./operator-http.ts";
 
 export interface BrokerDeps {
   readonly log: Logger;
@@ -62,6 +64,8 @@ export interface BrokerHandle {
   readonly deadlines: Deadlines;
   /** The purge: `step()` runs one bounded step now. */
   readonly housekeeping: Housekeeping;
+  /** The operator endpoints (/healthz, /readyz, /metrics); undefined when --metrics-port is off. */
+  readonly operator: { readonly port: number; readonly url: string } | undefined;
   /** Stops accepting, finishes in-flight messages, disconnects everyone, closes the database. */
   close(): Promise<void>;
 }
@@ -103,11 +107,17 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   });
   const clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
 
+  // Metrics (broker/metrics.ts): counted by the parts below, read on each scrape.
+  const metrics = promMetrics({
+    openConnections: () => connectionsByListener(clients as Record<string, { conn?: unknown } | undefined>),
+    outboxBacklog: outboxBacklogReader(db),
+  });
+
   const walSync = new WalSync(`${db.name}-wal`, (err) => {
     log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
     inbox.abandon();
     void close().then(() => deps.onFatal?.(err));
-  });
+  }, undefined, (ms) => metrics.diskSync(ms));
   // Checkpoints too run off the event loop (a worker thread with its own connection).
   const checkpointer = new Checkpointer(db, log);
   const inbox: Inbox = new Inbox({
@@ -121,6 +131,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
     maxBacklog: config.deviceBacklog,
     durable: walSync,
+    metrics,
   });
   const outbox = new OutboxRepo(db);
   const delivery = new Delivery({
@@ -130,6 +141,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     delivered: (deviceId, msgId) => inbox.delivered(deviceId, msgId),
     afterDurable: (fn) => walSync.afterDurable(fn),
     stallTimeoutMs: config.drainTimeoutMs,
+    metrics,
   });
   const payments = new Payments(db, {
     keyring: () => keyring,
@@ -139,6 +151,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal,
     maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone,
     isOnline: (deviceId) => clients[deviceId] !== undefined,
+    metrics,
   });
   registerBinding(inbox, db, {
     keyring: () => keyring,
@@ -157,6 +170,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     inbox,
     authenticator: new ConnectAuthenticator(db, config.freshnessMs),
     onSubscriptionsChanged: (client) => delivery.subscriptionsChanged(client),
+    metrics,
   });
 
   let listening;
@@ -212,9 +226,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     `broker listening on mqtt://${address.address}:${address.port}`,
   );
 
+  let operator: OperatorServer | undefined;
   let closing: Promise<void> | null = null;
   const close = () => {
     closing ??= (async () => {
+      await operator?.close();
       deadlines.stop();
       housekeeping.stop();
       adminFeed.stop();
@@ -233,6 +249,26 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     return closing;
   };
 
+  // The operator endpoints (broker/operator-http.ts), once everything they report on is up.
+  if (config.metricsPort !== "off") {
+    try {
+      operator = await startOperatorHttp({
+        host: config.metricsHost,
+        port: config.metricsPort,
+        log,
+        registry: metrics.registry,
+        notReady: () => [
+          ...(db.open ? [] : ["database closed"]),
+          ...(walSync.failed ? ["disk sync failed"] : []),
+          ...(server.listening ? [] : ["MQTT listener (tcp) not listening"]),
+        ],
+      });
+    } catch (err) {
+      await close();
+      throw err;
+    }
+  }
+
   return {
     host: address.address,
     port: address.port,
@@ -247,6 +283,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     aedes,
     deadlines,
     housekeeping,
+    operator: operator === undefined ? undefined : { port: operator.port, url: operator.url },
     close,
   };
 }

@@ -19,6 +19,7 @@ import type { Db } from "../store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../store/devices.ts";
 import { OutboxRepo, type OutboxRow } from "../store/outbox.ts";
 import { ReplayRepo } from "../store/replay.ts";
+import { NO_METRICS, type Metrics } from "./metrics.ts";
 import { signedDown, type Outgoing } from "./outgoing.ts";
 import type { RateLimiter } from "./rate-limit.ts";
 
@@ -52,6 +53,8 @@ export interface InboxOptions {
    * disk. Absent: the commit is durable when it returns (synchronous = FULL).
    */
   readonly durable?: Durability;
+  /** Counts messages in, error answers and group commits (src/service/metrics.ts); none when absent. */
+  readonly metrics?: Metrics;
 }
 
 /** See InboxOptions.durable. */
@@ -68,6 +71,11 @@ export interface TxContext {
   send<T extends DownType>(to: string, type: T, body: DownBody<T>, msgId?: string): void;
   /** Withdraws a message not yet delivered: it will not be sent again. */
   withdraw(to: string, msgId: string): void;
+  /**
+   * Runs `fn` once this work's writes are committed and on disk; never if they are rolled back
+   * (a refusal, a failed handler, a failed batch). For what must count only what happened: metrics.
+   */
+  afterCommit(fn: () => void): void;
 }
 
 /** What a handler may do inside the message's transaction. */
@@ -147,6 +155,11 @@ export class Inbox {
   readonly #savepoint: <T>(fn: () => T) => T;
   #idleWaiters: (() => void)[] = [];
   #abandoned = false;
+  readonly #metrics: Metrics;
+  /** afterCommit callbacks of the work in the batch being handled whose savepoints succeeded. */
+  #afterCommit: (() => void)[] = [];
+  /** The code of each error answer built, by its bytes: counted when it is sent, after its commit. */
+  readonly #errorCodes = new WeakMap<Uint8Array, ErrorCode>();
   /**
    * Each device's backlog as last counted, plus what was stored for it since: counted again
    * after BACKLOG_RECOUNT_MS, so a device at its bound costs one count a second, not one a message.
@@ -158,6 +171,7 @@ export class Inbox {
     this.#devices = new DeviceRepo(options.db);
     this.#replay = new ReplayRepo(options.db);
     this.#outbox = new OutboxRepo(options.db);
+    this.#metrics = options.metrics ?? NO_METRICS;
     const sp = options.db.transaction((fn: () => unknown) => fn());
     this.#savepoint = <T>(fn: () => T): T => sp(fn) as T;
     this.on("ping", (ctx, body) => {
@@ -274,10 +288,14 @@ export class Inbox {
     let committed: OutboxRow[] = [];
     let committedOk = true;
     const directBefore = direct.length;
+    this.#afterCommit = [];
+    const size = verified.length + jobs.length + receipts.length;
+    const startedMs = performance.now();
     try {
       committed = this.#transact(verified, jobs, receipts, nowMs, direct);
     } catch (err) {
       committedOk = false;
+      this.#afterCommit = [];
       // Infrastructure fault (disk full, read-only, corrupt): nothing of this batch was written.
       // Each sender hears "unavailable" and retries the same message id later.
       this.#o.log.error({ err: errorSummary(err), messages: verified.length }, "transaction failed; batch answered unavailable");
@@ -287,6 +305,9 @@ export class Inbox {
         if (v.msg.payload.type !== "ack") direct.push(this.#error(v.device.id, "unavailable", ERROR_CODES.unavailable, v.msg.payload.id, nowMs));
       }
     }
+    if (committedOk && size > 0 && this.#o.db.open) this.#metrics.batch(size, performance.now() - startedMs);
+    const afterCommit = this.#afterCommit;
+    this.#afterCommit = [];
     for (const v of verified) finished.push(v.done);
     for (const job of jobs) if (job.after !== undefined) finished.push(() => job.after!(committedOk && job.ran === true));
 
@@ -301,6 +322,10 @@ export class Inbox {
       for (const row of committed) this.#o.publish(row.deviceId, row.bytes, row.again === true ? null : row);
       for (const row of committed) if (row.again !== true) this.#counted(row.deviceId);
       for (const out of direct) this.#o.publish(out.to, out.bytes, null);
+      // Error answers count once, when first sent (a stored one sent again for a duplicate does not).
+      for (const row of committed) if (row.again !== true) this.#countError(row.bytes);
+      for (const out of direct) this.#countError(out.bytes);
+      for (const fn of afterCommit) fn();
       if (this.#o.onReceipt !== undefined) for (const r of receipted) this.#o.onReceipt(r.deviceId, r.msgId);
       for (const done of finished) done();
       this.#inFlight -= handled;
@@ -311,6 +336,8 @@ export class Inbox {
   /** The checks that need no write. Returns the refusal to send, or the verified message. */
   #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing } | { drop: true } {
     const parsed = parseEnvelope(p.bytes);
+    // Only the protocol's types are labels: a device's made-up type must not grow the metric.
+    this.#metrics.messageIn(!parsed.ok ? "malformed" : isUpType(parsed.msg.payload.type) ? parsed.msg.payload.type : "unknown");
     if (this.#o.rateLimiter !== undefined && !this.#o.rateLimiter.take(p.deviceId, nowMs)) {
       // Receipts are never answered: the answer would be acknowledged in turn, a loop.
       if (parsed.ok && parsed.msg.payload.type === "ack") return { drop: true };
@@ -389,6 +416,7 @@ export class Inbox {
     // The answer to a message leaves before anything the message caused (progress, results).
     const replies: Outgoing[] = [];
     const outgoing: Outgoing[] = [];
+    const afterCommit: (() => void)[] = [];
     try {
       return this.#savepoint(() => {
         const digest = createHash("sha256").update(payloadBytes).digest();
@@ -415,6 +443,7 @@ export class Inbox {
           },
           send: (to, type, b, msgId) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs, msgId)),
           withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
+          afterCommit: (fn) => afterCommit.push(fn),
         };
         try {
           this.#savepoint(() => handler(ctx, body.data));
@@ -423,7 +452,9 @@ export class Inbox {
           if (err instanceof Refusal) return answer(err.code, err.message);
           throw err;
         }
-        return [...replies, ...outgoing].map((o) => this.#store(o, nowMs, ephemeralUntil));
+        const rows = [...replies, ...outgoing].map((o) => this.#store(o, nowMs, ephemeralUntil));
+        this.#afterCommit.push(...afterCommit);
+        return rows;
       });
     } catch (err) {
       // A storage fault fails the whole batch (nothing half-written). Anything else is a bug in
@@ -438,11 +469,13 @@ export class Inbox {
   /** A job in its own savepoint: a bug in one rolls back only its writes (a storage fault, all). */
   #runJob(job: Job, nowMs: number): OutboxRow[] {
     const outgoing: Outgoing[] = [];
+    const afterCommit: (() => void)[] = [];
     const ctx: TxContext = {
       nowMs,
       db: this.#o.db,
       send: (to, type, b, msgId) => outgoing.push(signedDown(this.#o.signer, to, type, b, null, nowMs, msgId)),
       withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
+      afterCommit: (fn) => afterCommit.push(fn),
     };
     try {
       this.#savepoint(() => job.run(ctx));
@@ -452,7 +485,9 @@ export class Inbox {
       return [];
     }
     job.ran = true;
-    return outgoing.map((o) => this.#store(o, nowMs, nowMs + this.#o.freshnessMs + 1));
+    const rows = outgoing.map((o) => this.#store(o, nowMs, nowMs + this.#o.freshnessMs + 1));
+    this.#afterCommit.push(...afterCommit);
+    return rows;
   }
 
   #withdraw(to: string, msgId: string, nowMs: number, pending: Outgoing[]): void {
@@ -468,7 +503,14 @@ export class Inbox {
   }
 
   #error(to: string, code: ErrorCode, detail: string, re: string | null, nowMs: number): Outgoing {
-    return signedDown(this.#o.signer, to, "error", { code, detail, inReplyTo: re }, re, nowMs);
+    const out = signedDown(this.#o.signer, to, "error", { code, detail, inReplyTo: re }, re, nowMs);
+    this.#errorCodes.set(out.bytes, code);
+    return out;
+  }
+
+  #countError(bytes: Uint8Array): void {
+    const code = this.#errorCodes.get(bytes);
+    if (code !== undefined) this.#metrics.errorAnswer(code);
   }
 }
 

@@ -10,7 +10,7 @@
  * returns, and turns its effects into numbered payment events and outbox messages.
  */
 import type { Logger } from "pino";
-import { resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent, type ProgressStep } from "../core/payment.ts";
+import { isFinal, resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent, type ProgressStep } from "../core/payment.ts";
 import type { Agreement } from "../core/agreement.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { randomId } from "../crypto/random.ts";
@@ -21,6 +21,7 @@ import { LedgerRepo } from "../store/ledger.ts";
 import { PaymentRepo, type PaymentRecord } from "../store/payments.ts";
 import { userIndex } from "./devices.ts";
 import { Refusal, type HandlerContext, type Inbox, type TxContext } from "./inbox.ts";
+import { NO_METRICS, type Metrics } from "./metrics.ts";
 import { agreementLookup, blindIndex, openAgreement, sameBytes, sealAgreement } from "./sealing.ts";
 
 export interface PaymentOptions {
@@ -35,6 +36,8 @@ export interface PaymentOptions {
   readonly maxPromptsPerPhone: number;
   /** Whether a device is connected right now (the transport knows); absent means "assume yes". */
   readonly isOnline?: (deviceId: string) => boolean;
+  /** Counts payments started and ended, once committed (src/service/metrics.ts); none when absent. */
+  readonly metrics?: Metrics;
 }
 
 /** The outbox names a payment's prompt and task `<paymentId>.prompt` / `.task`, to withdraw them when it ends. */
@@ -161,6 +164,8 @@ export class Payments {
       mode.mode,
       this.#o.deadlines,
     );
+    const metrics = this.#o.metrics ?? NO_METRICS;
+    ctx.afterCommit(() => metrics.paymentStarted(mode.mode));
     this.#payments.insert(payment, { idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null });
     this.#saveAgreement(row.version, { ...agreement, usage: recordUsage(agreement.usage, b.amountMinor, mode.mode, ctx.nowMs), version: agreement.version + 1 });
     const record: PaymentRecord = { payment, idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null, seq: 0 };
@@ -212,6 +217,12 @@ export class Payments {
     const decision = step(record.payment, event, ctx.nowMs, this.#o.deadlines);
     if (!decision.ok) throw new Refusal(decision.code, decision.detail);
     if (decision.payment === record.payment) return record;
+    const ended = decision.payment;
+    if (isFinal(ended.status) && !isFinal(record.payment.status)) {
+      // From the pay_request to the result, by the broker's clock.
+      const metrics = this.#o.metrics ?? NO_METRICS;
+      ctx.afterCommit(() => metrics.paymentEnded(ended.status, ctx.nowMs - ended.createdMs));
+    }
     this.#payments.save(decision.payment);
     const next = { ...record, payment: decision.payment };
     return { ...next, seq: this.#effects(ctx, next, decision.effects, actor) };

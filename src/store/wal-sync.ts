@@ -37,6 +37,7 @@ export class WalSync {
   readonly #path: string;
   readonly #onFailure: (err: Error) => void;
   readonly #io: WalIo;
+  readonly #onSynced: (ms: number) => void;
   #fd: number | null = null;
   #ino = -1;
   /** Commits were written since the sync in flight (or the last one) started. */
@@ -52,12 +53,18 @@ export class WalSync {
   /**
    * `walPath`: the database's `-wal` file. `onFailure`: a failed fsync means the disk may not
    * hold what was committed; the callbacks waiting for it are never called. `io`: node:fs unless
-   * a test watches the calls.
+   * a test watches the calls. `onSynced`: hears how long each successful fsync took, in ms (metrics).
    */
-  constructor(walPath: string, onFailure: (err: Error) => void, io: WalIo = NODE_WAL_IO) {
+  constructor(walPath: string, onFailure: (err: Error) => void, io: WalIo = NODE_WAL_IO, onSynced: (ms: number) => void = () => {}) {
     this.#path = walPath;
     this.#onFailure = onFailure;
     this.#io = io;
+    this.#onSynced = onSynced;
+  }
+
+  /** An fsync failed: nothing committed since is released, ever (the broker is stopping). */
+  get failed(): boolean {
+    return this.#failed;
   }
 
   /** A transaction committed: the next `afterDurable` must wait for a sync. */
@@ -106,8 +113,10 @@ export class WalSync {
     this.#dirty = false;
     this.#current = this.#next;
     this.#next = [];
+    const startedMs = performance.now();
     this.#io.fsync(fd, (err) => {
       this.#inFlight = false;
+      if (!err) this.#onSynced(performance.now() - startedMs);
       if (this.#closed) this.#closeFd();
       const waiting = this.#current;
       this.#current = [];
