@@ -22,6 +22,7 @@ import { generateKeyPair } from "../../src/crypto/ed25519.ts";
 import { toBase64 } from "../../src/crypto/encoding.ts";
 import type { Payload } from "../../src/protocol/envelope.ts";
 import { upTopic } from "../../src/protocol/topics.ts";
+import { ConfigError, brokerConfig } from "../../src/config.ts";
 import { registerDevice } from "../../src/service/devices.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
 import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
@@ -150,6 +151,22 @@ describe("every listener", () => {
     expect(await version({})).toBe("TLSv1.3");
     expect(await version({ maxVersion: "TLSv1.2" })).toBe("TLSv1.2");
     expect(await version({ maxVersion: "TLSv1.1", minVersion: "TLSv1.1" })).toMatch(/^error: /);
+  });
+});
+
+describe("listener ports", () => {
+  it("runs TLS only with --port off: the handle's url is the TLS listener's, where a device connects", async () => {
+    const b = (broker = await startTestBroker({ port: "off", tlsPort: 0 }));
+    expect(Object.keys(b.listeners)).toEqual(["tls"]);
+    expect(b.url).toBe(b.listeners.tls!.url);
+    expect(b.url).toMatch(/^mqtts:\/\/127\.0\.0\.1:\d+$/);
+    expect((await device(b, "tls", b.register("terminal")).then((d) => d.ping())).type).toBe("pong");
+  });
+
+  it("refuses a configuration with every listener off, and a certificate without its key", () => {
+    expect(() => brokerConfig({ port: "off", "tls-port": "off", "ws-port": "off", "wss-port": "off" }, {})).toThrow(ConfigError);
+    expect(() => brokerConfig({ "tls-cert": "/etc/handoff/tls.crt" }, {})).toThrow(/--tls-cert and --tls-key go together/);
+    expect(brokerConfig({ port: "off" }, {}).port).toBe("off");
   });
 });
 
