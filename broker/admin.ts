@@ -3,6 +3,9 @@
  * directly, whether or not a broker is running (SQLite WAL lets both write); a running broker
  * picks up revocations within a fraction of a second.
  */
+import { X509Certificate } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { masterKeyFromEnv, defaultDataDir } from "../src/config.ts";
 import { OperationError, UsageError, parseFlags, requireString, runCli } from "../src/cli/args.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
@@ -16,6 +19,7 @@ import { LedgerRepo } from "../src/store/ledger.ts";
 import { CURRENCY_EXPONENTS, formatAmount, parseAmount } from "../src/core/money.ts";
 import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo, type AgreementRow } from "../src/store/binding.ts";
+import { SELF_SIGNED_CERT_FILE } from "./certs.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey, saveKeyring } from "./data-dir.ts";
 
 const USAGE = `Usage: npm run admin -- <command> [options]
@@ -43,6 +47,9 @@ Commands:
   keys reseal [--batch N]         re-seal older data under the current version (default N 200)
   keys remove VERSION             drop a version that nothing uses any more
   broker pubkey                   the broker public key devices pin
+  broker cert [--tls-cert FILE]   the TLS certificate (PEM) and its SHA-256 fingerprint, for
+                                  devices to trust or pin (default: the self-signed one in the
+                                  data dir; env HANDOFF_TLS_CERT)
 
 Options for every command:
   --data-dir DIR    the broker's data dir (env HANDOFF_DATA_DIR, default ./data)
@@ -72,6 +79,7 @@ const FLAGS = {
   currency: { type: "string" },
   reference: { type: "string" },
   limit: { type: "string" },
+  "tls-cert": { type: "string" },
 } as const;
 
 interface Ctx {
@@ -94,6 +102,24 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
     const key = readBrokerPublicKey(dataDir);
     if (key === null) throw new OperationError(`no broker identity in ${dataDir} yet: start the broker once (npm start -- --data-dir ${dataDir})`);
     out(values.json ? JSON.stringify({ brokerPublicKey: toBase64(key) }) : toBase64(key));
+    return 0;
+  }
+  if (group === "broker" && command === "cert") {
+    const file = values["tls-cert"] ?? (process.env.HANDOFF_TLS_CERT || join(dataDir, SELF_SIGNED_CERT_FILE));
+    if (!existsSync(file)) throw new OperationError(`no TLS certificate at ${file} yet: start the broker once (npm start -- --data-dir ${dataDir}) and it creates a self-signed one`);
+    let x509: X509Certificate;
+    try {
+      x509 = new X509Certificate(readFileSync(file));
+    } catch (err) {
+      throw new OperationError(`${file} is not a PEM certificate: ${(err as Error).message}`);
+    }
+    const pem = x509.toString();
+    if (values.json) out(JSON.stringify({ pem, fingerprint256: x509.fingerprint256, subject: x509.subject, subjectAltName: x509.subjectAltName, validTo: new Date(x509.validTo).toISOString(), file }));
+    else {
+      out(pem.trimEnd());
+      out(`SHA-256 fingerprint: ${x509.fingerprint256}`);
+      process.stderr.write(`${file}: ${x509.subjectAltName ?? x509.subject}, valid until ${new Date(x509.validTo).toISOString()}\n`);
+    }
     return 0;
   }
   if (!["device", "keys", "agreement", "merchant", "ledger"].includes(group ?? "")) throw new UsageError(`unknown command "${positionals.join(" ")}"\n\n${USAGE}`);

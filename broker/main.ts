@@ -1,8 +1,9 @@
 /**
- * `npm start`: runs the broker until SIGINT or SIGTERM.
+ * `npm start`: runs the broker until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate files.
  * Exit codes: 0 after a clean stop, 1 when it could not start (the message says why), 2 for bad flags.
  */
 import { ConfigError, brokerHelp, masterKeyFromEnv, parseBrokerCli } from "../src/config.ts";
+import { CertificateError } from "./certs.ts";
 import { DataDirError } from "./data-dir.ts";
 import { createLogger } from "./log.ts";
 import { startBroker } from "./server.ts";
@@ -30,7 +31,7 @@ async function main(): Promise<number> {
   try {
     broker = await startBroker(cli.config, { log, masterKeyEnv: masterKeyFromEnv(), onFatal: () => onFatal() });
   } catch (err) {
-    const message = err instanceof DataDirError || (err as { code?: string }).code === "EADDRINUSE" ? (err as Error).message : String((err as Error).stack ?? err);
+    const message = err instanceof DataDirError || err instanceof CertificateError || (err as { code?: string }).code === "EADDRINUSE" ? (err as Error).message : String((err as Error).stack ?? err);
     log.fatal({ err: message }, "broker could not start");
     log.flush?.();
     process.stderr.write(`broker could not start: ${(err as Error).message}\n`);
@@ -51,6 +52,11 @@ async function main(): Promise<number> {
       );
     };
     process.once("SIGINT", () => stop("SIGINT"));
+    // Certificate rotation: new TLS handshakes use the re-read files, open connections keep theirs.
+    process.on("SIGHUP", () => {
+      log.info({ signal: "SIGHUP" }, "reloading the TLS certificate files");
+      broker.reloadCertificates();
+    });
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
   return Promise.race([stopped, fatal]);

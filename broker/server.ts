@@ -4,7 +4,8 @@
  *   data-dir.ts      the data dir, database, identity and keyring
  *   hooks.ts         Aedes' hooks: CONNECT policy, connect tokens, the topic ACL, connection logs
  *   delivery.ts      what devices are sent, flow-controlled per connection; PUBACKs as receipts
- *   listener.ts      the TCP listener with its frame guard
+ *   certs.ts         the TLS certificate: from files, or self-signed in the data dir
+ *   listener.ts      the listeners (TCP, TLS, WebSocket, WebSocket over TLS), each with the frame guard
  *   deadlines.ts     payment deadlines, polled from their rows
  *   housekeeping.ts  the bounded purge of what is no longer needed
  *   admin-feed.ts    what the admin tool asks a running broker to do
@@ -33,7 +34,8 @@ import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb
 import { Deadlines } from "./deadlines.ts";
 import { installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
-import { closeListener, listenMqtt } from "./listener.ts";
+import { loadCertificate, readCertificate, type Certificate } from "./certs.ts";
+import { openListeners, type ListenerAddress, type ListenerKind, type Listeners } from "./listener.ts";
 import { Delivery } from "./delivery.ts";
 import { connectionsByListener, outboxBacklogReader, promMetrics } from "./metrics.ts";
 import { startOperatorHttp, type OperatorServer } from "./operator-http.ts";
@@ -51,9 +53,22 @@ export interface BrokerDeps {
 }
 
 export interface BrokerHandle {
+  /**
+   * Address, port and URL of the plain TCP listener (mqtt://); when TCP is off, of the first
+   * listener that is on, in the order tls, ws, wss (see `listeners`).
+   */
   readonly host: string;
   readonly port: number;
   readonly url: string;
+  /** Every open listener's port and URL (mqtt://, mqtts://, ws://, wss://). */
+  readonly listeners: Readonly<Partial<Record<ListenerKind, ListenerAddress>>>;
+  /** The certificate the TLS listeners present (PEM) and its SHA-256 fingerprint; null when neither tls nor wss is on. */
+  readonly certificate: { readonly pem: string; readonly fingerprint256: string } | null;
+  /**
+   * Re-reads the certificate and key files; new TLS handshakes use them, open connections keep
+   * theirs. A file that does not load is logged and the certificate in use kept (false).
+   */
+  reloadCertificates(): boolean;
   readonly dataDir: string;
   readonly publicKey: Uint8Array;
   readonly db: Db;
@@ -173,9 +188,24 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     metrics,
   });
 
-  let listening;
+  let listeners: Listeners;
+  let certificate: Certificate | null = null;
   try {
-    listening = await listenMqtt(aedes, config, log);
+    const secure = config.tlsPort !== "off" || config.wssPort !== "off";
+    if (secure) certificate = await loadCertificate(config);
+    if (certificate?.created) log.info({ certFile: certificate.certFile, keyFile: certificate.keyFile, fingerprint256: certificate.fingerprint256 }, "created a self-signed TLS certificate for localhost (key mode 0600); devices pin its SHA-256 fingerprint");
+    listeners = await openListeners(
+      aedes,
+      {
+        host: config.host,
+        ports: { tcp: config.port, tls: config.tlsPort, ws: config.wsPort, wss: config.wssPort },
+        maxPacketBytes: config.maxPacketBytes,
+        connectTimeoutMs: config.connectTimeoutMs,
+        wsOrigins: config.wsOrigin,
+        tls: certificate,
+      },
+      log,
+    );
   } catch (err) {
     await new Promise<void>((r) => aedes.close(() => r()));
     await checkpointer.close();
@@ -184,7 +214,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     lock.release();
     throw err;
   }
-  const { server, address } = listening;
+  const addresses = listeners.addresses;
+  // The handle's host/port/url: plain TCP when on (what tools and tests have always used).
+  const main = (addresses.tcp ?? addresses.tls ?? addresses.ws ?? addresses.wss)!;
+  const mainUrl = new URL(main.url);
+  const mainHost = mainUrl.hostname.replace(/^\[(.*)\]$/, "$1");
 
   const adminFeed = new AdminFeed({
     db,
@@ -213,17 +247,20 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   housekeeping.start();
   deadlines.start();
 
+  for (const [listener, a] of Object.entries(addresses)) log.info({ listener, url: a.url, port: a.port }, `listening on ${a.url}`);
+  if (certificate !== null) log.info({ certFile: certificate.certFile, fingerprint256: certificate.fingerprint256, validTo: certificate.validTo.toISOString() }, `TLS certificate SHA-256 fingerprint ${certificate.fingerprint256}`);
   log.info(
     {
-      host: address.address,
-      port: address.port,
+      host: mainHost,
+      port: main.port,
+      listeners: Object.fromEntries(Object.entries(addresses).map(([k, a]) => [k, a.url])),
       dataDir,
       brokerPublicKey: toBase64(publicKey),
       keyVersions: keyring.versions,
       undeliveredOutbox: outbox.countUndelivered(),
       armedDeadlines: paymentRepo.armedCount(),
     },
-    `broker listening on mqtt://${address.address}:${address.port}`,
+    `broker listening on ${main.url}`,
   );
 
   let operator: OperatorServer | undefined;
@@ -235,7 +272,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       housekeeping.stop();
       adminFeed.stop();
       // Stop accepting first; the listener's close completes once Aedes has closed every client.
-      const listenerClosed = closeListener(server);
+      const listenerClosed = listeners.close();
       await inbox.idle();
       await new Promise<void>((r) => aedes.close(() => r()));
       await inbox.idle();
@@ -249,6 +286,20 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     return closing;
   };
 
+  const reloadCertificates = (): boolean => {
+    if (certificate === null) return false;
+    try {
+      const next = readCertificate(certificate.certFile, certificate.keyFile);
+      listeners.setCertificate(next);
+      certificate = { ...next, created: false };
+      log.info({ certFile: next.certFile, fingerprint256: next.fingerprint256, validTo: next.validTo.toISOString() }, `TLS certificate reloaded; new connections get SHA-256 fingerprint ${next.fingerprint256}`);
+      return true;
+    } catch (err) {
+      log.error({ err: (err as Error).message, fingerprint256: certificate.fingerprint256 }, "TLS certificate not reloaded: keeping the one in use");
+      return false;
+    }
+  };
+
   // The operator endpoints (broker/operator-http.ts), once everything they report on is up.
   if (config.metricsPort !== "off") {
     try {
@@ -260,7 +311,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
         notReady: () => [
           ...(db.open ? [] : ["database closed"]),
           ...(walSync.failed ? ["disk sync failed"] : []),
-          ...(server.listening ? [] : ["MQTT listener (tcp) not listening"]),
+          ...listeners.notListening().map((kind) => `MQTT listener (${kind}) not listening`),
         ],
       });
     } catch (err) {
@@ -270,9 +321,14 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   }
 
   return {
-    host: address.address,
-    port: address.port,
-    url: `mqtt://${address.address}:${address.port}`,
+    host: mainHost,
+    port: main.port,
+    url: main.url,
+    listeners: addresses,
+    get certificate() {
+      return certificate === null ? null : { pem: certificate.certPem, fingerprint256: certificate.fingerprint256 };
+    },
+    reloadCertificates,
     dataDir,
     publicKey,
     db,

@@ -22,7 +22,7 @@ const origins = z.preprocess(
 
 export const brokerConfigSchema = z.strictObject({
   host: z.string().min(1),
-  port: int(0, 65535),
+  port: listenerPort,
   tlsPort: listenerPort,
   wsPort: listenerPort,
   wssPort: listenerPort,
@@ -130,7 +130,14 @@ export function brokerConfig(flags: Record<string, unknown>, env: NodeJS.Process
     });
     throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
   }
-  return Object.freeze(parsed.data);
+  const c = parsed.data;
+  if (c.port === "off" && c.tlsPort === "off" && c.wsPort === "off" && c.wssPort === "off") {
+    throw new ConfigError("invalid configuration:\n  every MQTT listener is off (--port, --tls-port, --ws-port, --wss-port): turn one on");
+  }
+  if ((c.tlsCert === "") !== (c.tlsKey === "")) {
+    throw new ConfigError("invalid configuration:\n  --tls-cert and --tls-key go together: give both, or neither for a self-signed certificate in the data dir");
+  }
+  return Object.freeze(c);
 }
 
 /** The master key, when given by environment instead of the key file (base64, or "1:<b64>,2:<b64>"). */
@@ -144,7 +151,7 @@ export function brokerHelp(): string {
   return [
     "Usage: npm start -- [options]",
     "",
-    "Starts the Handoff Pay broker: MQTT over TCP, data in an embedded SQLite database.",
+    "Starts the Handoff Pay broker: MQTT over TCP, TLS, WebSocket and WebSocket over TLS, data in an\nembedded SQLite database. Every listener it opens logs its URL; SIGHUP reloads the TLS certificate.",
     "",
     "Options:",
     ...rows,
@@ -158,6 +165,8 @@ export function brokerHelp(): string {
     "  npm start",
     "  npm start -- --port 18830 --data-dir /var/lib/handoff --log-level debug",
     "  HANDOFF_PORT=0 npm start            # a free port; the log line says which",
+    "  npm start -- --port off --ws-port off --tls-cert /etc/handoff/tls.crt --tls-key /etc/handoff/tls.key",
+    "                                      # production: TLS and WebSocket over TLS only",
   ].join("\n");
 }
 
