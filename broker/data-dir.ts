@@ -6,6 +6,7 @@
  *   broker.key                  broker identity: seed and public key, mode 0600
  *   broker.pub                  broker public key (base64): devices pin it
  *   master.key                  master keyring, mode 0600 (absent when HANDOFF_MASTER_KEY is set)
+ *   tls.crt, tls.key            the self-signed TLS certificate and its key (0600), when no --tls-cert is given
  *   broker.lock                 held (an exclusive SQLite lock) while a broker runs
  *
  * They hold prompts, amounts, names and keys, so only the broker's user may read them: the dir
@@ -31,7 +32,7 @@ export type DataDirWarn = (msg: string, detail: { path: string; fromMode: string
 const warnOnStderr: DataDirWarn = (msg) => process.stderr.write(`warning: ${msg}\n`);
 
 /** Every file of the data dir that only the broker's user may read (broker.pub is public). */
-const PRIVATE_FILES = [DB_FILE, `${DB_FILE}-wal`, `${DB_FILE}-shm`, "broker.lock", "broker.key", "master.key"];
+const PRIVATE_FILES = [DB_FILE, `${DB_FILE}-wal`, `${DB_FILE}-shm`, "broker.lock", "broker.key", "master.key", "tls.key"];
 
 /**
  * Creates the data dir (0700) or checks an existing one: refused if another user owns it,

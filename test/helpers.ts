@@ -50,6 +50,10 @@ export async function startTestBroker(
     get keyring() {
       return handle.keyring;
     },
+    // Likewise the certificate, which a reload replaces.
+    get certificate() {
+      return handle.certificate;
+    },
     register(kind, opts = {}) {
       const key = newDeviceKey(kind);
       const userId = kind === "phone" ? (opts.userId ?? `user-${++userSeq}`) : undefined;
