@@ -16,7 +16,6 @@
 //   - any other `import.meta.url` in a module that is not the entry point becomes that module's
 //     source URL, so its "am I the program?" check (import.meta.url vs process.argv[1]) stays
 //     false; in the entry point it stays the bundle's URL, which is process.argv[1].
-import { build } from "esbuild";
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { dirname, join, relative, sep } from "node:path";
@@ -84,6 +83,8 @@ function writeAtomically(path, contents) {
 /** Builds every entry; returns how long it took (ms). */
 export async function buildAll() {
   const t0 = performance.now();
+  // Loaded here, not at the top: a start that finds dist/ fresh (scripts/run.mjs) never loads it.
+  const { build } = await import("esbuild");
   const inputs = {};
   await Promise.all(
     ENTRIES.map(async (entry) => {
