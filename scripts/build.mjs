@@ -15,7 +15,8 @@
 //     module (ROOT = "..", scenarios/demo.json, src/store/checkpoint-worker.mjs);
 //   - any other `import.meta.url` in a module that is not the entry point becomes that module's
 //     source URL, so its "am I the program?" check (import.meta.url vs process.argv[1]) stays
-//     false; in the entry point it stays the bundle's URL, which is process.argv[1].
+//     false; in the entry point it stays the bundle's URL, which is process.argv[1];
+//   - import.meta.dirname and import.meta.filename are refused (the build fails and says where).
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { dirname, join, relative, sep } from "node:path";
@@ -66,6 +67,9 @@ function importMetaPlugin(entryFile) {
       b.onLoad({ filter: /\.ts$/ }, (args) => {
         if (args.path.includes(`${sep}node_modules${sep}`)) return undefined;
         const source = readFileSync(args.path, "utf8");
+        // These would name dist/<dir>, not the source's folder, and nothing rewrites them: refuse.
+        const other = /import\.meta\.(dirname|filename)/.exec(source);
+        if (other !== null) return { errors: [{ text: `${posix(relative(ROOT, args.path))}: import.meta.${other[1]} in a compiled program; use new URL("<path>", import.meta.url)` }] };
         return { contents: rewriteImportMeta(source, args.path, args.path === entryFile), loader: "ts" };
       });
     },
