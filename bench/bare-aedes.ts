@@ -3,7 +3,7 @@
  * as its own process to measure what MQTT alone costs on this machine (raw QoS 1 round trips),
  * one of the three inputs of the bound (docs/performance.md §The bound).
  *
- *   node --import tsx bench/bare-aedes.ts      → prints {"event":"listening","port":N}
+ *   node dist/bench/bare-aedes.mjs      → prints {"event":"listening","port":N}
  *
  * Same Aedes version as the broker, same loopback TCP, TCP_NODELAY like broker/server.ts.
  */

@@ -1,7 +1,7 @@
 /**
  * The bench's load generator: a process of its own, so that its CPU time is not the broker's.
  *
- *   node --import tsx bench/load.ts <config.json>
+ *   node dist/bench/load.mjs <config.json>   (compiled by scripts/build.mjs)
  *
  * It reads commands from stdin and answers on stdout, one JSON object a line (bench/common.ts
  * has both vocabularies); anything else it has to say goes to stderr. The orchestrator

@@ -3,11 +3,12 @@
  * the most self time, the most inclusive time, and the totals per area (a package, a source
  * folder, native code, the garbage collector).
  *
- *   npx tsx bench/profile.ts <file.cpuprofile> [--top N]
+ *   node --enable-source-maps scripts/run.mjs bench/profile <file.cpuprofile> [--top N]
  *
  * `npm run bench -- --profile` runs the broker under --cpu-prof and prints this summary.
  */
 import { readFileSync } from "node:fs";
+import { SourceMap } from "node:module";
 import { relative } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
@@ -15,6 +16,7 @@ interface CallFrame {
   functionName: string;
   url: string;
   lineNumber: number;
+  columnNumber?: number;
 }
 
 interface ProfileNode {
@@ -58,8 +60,7 @@ function label(f: CallFrame): string {
   const name = f.functionName === "" ? "(anonymous)" : f.functionName;
   const file = where(f.url);
   if (file === "") return name;
-  // tsx hands V8 transformed code, whose line numbers do not match the .ts file: name the file only.
-  return file.endsWith(".ts") ? `${name} ${file}` : `${name} ${file}:${f.lineNumber + 1}`;
+  return `${name} ${file}:${f.lineNumber + 1}`;
 }
 
 /** The area a frame belongs to: its package, its source folder, or what V8 calls it. */
@@ -75,11 +76,34 @@ function area(f: CallFrame): string {
 
 const IDLE = new Set(["(idle)", "(root)"]);
 
+/**
+ * The programs run compiled (dist/<dir>/<name>.mjs, scripts/build.mjs): a frame in a bundle is
+ * put back at its .ts file and line through the bundle's source map, so areas and labels name
+ * the sources. Frames of files without a map stay as they are.
+ */
+const maps = new Map<string, SourceMap | null>();
+function original(f: CallFrame): CallFrame {
+  if (!f.url.startsWith("file://") || !f.url.endsWith(".mjs")) return f;
+  let map = maps.get(f.url);
+  if (map === undefined) {
+    try {
+      map = new SourceMap(JSON.parse(readFileSync(fileURLToPath(f.url) + ".map", "utf8")) as ConstructorParameters<typeof SourceMap>[0]);
+    } catch {
+      map = null;
+    }
+    maps.set(f.url, map);
+  }
+  const entry = map?.findEntry(f.lineNumber, f.columnNumber ?? 0);
+  if (entry === undefined || !("originalSource" in entry)) return f;
+  return { functionName: f.functionName, url: new URL(entry.originalSource, f.url).href, lineNumber: entry.originalLine };
+}
+
 export function summarize(file: string, top = 25): ProfileSummary {
   const p = JSON.parse(readFileSync(file, "utf8")) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
   for (const n of p.nodes) {
+    n.callFrame = original(n.callFrame);
     byId.set(n.id, n);
     for (const c of n.children ?? []) parent.set(c, n.id);
   }
@@ -129,7 +153,7 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
   const topAt = args.indexOf("--top");
   const file = args.find((a, i) => !a.startsWith("--") && !(topAt >= 0 && i === topAt + 1));
   if (file === undefined || args.includes("--help")) {
-    process.stdout.write("Usage: npx tsx bench/profile.ts <file.cpuprofile> [--top N]\n");
+    process.stdout.write("Usage: node scripts/run.mjs bench/profile <file.cpuprofile> [--top N]\n");
     process.exit(file === undefined ? 2 : 0);
   }
   process.stdout.write(formatSummary(summarize(file, topAt >= 0 ? Number(args[topAt + 1]) : 30)) + "\n");

@@ -14,10 +14,10 @@
  * stderr: the progress line, and whatever goes wrong.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync, existsSync, writeSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync, existsSync } from "node:fs";
 import { createConnection, createServer, type AddressInfo } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -46,7 +46,10 @@ import {
 import { measureCrypto, type CryptoRates } from "./crypto-rate.ts";
 import { formatSummary, summarize } from "./profile.ts";
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/** A compiled program (scripts/build.mjs; `npm run bench` builds them first if a source changed). */
+const program = (name: string): string => join(ROOT, "dist", `${name}.mjs`);
 
 /** The issue's targets on a 2-core machine, load generator included. */
 const TARGETS = { flowsPerSec: 600, p99MsAt300: 30, autoFlowsPerSec: 1000, rssPerConnectionKB: 15 } as const;
@@ -220,13 +223,13 @@ function parseOptions(argv: string[]): Options | null {
 
 const children = new Set<ChildProcess>();
 
-/** Runs node with tsx, its soft open-file limit raised to the hard limit (one fd per connection). */
+/** Runs node on a compiled program, its soft open-file limit raised to the hard limit (one fd per connection). */
 function spawnNode(args: readonly string[], logFile: string | null, nodeFlags: readonly string[] = []): ChildProcess {
   const env: NodeJS.ProcessEnv = {};
   // The broker reads HANDOFF_* variables: the bench's broker must not pick up the caller's.
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("HANDOFF_")) env[k] = v;
   const out = logFile === null ? "pipe" : openSync(logFile, "a");
-  const child = spawn("/bin/sh", ["-c", 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"', process.execPath, ...nodeFlags, "--import", "tsx", ...args], {
+  const child = spawn("/bin/sh", ["-c", 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"', process.execPath, "--enable-source-maps", ...nodeFlags, ...args], {
     cwd: ROOT,
     env,
     stdio: ["pipe", out, logFile === null ? "inherit" : out],
@@ -271,7 +274,7 @@ class Load {
   readonly started: Promise<void>;
 
   constructor(configFile: string, profileDir: string | null = null) {
-    this.child = spawnNode(["bench/load.ts", configFile], null, profileDir === null ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir]);
+    this.child = spawnNode([program("bench/load"), configFile], null, profileDir === null ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir]);
     this.started = new Promise<void>((resolve, reject) => {
       this.#waiters.push({ match: (e) => e.event === "hello", resolve: () => resolve(), reject });
     });
@@ -355,7 +358,7 @@ function tail(file: string, lines = 20): string {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** A child that has not said hello by then is stuck (tsx's loader thread has been seen to hang). */
+/** A child that has not said hello by then is stuck. */
 const STARTUP_TIMEOUT_MS = 60_000;
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -373,20 +376,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 const tty = process.stderr.isTTY === true;
 let progressShown = false;
 
-/** bench/launch.mjs reads this fd: a byte per progress line says the run is alive, not hung. */
-const HEARTBEAT_FD = process.env.BENCH_HEARTBEAT_FD === undefined ? null : Number(process.env.BENCH_HEARTBEAT_FD);
-
-function heartbeat(): void {
-  if (HEARTBEAT_FD === null) return;
-  try {
-    writeSync(HEARTBEAT_FD, ".");
-  } catch {
-    // the launcher is gone; nothing to tell
-  }
-}
-
 function progress(text: string): void {
-  heartbeat();
   if (tty) {
     process.stderr.write(`\r\x1b[K${text}`);
     progressShown = true;
@@ -396,7 +386,6 @@ function progress(text: string): void {
 const startedAt = performance.now();
 
 function note(text: string): void {
-  heartbeat();
   if (progressShown) process.stderr.write("\r\x1b[K");
   progressShown = false;
   process.stderr.write(`${text.replace(/^bench: /, `bench: [${((performance.now() - startedAt) / 1000).toFixed(1).padStart(5)} s] `)}\n`);
@@ -459,7 +448,7 @@ async function startBroker(o: Options, keys: KeysFile, funded: readonly string[]
   const logFile = join(dir, "broker.log");
   const profileDir = o.profile ? join(dir, "profile") : null;
   const brokerArgs = [
-    "broker/main.ts",
+    program("broker/main"),
     "--port",
     String(port),
     ...TCP_ONLY_FLAGS,
@@ -484,7 +473,7 @@ async function startBroker(o: Options, keys: KeysFile, funded: readonly string[]
   return { dir, dataDir, broker, logFile, url, configFile, profileDir, loadProfileDir: o.profileLoad ? join(dir, "load-profile") : null };
 }
 
-/** The main thread's profile in a --cpu-prof dir (tsx's loader thread writes one too). */
+/** The main thread's profile in a --cpu-prof dir (worker threads, pino's and the checkpointer's, write one too). */
 function mainThreadProfile(dir: string | null): string | null {
   if (dir === null || !existsSync(dir)) return null;
   // CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile; thread 0 is the main thread.
@@ -554,7 +543,7 @@ interface Bound {
 
 /** Bare Aedes QoS 1 round trips with `clients` clients, then the Ed25519 rates. */
 async function measureBound(o: Options, clients: number, load: Load): Promise<Bound> {
-  const bare = spawnNode(["bench/bare-aedes.ts"], null);
+  const bare = spawnNode([program("bench/bare-aedes")], null);
   const port = await withTimeout(
     new Promise<number>((resolve, reject) => {
       createInterface({ input: bare.stdout! }).once("line", (line) => resolve((JSON.parse(line) as { port: number }).port));

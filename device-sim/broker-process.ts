@@ -1,15 +1,18 @@
 /**
  * The broker as a child process, for the drivers that need one they can kill or watch
- * (chaos, abuse): `node --import tsx broker/main.ts` with the driver's flags only, its JSON log
- * read line by line, and a free TCP port picked beforehand.
+ * (chaos, abuse): the compiled broker, `node dist/broker/main.mjs`, exactly what `npm start` runs,
+ * with the driver's flags only, its JSON log read line by line, and a free TCP port picked
+ * beforehand. dist/ is built by `npm ci`, by `npm run test:chaos` / `test:abuse` when a source
+ * changed (scripts/run.mjs), and by vitest's global setup (scripts/vitest-build.mjs).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const BROKER_MAIN = join(ROOT, "broker", "main.ts");
+const BROKER_MAIN = join(ROOT, "dist", "broker", "main.mjs");
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
 export async function freePort(): Promise<number> {
@@ -56,7 +59,8 @@ export class BrokerProcess {
   spawn(): Spawned {
     // The broker's settings come from our flags only: HANDOFF_* from the caller's shell stay out.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HANDOFF_")));
-    const child = spawn(process.execPath, ["--import", "tsx", BROKER_MAIN, ...this.args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+    if (!existsSync(BROKER_MAIN)) throw new Error(`${BROKER_MAIN} is missing: build the programs with node scripts/build.mjs`);
+    const child = spawn(process.execPath, ["--enable-source-maps", BROKER_MAIN, ...this.args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
     let spawned: Spawned | null = null;
     const exited = new Promise<number | null>((r) =>
       child.once("exit", (code, signal) => {

@@ -2,7 +2,7 @@
  * `npm run test:chaos`: pays through a broker that keeps being killed, then proves nothing was
  * lost or paid twice.
  *
- * The broker runs as a child process (`node --import tsx broker/main.ts`) on a temporary data
+ * The broker runs as a child process (the compiled `dist/broker/main.mjs`) on a temporary data
  * dir, with short prompt and task deadlines and a per-device rate limit high enough not to
  * interfere. Devices, the merchant and wallet credits are written into the database first, as
  * the admin tool does; each terminal is then bound to its phone over MQTT. Then every pair pays,

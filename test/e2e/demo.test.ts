@@ -134,12 +134,12 @@ describe("npm run demo", () => {
   });
 
   it(
-    "runs as a program (node --import tsx device-sim/demo.ts --json): exit 0, ok summary, and the login and serial it used are not stored in clear",
+    "runs as a program (npm run demo -- --json, compiled): exit 0, ok summary, and the login and serial it used are not stored in clear",
     { timeout: 60_000 },
     async () => {
       const dataDir = tempDir("hp-demo-test-");
       try {
-        const child = spawn(process.execPath, ["--import", "tsx", "device-sim/demo.ts", "--json", "--data-dir", dataDir], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+        const child = spawn(process.execPath, ["--enable-source-maps", "scripts/run.mjs", "device-sim/demo", "--json", "--data-dir", dataDir], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
         let stdout = "";
         let stderr = "";
         child.stdout.on("data", (b: Buffer) => (stdout += b.toString()));

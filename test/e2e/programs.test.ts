@@ -15,8 +15,9 @@ import { tempDir } from "../helpers.ts";
 
 const ROOT = join(import.meta.dirname, "../..");
 
+/** A program as its npm script starts it: compiled (dist/, built by vitest's global setup), no TypeScript loader. */
 function run(script: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, ["--import", "tsx", join(ROOT, script), ...args], { cwd: ROOT, env: { ...process.env, ...env } });
+  return spawn(process.execPath, ["--enable-source-maps", join(ROOT, "scripts/run.mjs"), script.replace(/\.ts$/, ""), ...args], { cwd: ROOT, env: { ...process.env, ...env } });
 }
 
 function finish(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; stdout: string; stderr: string }> {

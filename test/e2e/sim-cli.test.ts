@@ -23,7 +23,7 @@ afterEach(async () => {
 
 /** A simulator process whose output can be awaited line by line. */
 function sim(args: string[]) {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "device-sim/cli.ts"), ...args, "--url", broker.url, "--data-dir", broker.dataDir], { cwd: ROOT });
+  const child = spawn(process.execPath, ["--enable-source-maps", join(ROOT, "scripts/run.mjs"), "device-sim/cli", ...args, "--url", broker.url, "--data-dir", broker.dataDir], { cwd: ROOT });
   children.push(child);
   let output = "";
   const waiters: { text: string; resolve: () => void }[] = [];
