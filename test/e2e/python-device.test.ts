@@ -76,9 +76,9 @@ afterEach(async () => {
 const title = "the document's Python phone connects, reconnects with a new token, and pays an auto-confirmed and a prompted payment";
 
 describe("docs/protocol.md §A device in Python, against a real broker", () => {
-  it.skipIf(PY === null)(PY === null ? `${title} (skipped: no python3 with paho-mqtt and cryptography; apt-get install python3-paho-mqtt python3-cryptography)` : `${title} (paho-mqtt ${PY.paho})`, async () => {
+  it.skipIf(PY === null).each(["plain TCP", "TLS"] as const)(PY === null ? `${title}, over %s (skipped: no python3 with paho-mqtt and cryptography; apt-get install python3-paho-mqtt python3-cryptography)` : `${title}, over %s (paho-mqtt ${PY.paho})`, async (transport) => {
     expect(SKETCH).toBeDefined();
-    broker = await startTestBroker();
+    broker = await startTestBroker(transport === "TLS" ? { tlsPort: 0 } : {});
     const userId = "alice";
     expect(addMerchant(broker.db, { id: "coffee-corner", name: "Coffee Corner" }, Date.now())).toEqual({ ok: true });
     expect(creditWallet(broker.db, broker.keyring, { userId, amountMinor: 50_000, currency: "CNY" }, Date.now()).ok).toBe(true);
@@ -92,8 +92,11 @@ describe("docs/protocol.md §A device in Python, against a real broker", () => {
 
     dir = mkdtempSync(join(tmpdir(), "hp-python-device-"));
     writeFileSync(join(dir, "device.py"), SKETCH!);
-    const port = new URL(broker.url).port;
-    py = new PythonDevice(spawn(PY!.exe, ["-u", join(dir, "device.py"), Buffer.from(phoneKey.pair.seed).toString("hex"), toBase64(broker.publicKey), "127.0.0.1", port]));
+    // Over TLS the sketch trusts the broker's self-signed certificate, given as a CA file.
+    const tls = transport === "TLS" ? { port: String(broker.listeners.tls!.port), cafile: join(dir, "broker.crt") } : null;
+    if (tls !== null) writeFileSync(tls.cafile, broker.certificate!.pem);
+    const port = tls?.port ?? new URL(broker.url).port;
+    py = new PythonDevice(spawn(PY!.exe, ["-u", join(dir, "device.py"), Buffer.from(phoneKey.pair.seed).toString("hex"), toBase64(broker.publicKey), "127.0.0.1", port, ...(tls === null ? [] : [tls.cafile])]));
     await py.waitFor(/^pong re \S+ \{'echo': 'hello'/);
 
     // A second connection with the phone's id closes the first (one connection per device).
