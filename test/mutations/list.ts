@@ -368,4 +368,26 @@ export const MUTATIONS: readonly Mutation[] = [
     replace: 'if (top.names.has(name) && depth > 1) report("duplicate", name, top);',
     tests: ["test/e2e/strict-json.test.ts"],
   },
+
+  // ── The production edge (broker/listener.ts) ───────────────────────────────────────────────
+  // (No mutation lowers the TLS minimum: Node 20's OpenSSL 3 refuses TLS 1.0 and 1.1 at its
+  // default security level whatever minVersion says, so no test here could tell the difference.)
+  {
+    id: "ws-origin-unchecked",
+    rule: "A WebSocket upgrade from an Origin that is not allowed goes through.",
+    file: "broker/listener.ts",
+    search: "if (origin !== undefined && allowedOrigins.length > 0 && !allowedOrigins.some(",
+    replace: "if (origin === undefined && allowedOrigins.length > 0 && !allowedOrigins.some(",
+    tests: ["test/e2e/listeners.test.ts"],
+    filter: "disallowed Origin",
+  },
+  {
+    id: "listener-unguarded",
+    rule: "Connections on the TLS and WebSocket listeners skip the packet-size guard.",
+    file: "broker/listener.ts",
+    search: "guardFrames(stream as Socket, o.maxPacketBytes,",
+    replace: "if (kind === \"tcp\") guardFrames(stream as Socket, o.maxPacketBytes,",
+    tests: ["test/e2e/listeners.test.ts"],
+    filter: "more than the limit",
+  },
 ];
