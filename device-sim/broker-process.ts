@@ -10,6 +10,7 @@ import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { onJsonLines } from "./util.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const BROKER_MAIN = join(ROOT, "dist", "broker", "main.mjs");
@@ -69,27 +70,14 @@ export class BrokerProcess {
       }),
     );
     const listening = new Promise<Record<string, unknown>>((resolveListening, reject) => {
-      let buffer = "";
-      child.stdout!.on("data", (d: Buffer) => {
-        buffer += d.toString();
-        let nl;
-        while ((nl = buffer.indexOf("\n")) >= 0) {
-          const line = buffer.slice(0, nl);
-          buffer = buffer.slice(nl + 1);
-          let obj: Record<string, unknown>;
-          try {
-            obj = JSON.parse(line) as Record<string, unknown>;
-          } catch {
-            continue;
-          }
-          if (String(obj.msg).startsWith("broker listening")) {
-            if (spawned !== null) spawned.listened = true;
-            resolveListening(obj);
-          }
-          if (obj.msg === "resent undelivered messages" && typeof obj.resent === "number") this.resent += obj.resent;
-          if (typeof obj.level === "number" && obj.level >= 50) this.errors.push(`${String(obj.msg)} ${JSON.stringify(obj.err ?? obj.code ?? "")}`);
-          this.onLine(obj);
+      onJsonLines(child.stdout!, (obj) => {
+        if (String(obj.msg).startsWith("broker listening")) {
+          if (spawned !== null) spawned.listened = true;
+          resolveListening(obj);
         }
+        if (obj.msg === "resent undelivered messages" && typeof obj.resent === "number") this.resent += obj.resent;
+        if (typeof obj.level === "number" && obj.level >= 50) this.errors.push(`${String(obj.msg)} ${JSON.stringify(obj.err ?? obj.code ?? "")}`);
+        this.onLine(obj);
       });
       child.stderr!.on("data", (d: Buffer) => {
         this.#stderrTail = (this.#stderrTail + d.toString()).slice(-2000);

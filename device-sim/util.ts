@@ -30,3 +30,26 @@ export function mulberry32(seed: number): () => number {
 
 /** A whole number in [lo, hi], drawn from `rng`. */
 export const between = (rng: () => number, lo: number, hi: number) => lo + Math.floor(rng() * (hi - lo + 1));
+
+/**
+ * Calls `onLine` with each JSON object a program writes on `stream`, one per line (pino's log
+ * format); lines that are not JSON objects (npm's banner, a stack trace) are skipped.
+ */
+export function onJsonLines(stream: NodeJS.ReadableStream, onLine: (line: Record<string, unknown>) => void): void {
+  let buffer = "";
+  stream.on("data", (d: Buffer | string) => {
+    buffer += d.toString();
+    let nl;
+    while ((nl = buffer.indexOf("\n")) >= 0) {
+      const text = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      let line: unknown;
+      try {
+        line = JSON.parse(text);
+      } catch {
+        continue;
+      }
+      if (typeof line === "object" && line !== null && !Array.isArray(line)) onLine(line as Record<string, unknown>);
+    }
+  });
+}

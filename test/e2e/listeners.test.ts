@@ -27,6 +27,7 @@ import { registerDevice } from "../../src/service/devices.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
 import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 import { RawDevice, closed, rawConnect, sealWith, tokenFor } from "../wire.ts";
+import { onJsonLines } from "../../device-sim/util.ts";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const ALL_ON = { port: 0, tlsPort: 0, wsPort: 0, wssPort: 0 } as const;
@@ -381,32 +382,19 @@ async function rawStream(b: TestBroker, kind: ListenerKind): Promise<{ write(byt
   return { write: (bytes) => ws.send(bytes), closed: closedP, isClosed: () => isClosed };
 }
 
-/** `npm start`'s program (tsx broker/main.ts) as a child process, its JSON log lines kept. */
+/** `npm start`'s program (the compiled dist/broker/main.mjs, as npm start runs it) as a child process, its JSON log lines kept. */
 function startBrokerProcess(args: string[]) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HANDOFF_")));
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", join(ROOT, "broker", "main.ts"), ...args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child: ChildProcess = spawn(process.execPath, ["--enable-source-maps", join(ROOT, "dist", "broker", "main.mjs"), ...args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
   const lines: Record<string, unknown>[] = [];
   const waiters: { match: (l: Record<string, unknown>) => boolean; resolve: () => void }[] = [];
   let stderr = "";
   child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  let buffer = "";
-  child.stdout!.on("data", (d: Buffer) => {
-    buffer += d.toString();
-    let nl;
-    while ((nl = buffer.indexOf("\n")) >= 0) {
-      const text = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      let line: Record<string, unknown>;
-      try {
-        line = JSON.parse(text) as Record<string, unknown>;
-      } catch {
-        continue;
-      }
-      lines.push(line);
-      for (const w of waiters.splice(0)) {
-        if (w.match(line)) w.resolve();
-        else waiters.push(w);
-      }
+  onJsonLines(child.stdout!, (line) => {
+    lines.push(line);
+    for (const w of waiters.splice(0)) {
+      if (w.match(line)) w.resolve();
+      else waiters.push(w);
     }
   });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));

@@ -12,6 +12,7 @@ import { Device } from "../../device-sim/device.ts";
 import { readKeyFile } from "../../device-sim/keyfile.ts";
 import { fromBase64 } from "../../src/crypto/encoding.ts";
 import { tempDir } from "../helpers.ts";
+import { onJsonLines } from "../../device-sim/util.ts";
 
 const ROOT = join(import.meta.dirname, "../..");
 
@@ -32,18 +33,10 @@ function finish(child: ChildProcessWithoutNullStreams): Promise<{ code: number |
 async function startProcess(dataDir: string | null, env: NodeJS.ProcessEnv = {}) {
   const child = run("broker/main.ts", dataDir === null ? [] : ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir], env);
   const lines: Record<string, unknown>[] = [];
-  let buffer = "";
   const port = await new Promise<number>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => {
-      buffer += d.toString();
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        const obj = JSON.parse(line) as Record<string, unknown>;
-        lines.push(obj);
-        if (typeof obj.port === "number" && String(obj.msg).startsWith("broker listening")) resolve(obj.port);
-      }
+    onJsonLines(child.stdout, (obj) => {
+      lines.push(obj);
+      if (typeof obj.port === "number" && String(obj.msg).startsWith("broker listening")) resolve(obj.port);
     });
     child.on("close", (code) => reject(new Error(`broker exited with ${code}`)));
   });
