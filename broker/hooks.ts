@@ -11,6 +11,11 @@ import { mayPublish, maySubscribe } from "../src/protocol/topics.ts";
 import { CONNECT_REFUSALS, type CheckedConnect, type ConnectAuthenticator, type ConnectRefusal } from "../src/service/connect.ts";
 import { errorSummary, type Inbox } from "../src/service/inbox.ts";
 import { NO_METRICS, type Metrics } from "../src/service/metrics.ts";
+import { RateLimiter } from "../src/service/rate-limit.ts";
+
+/** Connects one device may make at once, and how often one more is allowed after that. */
+export const CONNECT_BURST = 20;
+export const CONNECT_REFILL_MS = 3000;
 
 export interface HookOptions {
   readonly config: BrokerConfig;
@@ -48,12 +53,23 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
     callback(null, true);
   };
 
+  // Connects per device (docs/protocol.md §Limits): a reconnect loop costs a signature check, a
+  // token row and a session each time; an authenticated device gets CONNECT_BURST at once, then
+  // one every CONNECT_REFILL_MS. Only authenticated attempts count, so nobody can spend another
+  // device's budget.
+  const connects = new RateLimiter(1000 / CONNECT_REFILL_MS, CONNECT_BURST);
+  /** Devices refused for connecting too often since their last accepted connect: logged once each. */
+  const throttled = new Set<string>();
+
   aedes.authenticate = (client, username, password, callback) => {
     const remote = remoteOf(client);
     const refuse = (reason: ConnectRefusal) => {
       const refusal = CONNECT_REFUSALS[reason];
       metrics.connectRefused(reason);
-      log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
+      // A reconnect loop would otherwise write a log line per attempt: the first refusal says it.
+      const repeated = reason === "too_many_connects" && throttled.has(client.id);
+      if (reason === "too_many_connects") throttled.add(client.id);
+      if (!repeated) log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
       const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
       callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
     };
@@ -66,6 +82,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
     }
     if (!checked.ok) return refuse(checked.reason);
     const device = checked.device;
+    if (!connects.take(device.id, o.clock())) return refuse("too_many_connects");
     // The token is consumed in the next group commit, with the messages of that turn: a storm of
     // reconnects (after a broker restart) shares fsyncs instead of paying one per CONNECT.
     let fresh = false;
@@ -77,6 +94,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
       (committed) => {
         if (!committed) return refuse("unavailable");
         if (!fresh) return refuse("reused_token");
+        throttled.delete(device.id);
         log.info({ device: device.id, kind: device.kind, remote }, "connection accepted");
         metrics.connectAccepted();
         callback(null, true);

@@ -21,6 +21,7 @@ export const CONNECT_REFUSALS = {
   revoked_device: { returnCode: CONNACK.notAuthorized, detail: "the device has been revoked" },
   bad_signature: { returnCode: CONNACK.badUsernameOrPassword, detail: "the token signature does not verify against the registered key" },
   stale_token: { returnCode: CONNACK.badUsernameOrPassword, detail: "the token timestamp is outside the freshness window" },
+  too_many_connects: { returnCode: CONNACK.serverUnavailable, detail: "the device connected too often; retry later, with backoff" },
   reused_token: { returnCode: CONNACK.badUsernameOrPassword, detail: "the token was already used; make a new one for every connection" },
   unavailable: { returnCode: CONNACK.serverUnavailable, detail: "the broker cannot reach its database" },
 } as const;

@@ -369,6 +369,23 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/e2e/strict-json.test.ts"],
   },
 
+  {
+    id: "connect-budget-off",
+    rule: "A device may connect as often as it likes: a reconnect loop is never refused.",
+    file: "broker/hooks.ts",
+    search: 'if (!connects.take(device.id, o.clock())) return refuse("too_many_connects");',
+    replace: 'if (!connects.take(device.id, o.clock()) && false) return refuse("too_many_connects");',
+    tests: ["test/e2e/connect-budget.test.ts"],
+  },
+  {
+    id: "connect-budget-spent-by-strangers",
+    rule: "Failed connect attempts under a device's id spend that device's connect budget.",
+    file: "broker/hooks.ts",
+    search: "    try {\n      checked = authenticator.check(",
+    replace: "    connects.take(client.id, o.clock());\n    try {\n      checked = authenticator.check(",
+    tests: ["test/e2e/connect-budget.test.ts"],
+  },
+
   // ── The production edge (broker/listener.ts) ───────────────────────────────────────────────
   // (No mutation lowers the TLS minimum: Node 20's OpenSSL 3 refuses TLS 1.0 and 1.1 at its
   // default security level whatever minVersion says, so no test here could tell the difference.)
