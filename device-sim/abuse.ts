@@ -344,6 +344,9 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     if (lost > 0) problems.push(`${lost} honest payments got no final result`);
     if (rejected.length > 0) problems.push(`${rejected.length} honest pay requests were refused: ${[...new Set(rejected.map((p) => p.rejected))].join(", ")}`);
     if (completed.length === 0) problems.push("no honest payment completed");
+    // A connect token is single-use: the broker accepting one it had accepted before is a breach.
+    const replayed = tallies.reconnect_loop?.counts["USED TOKEN ACCEPTED AGAIN"] ?? 0;
+    if (replayed > 0) problems.push(`${replayed} used connect tokens were accepted again`);
 
     report = {
       ok: alive && completed.length > 0 && lost === 0 && rejected.length === 0 && problems.length === 0,

@@ -185,14 +185,19 @@ export const reconnectLoop: Attack = async (ctx, rng, untilMs) => {
   const key = ctx.keys.take();
   if (key === null) return ctx.count("no free key");
   try {
+    // Only a token the broker accepted has been used: one it refused (say, over the connect
+    // budget) was never consumed, and may rightly be accepted on a later try.
+    let lastUsed: string | null = null;
     let lastToken: string | null = null;
     while (going(ctx, untilMs)) {
       const reuse: boolean = lastToken !== null && rng() < 0.1;
       const token: string = reuse ? lastToken! : freshToken(key);
+      const used = token === lastUsed;
       lastToken = token;
       const c = await RawClient.connect(ctx.sockets, ctx.port, key, { token, ms: 2000 });
       if (c instanceof RawClient) {
-        ctx.count(reuse ? "reused token accepted" : "connects");
+        lastUsed = token;
+        ctx.count(used ? "USED TOKEN ACCEPTED AGAIN" : reuse ? "connects (a token refused before, never used)" : "connects");
         if (rng() < 0.5) c.write(mqttPacket.generate({ cmd: "disconnect" }));
         c.destroy();
       } else ctx.count(`${c.refused === null ? "no CONNACK within 2 s" : `refused (CONNACK ${c.refused})`}${reuse ? " on a reused token" : ""}`);
