@@ -195,6 +195,19 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
 
   let alive = false;
   let report: AbuseReport | null = null;
+  /** What the report says however the run ended, given the database's size at the end. */
+  const common = (dbEndBytes: number) => ({
+    honestStarted: payments.length,
+    peakRssMB: peakRss === null ? null : round1(peakRss),
+    dbGrowthMB: round1((dbEndBytes - dbStart) / (1024 * 1024)),
+    seed,
+    seconds,
+    pairs: pairCount,
+    refusedOrClosed,
+    attacks: tallies,
+    brokerDeath: death,
+    problems,
+  });
 
   try {
     // Setup, in the database, as the admin tool does it: the merchant, the honest pairs with
@@ -349,48 +362,30 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
     if (replayed > 0) problems.push(`${replayed} used connect tokens were accepted again`);
 
     report = {
+      ...common(dbEnd),
       ok: alive && completed.length > 0 && lost === 0 && rejected.length === 0 && problems.length === 0,
       brokerAlive: alive,
-      honestStarted: payments.length,
       honestCompleted: completed.length,
       honestOtherOutcomes: other,
       honestLost: lost,
       honestRejected: rejected.length,
       honestP50Ms: percentile(latencies, 0.5),
       honestP99Ms: percentile(latencies, 0.99),
-      peakRssMB: peakRss === null ? null : round1(peakRss),
-      dbGrowthMB: round1((dbEnd - dbStart) / (1024 * 1024)),
-      seed,
-      seconds,
-      pairs: pairCount,
-      refusedOrClosed,
-      attacks: tallies,
-      brokerDeath: death,
-      problems,
     };
     printSummary(report, say);
     return report;
   } catch (err) {
     problems.push(`the run stopped: ${(err as Error).message}`);
     report = {
+      ...common(dbBytes(dataDir)),
       ok: false,
       brokerAlive: false,
-      honestStarted: payments.length,
       honestCompleted: payments.filter((p) => p.status === "completed").length,
       honestOtherOutcomes: {},
       honestLost: 0,
       honestRejected: 0,
       honestP50Ms: null,
       honestP99Ms: null,
-      peakRssMB: peakRss === null ? null : round1(peakRss),
-      dbGrowthMB: round1((dbBytes(dataDir) - dbStart) / (1024 * 1024)),
-      seed,
-      seconds,
-      pairs: pairCount,
-      refusedOrClosed,
-      attacks: tallies,
-      brokerDeath: death,
-      problems,
     };
     for (const line of problems) say(`PROBLEM: ${line}`);
     return report;
