@@ -9,6 +9,7 @@ import { newDeviceKey, type DeviceKey } from "../device-sim/keyfile.ts";
 import { TCP_ONLY, brokerConfig, type BrokerConfig } from "../src/config.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
+import { openDatabase, type Db } from "../src/store/db.ts";
 
 export interface TestBroker extends BrokerHandle {
   /** Registers a device and returns its key. */
@@ -21,6 +22,19 @@ export interface TestBroker extends BrokerHandle {
 
 export function tempDir(prefix = "hp-test-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** A migrated database in a fresh temporary dir; `dispose` closes it and removes the dir. */
+export function openTempDb(prefix = "hp-db-"): { db: Db; dispose(): void } {
+  const dir = tempDir(prefix);
+  const db = openDatabase(join(dir, "handoff.db"));
+  return {
+    db,
+    dispose() {
+      db.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 /** What a test may inject into the broker: a clock it moves instead of sleeping, a log it reads. */

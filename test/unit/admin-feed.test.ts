@@ -1,23 +1,15 @@
 /** The admin feed (broker/admin-feed.ts): a running broker acts on what the admin tool wrote. */
-import { rmSync } from "node:fs";
-import { join } from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AdminFeed } from "../../broker/admin-feed.ts";
-import { openDatabase, type Db } from "../../src/store/db.ts";
-import { tempDir } from "../helpers.ts";
+import type { Db } from "../../src/store/db.ts";
+import { openTempDb } from "../helpers.ts";
 
 describe("AdminFeed", () => {
-  let dir: string;
   let db: Db;
-  beforeEach(() => {
-    dir = tempDir("hp-admin-feed-");
-    db = openDatabase(join(dir, "handoff.db"));
-  });
-  afterEach(() => {
-    db.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  let dispose: () => void;
+  beforeEach(() => ({ db, dispose } = openTempDb("hp-admin-feed-")));
+  afterEach(() => dispose());
 
   const event = (kind: string, deviceId: string | null) =>
     db.prepare("INSERT INTO admin_events (kind, device_id, at_ms) VALUES (?, ?, ?)").run(kind, deviceId, Date.now());

@@ -1,23 +1,15 @@
 /** The purge (broker/housekeeping.ts): bounded steps, by an injected clock. */
-import { rmSync } from "node:fs";
-import { join } from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Housekeeping } from "../../broker/housekeeping.ts";
-import { openDatabase, type Db } from "../../src/store/db.ts";
-import { tempDir } from "../helpers.ts";
+import type { Db } from "../../src/store/db.ts";
+import { openTempDb } from "../helpers.ts";
 
 describe("Housekeeping", () => {
-  let dir: string;
   let db: Db;
-  beforeEach(() => {
-    dir = tempDir("hp-housekeeping-");
-    db = openDatabase(join(dir, "handoff.db"));
-  });
-  afterEach(() => {
-    db.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  let dispose: () => void;
+  beforeEach(() => ({ db, dispose } = openTempDb("hp-housekeeping-")));
+  afterEach(() => dispose());
 
   const count = (sql: string) => (db.prepare(sql).get() as { n: number }).n;
 

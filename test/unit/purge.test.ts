@@ -2,25 +2,17 @@
  * Purges delete in bounded steps (docs/operations.md §Housekeeping): each call removes at most
  * `limit` expired rows per table, oldest first, and never a row that is still needed.
  */
-import { rmSync } from "node:fs";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { openDatabase, type Db } from "../../src/store/db.ts";
+import type { Db } from "../../src/store/db.ts";
 import { OutboxRepo } from "../../src/store/outbox.ts";
 import { ReplayRepo } from "../../src/store/replay.ts";
-import { tempDir } from "../helpers.ts";
+import { openTempDb } from "../helpers.ts";
 
 describe("bounded purges", () => {
-  let dir: string;
   let db: Db;
-  beforeEach(() => {
-    dir = tempDir("hp-purge-");
-    db = openDatabase(join(dir, "handoff.db"));
-  });
-  afterEach(() => {
-    db.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  let dispose: () => void;
+  beforeEach(() => ({ db, dispose } = openTempDb("hp-purge-")));
+  afterEach(() => dispose());
 
   const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
 

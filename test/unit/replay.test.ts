@@ -4,30 +4,24 @@
  * connect-token nonce until tsMs + 120001 ms). A row expires at `expiresMs`: at nowMs ≥ expiresMs
  * it is absent.
  */
-import { rmSync } from "node:fs";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { openDatabase, type Db } from "../../src/store/db.ts";
+import type { Db } from "../../src/store/db.ts";
 import { OutboxRepo } from "../../src/store/outbox.ts";
 import { ReplayRepo } from "../../src/store/replay.ts";
-import { tempDir } from "../helpers.ts";
+import { openTempDb } from "../helpers.ts";
 
 const digestA = new Uint8Array(32).fill(1);
 const digestB = new Uint8Array(32).fill(2);
 
 describe("ReplayRepo", () => {
-  let dir: string;
   let db: Db;
+  let dispose: () => void;
   let replay: ReplayRepo;
   beforeEach(() => {
-    dir = tempDir("hp-replay-");
-    db = openDatabase(join(dir, "handoff.db"));
+    ({ db, dispose } = openTempDb("hp-replay-"));
     replay = new ReplayRepo(db);
   });
-  afterEach(() => {
-    db.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  afterEach(() => dispose());
 
   const seenRow = (msgId: string) => db.prepare("SELECT digest, expires_ms AS expiresMs FROM seen_messages WHERE device_id = 'd1' AND msg_id = ?").get(msgId) as { digest: Buffer; expiresMs: number } | undefined;
 
