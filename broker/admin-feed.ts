@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import { errorSummary } from "../src/service/inbox.ts";
 import type { Db } from "../src/store/db.ts";
 import { AdminEventFeed } from "../src/store/devices.ts";
+import { Every } from "./every.ts";
 
 export interface AdminFeedOptions {
   readonly db: Db;
@@ -20,23 +21,22 @@ export class AdminFeed {
   readonly #o: AdminFeedOptions;
   readonly #feed: AdminEventFeed;
   #seq: number;
-  #timer: NodeJS.Timeout | null = null;
+  readonly #every: Every;
 
   constructor(options: AdminFeedOptions) {
     this.#o = options;
     this.#feed = new AdminEventFeed(options.db);
     // Only what happens from now on: a revocation before the start already refuses the CONNECT.
     this.#seq = this.#feed.lastSeq();
+    this.#every = new Every(options.everyMs ?? 200, () => this.poll());
   }
 
   start(): void {
-    this.#timer ??= setInterval(() => this.poll(), this.#o.everyMs ?? 200);
-    this.#timer.unref();
+    this.#every.start();
   }
 
   stop(): void {
-    if (this.#timer !== null) clearInterval(this.#timer);
-    this.#timer = null;
+    this.#every.stop();
   }
 
   /** Acts on every event since the last poll. */

@@ -8,6 +8,7 @@
 import type { Logger } from "pino";
 import type { TxContext } from "../src/service/inbox.ts";
 import { errorSummary } from "../src/service/inbox.ts";
+import { Every } from "./every.ts";
 
 export type DeadlineKind = "prompt" | "task";
 
@@ -33,20 +34,19 @@ export class Deadlines {
   readonly #o: DeadlineOptions;
   /** Queued and not yet run: key → when it was queued. */
   readonly #queued = new Map<string, number>();
-  #timer: NodeJS.Timeout | null = null;
+  readonly #every: Every;
 
   constructor(options: DeadlineOptions) {
     this.#o = options;
+    this.#every = new Every(options.everyMs ?? 100, () => this.poll());
   }
 
   start(): void {
-    this.#timer ??= setInterval(() => this.poll(), this.#o.everyMs ?? 100);
-    this.#timer.unref();
+    this.#every.start();
   }
 
   stop(): void {
-    if (this.#timer !== null) clearInterval(this.#timer);
-    this.#timer = null;
+    this.#every.stop();
   }
 
   /** Queues every deadline due now that is not already queued; returns how many it queued. */

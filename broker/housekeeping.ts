@@ -10,6 +10,7 @@ import { PairingRepo } from "../src/store/binding.ts";
 import type { Db } from "../src/store/db.ts";
 import { OutboxRepo } from "../src/store/outbox.ts";
 import { ReplayRepo } from "../src/store/replay.ts";
+import { Every } from "./every.ts";
 
 /** Rows of each table one purge step deletes (~2 ms each with secure_delete). */
 export const PURGE_CHUNK_ROWS = 250;
@@ -27,11 +28,14 @@ export interface HousekeepingOptions {
 export class Housekeeping {
   readonly #o: HousekeepingOptions;
   readonly #step: (nowMs: number) => number;
-  #timer: NodeJS.Timeout | null = null;
+  readonly #every: Every;
   #purging = false;
 
   constructor(options: HousekeepingOptions) {
     this.#o = options;
+    this.#every = new Every(options.everyMs, () => {
+      if (!this.#purging) this.#purge();
+    });
     const { db } = options;
     const chunk = options.chunkRows ?? PURGE_CHUNK_ROWS;
     const replay = new ReplayRepo(db);
@@ -51,15 +55,11 @@ export class Housekeeping {
   }
 
   start(): void {
-    this.#timer ??= setInterval(() => {
-      if (!this.#purging) this.#purge();
-    }, this.#o.everyMs);
-    this.#timer.unref();
+    this.#every.start();
   }
 
   stop(): void {
-    if (this.#timer !== null) clearInterval(this.#timer);
-    this.#timer = null;
+    this.#every.stop();
   }
 
   /** One bounded step: the rows it deleted (0 when nothing is left to purge). */
