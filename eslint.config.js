@@ -20,4 +20,12 @@ export default tseslint.config(
       "no-restricted-properties": ["error", { object: "Date", property: "now", message: "the core takes time as an argument" }, { object: "Math", property: "random", message: "the core takes randomness as an argument" }],
     },
   },
+  {
+    // What the browser pages bundle (scripts/build.mjs PAGE_ENTRIES): the device protocol and what
+    // it stands on. A Node module here would break the pages' build, or worse, pull in a polyfill.
+    files: ["web/**/*.ts", "src/device/client.ts", "src/device/emitter.ts", "src/device/browser*.ts", "src/protocol/**/*.ts", "src/crypto/encoding.ts", "src/crypto/ids.ts"],
+    rules: {
+      "no-restricted-imports": ["error", { patterns: [{ group: ["node:*"], message: "this module runs in the browser too: take what differs through the DevicePlatform adapter (src/device/client.ts)" }] }],
+    },
+  },
 );

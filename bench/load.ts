@@ -78,7 +78,6 @@ const bump = (m: Record<string, number>, k: string) => void (m[k] = (m[k] ?? 0) 
 class CountingDevice extends Device {
   constructor(options: DeviceOptions) {
     super(options);
-    this.setMaxListeners(0); // every concurrent pay() listens on its terminal
     this.on("message", (m) => bump(downCounts, m.type));
     this.on("rejected", () => void rejectedCount++);
     this.on("error", () => {}); // connection errors surface as failed requests

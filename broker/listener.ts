@@ -144,8 +144,9 @@ type Handle = ReturnType<typeof handler>;
 
 function createListener(kind: ListenerKind, o: ListenersOptions, handle: Handle, log: Logger): Server {
   if (kind === "tcp") return createNetServer((socket) => handle(socket, socket, kind));
-  if (o.tls === null) throw new Error(`the ${kind} listener needs a certificate`);
-  const tlsOptions = { ...secureContext(o.tls), handshakeTimeout: o.connectTimeoutMs };
+  // Plain ws needs no certificate (a page on localhost, a proxy that ends TLS in front).
+  if (o.tls === null && kind !== "ws") throw new Error(`the ${kind} listener needs a certificate`);
+  const tlsOptions = o.tls === null ? { handshakeTimeout: o.connectTimeoutMs } : { ...secureContext(o.tls), handshakeTimeout: o.connectTimeoutMs };
   if (kind === "tls") {
     const server = createTlsServer(tlsOptions, (socket: TLSSocket) => handle(socket, socket, kind));
     server.on("tlsClientError", (err, socket) => log.debug({ listener: kind, remote: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, "TLS handshake failed"));

@@ -6,6 +6,7 @@
  *   delivery.ts      what devices are sent, flow-controlled per connection; PUBACKs as receipts
  *   certs.ts         the TLS certificate: from files, or self-signed in the data dir
  *   listener.ts      the listeners (TCP, TLS, WebSocket, WebSocket over TLS), each with the frame guard
+ *   pages.ts         the browser terminal and phone pages, served on the WebSocket listeners' HTTP side
  *   deadlines.ts     payment deadlines, polled from their rows
  *   housekeeping.ts  the bounded purge of what is no longer needed
  *   admin-feed.ts    what the admin tool asks a running broker to do
@@ -35,6 +36,7 @@ import { Deadlines } from "./deadlines.ts";
 import { installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
 import { loadCertificate, readCertificate, type Certificate } from "./certs.ts";
+import { pagesHandler } from "./pages.ts";
 import { openListeners, type ListenerAddress, type ListenerKind, type Listeners } from "./listener.ts";
 import { Delivery } from "./delivery.ts";
 import { connectionsByListener, outboxBacklogReader, promMetrics } from "./metrics.ts";
@@ -203,6 +205,12 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
         connectTimeoutMs: config.connectTimeoutMs,
         wsOrigins: config.wsOrigin,
         tls: certificate,
+        // The ws and wss listeners also serve the browser terminal and phone (broker/pages.ts).
+        httpHandler: pagesHandler({
+          brokerPublicKey: toBase64(publicKey),
+          tlsFingerprint: () => (config.wssPort === "off" ? null : (certificate?.fingerprint256 ?? null)),
+          log,
+        }),
       },
       log,
     );
@@ -248,6 +256,10 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   deadlines.start();
 
   for (const [listener, a] of Object.entries(addresses)) log.info({ listener, url: a.url, port: a.port }, `listening on ${a.url}`);
+  for (const kind of ["ws", "wss"] as const) {
+    const a = addresses[kind];
+    if (a !== undefined) log.info({ listener: kind }, `browser pages: ${a.url.replace(/^ws/, "http")}/terminal and /phone`);
+  }
   if (certificate !== null) log.info({ certFile: certificate.certFile, fingerprint256: certificate.fingerprint256, validTo: certificate.validTo.toISOString() }, `TLS certificate SHA-256 fingerprint ${certificate.fingerprint256}`);
   log.info(
     {

@@ -1,9 +1,7 @@
 /**
- * A device client: what the simulator, the demo and the tests use to be a terminal or phone.
- *
- * It connects with a fresh signed token (a new one on every reconnect), subscribes to its own
- * down topic, signs every message it sends, checks every message it receives against the pinned
- * broker key, drops duplicates by message id, and matches replies to requests by `re`.
+ * The device client in Node: what the simulator, the demo and the tests use to be a terminal or
+ * phone. The protocol itself is src/device/client.ts, shared with the browser pages; this file
+ * is its Node adapter: node:crypto signatures, node:crypto randomness, Nagle off, and TLS.
  *
  * Transports: mqtt:// (TCP), mqtts:// (TLS), ws:// and wss:// (MQTT over WebSocket, sub-protocol
  * `mqtt`). Over TLS the broker's certificate must be trusted before the CONNECT, which carries
@@ -11,16 +9,16 @@
  * certificate is never accepted unchecked (no rejectUnauthorized false on a connection that
  * carries MQTT).
  */
-import { EventEmitter } from "node:events";
-import { X509Certificate, randomBytes, randomUUID } from "node:crypto";
+import { X509Certificate, randomBytes } from "node:crypto";
 import { isIP } from "node:net";
 import { connect as tlsConnect, rootCertificates, type ConnectionOptions, type PeerCertificate } from "node:tls";
-import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import type { IClientOptions, MqttClient } from "mqtt";
 import { Signer, verify } from "../src/crypto/ed25519.ts";
-import { BROKER_ID, PROTOCOL_VERSION, parseEnvelope, sealEnvelope, type Payload } from "../src/protocol/envelope.ts";
-import { makeToken } from "../src/protocol/token.ts";
-import { downTopic, upTopic } from "../src/protocol/topics.ts";
+import type { Payload } from "../src/protocol/envelope.ts";
+import { DeviceClient, type DevicePlatform } from "../src/device/client.ts";
 import type { DeviceKey } from "./keyfile.ts";
+
+export { CONNACK_TEXT, DeviceError, type DeviceEvents, type Received } from "../src/device/client.ts";
 
 export interface DeviceOptions {
   /** mqtt://, mqtts://, ws:// or wss://host:port[/path]. */
@@ -46,32 +44,6 @@ export interface DeviceOptions {
   readonly connectTimeoutMs?: number;
   readonly keepaliveS?: number;
 }
-
-/** A broker message that passed every check. */
-export type Received = Payload;
-
-export class DeviceError extends Error {
-  constructor(
-    readonly code: string,
-    readonly detail: string,
-    readonly reply: Received,
-  ) {
-    super(`${code}: ${detail}`);
-  }
-}
-
-export interface DeviceEvents {
-  message: [Received];
-  rejected: [reason: string];
-  connect: [];
-  /** The broker refused the CONNECT (code = CONNACK return code); the device stops reconnecting. */
-  refused: [code: number, message: string];
-  offline: [];
-  reconnecting: [];
-  error: [Error];
-}
-
-const SEEN_MAX = 4096;
 
 const SCHEMES = ["mqtt:", "mqtts:", "ws:", "wss:"];
 
@@ -137,58 +109,40 @@ function presentedCertificate(host: string, port: number, timeoutMs: number): Pr
   });
 }
 
-/** MQTT 3.1.1 CONNACK return codes and what they mean for this broker (docs/protocol.md §Connecting). */
-export const CONNACK_TEXT: Record<number, string> = {
-  1: "unacceptable protocol version (the broker speaks MQTT 3.1.1)",
-  2: "identifier rejected: unknown device, or clientId is not the device id",
-  3: "broker unavailable",
-  4: "bad token: signature, freshness or reuse",
-  5: "not authorized: anonymous or revoked device",
-};
-
-export class Device extends EventEmitter<DeviceEvents> {
-  readonly id: string;
-  readonly #o: DeviceOptions;
-  readonly #signer: Signer;
-  readonly #clock: () => number;
-  readonly #waiters = new Map<string, { resolve: (m: Received) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
-  readonly #seen = new Set<string>();
-  #client: MqttClient | null = null;
-
+/** Node's half of the protocol client: what differs from a page (src/device/browser.ts). */
+class NodePlatform implements DevicePlatform {
   readonly #pin: string | null;
-  readonly #secure: boolean;
+  readonly #ca: string | Buffer | undefined;
+  readonly #timeoutMs: number;
 
-  constructor(options: DeviceOptions) {
-    super();
-    let scheme: string;
-    try {
-      scheme = new URL(options.url).protocol;
-    } catch {
-      throw new Error(`broker URL ${options.url} is not a URL (mqtt://, mqtts://, ws:// or wss://host:port)`);
-    }
-    if (!SCHEMES.includes(scheme)) throw new Error(`broker URL ${options.url}: the scheme must be mqtt://, mqtts://, ws:// or wss://`);
-    this.#secure = scheme === "mqtts:" || scheme === "wss:";
-    if (!this.#secure && (options.ca !== undefined || options.fingerprint256 !== undefined)) {
-      throw new Error(`broker URL ${options.url} is not TLS: a CA or fingerprint applies only to mqtts:// and wss://`);
-    }
-    this.#pin = null;
-    if (options.fingerprint256 !== undefined) {
-      this.#pin = normalizeFingerprint(options.fingerprint256);
-      if (this.#pin === null) throw new Error(`fingerprint ${options.fingerprint256} is not a SHA-256 fingerprint (64 hex digits, colons optional)`);
-    }
-    this.#o = options;
-    this.id = options.key.deviceId;
-    this.#signer = new Signer(options.key.pair);
-    this.#clock = options.clock ?? Date.now;
+  constructor(pin: string | null, ca: string | Buffer | undefined, timeoutMs: number) {
+    this.#pin = pin;
+    this.#ca = ca;
+    this.#timeoutMs = timeoutMs;
   }
 
-  get connected(): boolean {
-    return this.#client?.connected === true;
+  verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
+    return verify(publicKey, message, signature);
   }
 
-  /** A fresh connect token: new nonce, current time. */
-  token(tsMs: number = this.#clock(), nonce: string = randomBytes(16).toString("base64url")): string {
-    return makeToken(this.id, tsMs, nonce, (b) => this.#signer.sign(b));
+  randomBytes(n: number): Uint8Array {
+    return randomBytes(n);
+  }
+
+  onConnected(client: MqttClient): void {
+    // Nagle + delayed ACK cost a device 25-45 ms a round trip (docs/performance.md).
+    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+  }
+
+  explainError(err: Error): Error {
+    return explainTlsError(err);
+  }
+
+  async transportOptions(url: URL): Promise<IClientOptions> {
+    if (url.protocol !== "mqtts:" && url.protocol !== "wss:") return {};
+    const tls = await this.#tlsOptions(url);
+    // mqtts hands these options to tls.connect; wss hands wsOptions to ws, which hands them to tls.connect.
+    return url.protocol === "wss:" ? { wsOptions: tls } : (tls as IClientOptions);
   }
 
   /**
@@ -199,11 +153,11 @@ export class Device extends EventEmitter<DeviceEvents> {
    */
   async #tlsOptions(url: URL): Promise<ConnectionOptions> {
     const pin = this.#pin;
-    let ca: (string | Buffer)[] | undefined = this.#o.ca === undefined ? undefined : [this.#o.ca];
+    let ca: (string | Buffer)[] | undefined = this.#ca === undefined ? undefined : [this.#ca];
     if (pin !== null && ca === undefined) {
       const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
       const port = Number(url.port || (url.protocol === "wss:" ? 443 : 8883));
-      const cert = await presentedCertificate(host, port, this.#o.connectTimeoutMs ?? 10_000);
+      const cert = await presentedCertificate(host, port, this.#timeoutMs);
       if (cert.fingerprint256 !== pin) throw new CertificatePinError(cert.fingerprint256, pin);
       // A pinned certificate a public CA issued verifies by the system's CAs; a self-signed one by itself.
       ca = [...rootCertificates, new X509Certificate(cert.raw).toString()];
@@ -214,166 +168,39 @@ export class Device extends EventEmitter<DeviceEvents> {
       ...(pin === null ? {} : { checkServerIdentity: (_host: string, cert: PeerCertificate) => (cert.fingerprint256 === pin ? undefined : new CertificatePinError(cert.fingerprint256, pin)) }),
     };
   }
+}
 
-  /** Connects and subscribes; rejects with the broker's refusal (CONNACK code) if it refuses. */
-  async connect(): Promise<void> {
-    const url = new URL(this.#o.url);
-    let transport: IClientOptions = {};
-    if (this.#secure) {
-      const tls = await this.#tlsOptions(url);
-      // mqtts hands these options to tls.connect; wss hands wsOptions to ws, which hands them to tls.connect.
-      transport = url.protocol === "wss:" ? { wsOptions: tls } : (tls as IClientOptions);
+/** A device in Node, with its key from a key file (device-sim/keyfile.ts). */
+export class Device extends DeviceClient {
+  constructor(options: DeviceOptions) {
+    let scheme: string;
+    try {
+      scheme = new URL(options.url).protocol;
+    } catch {
+      throw new Error(`broker URL ${options.url} is not a URL (mqtt://, mqtts://, ws:// or wss://host:port)`);
     }
-    const client = mqtt.connect(this.#o.url, {
-      ...transport,
-      clientId: this.id,
-      username: this.id,
-      password: this.token(),
-      protocolVersion: 4,
-      clean: true,
-      keepalive: this.#o.keepaliveS ?? 30,
-      reconnectPeriod: this.#o.reconnect === false ? 0 : (this.#o.reconnectMs ?? 1000),
-      connectTimeout: this.#o.connectTimeoutMs ?? 10_000,
-    });
-    this.#client = client;
-    client.on("reconnect", () => {
-      // A token is single-use: every attempt needs a new one.
-      client.options.password = this.token();
-      this.emit("reconnecting");
-    });
-    client.on("offline", () => this.emit("offline"));
-    client.on("message", (topic, payload) => this.#receive(topic, payload));
-    client.on("connect", () => {
-      // Nagle + delayed ACK cost a device 25-45 ms a round trip (docs/performance.md).
-      (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
-      client.subscribe(downTopic(this.id), { qos: 1 }, (err, granted) => {
-        if (err || granted?.[0]?.qos === 128) this.emit("error", err ?? new Error("subscription to the down topic was refused"));
-        else this.emit("connect");
-      });
-    });
-    return new Promise((resolve, reject) => {
-      const onConnect = () => {
-        client.off("error", onError);
-        resolve();
-      };
-      const onError = (err: Error) => {
-        this.off("connect", onConnect);
-        client.end(true);
-        reject(explainTlsError(err));
-      };
-      this.once("connect", onConnect);
-      client.once("error", onError);
-      client.on("error", (err) => {
-        const code = (err as { code?: unknown }).code;
-        if (typeof code === "number" && code >= 1 && code <= 5) {
-          // A refusal will not change by retrying with the same key: stop, and say so once.
-          client.end(true);
-          this.emit("refused", code, CONNACK_TEXT[code] ?? err.message);
-          return;
-        }
-        if (this.listenerCount("error") > 0) this.emit("error", explainTlsError(err));
-      });
-    });
-  }
-
-  /** Builds, signs and publishes a message; returns its id. */
-  send(type: string, body: Record<string, unknown>, overrides: Partial<Payload> = {}): string {
-    const payload: Payload = { v: PROTOCOL_VERSION, type, id: randomUUID(), from: this.id, to: BROKER_ID, ts: this.#clock(), body, ...overrides };
-    const { bytes } = sealEnvelope(payload, (b) => this.#signer.sign(b));
-    this.publishRaw(bytes);
-    return payload.id;
-  }
-
-  /** Publishes bytes as they are on the device's up topic (tests use it for hostile input). */
-  publishRaw(bytes: Uint8Array | string, topic: string = upTopic(this.id)): void {
-    if (this.#client === null) throw new Error("not connected");
-    this.#client.publish(topic, Buffer.from(bytes), { qos: 1 });
-  }
-
-  /** Waits for the broker's message that answers `msgId`. */
-  waitFor(msgId: string, timeoutMs = 10_000): Promise<Received> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters.delete(msgId);
-        reject(new Error(`no answer to ${msgId} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.#waiters.set(msgId, { resolve, reject, timer });
-    });
-  }
-
-  /** Sends and waits for the answer, whatever it is (an `error` answer included). */
-  request(type: string, body: Record<string, unknown>, timeoutMs = 10_000, overrides: Partial<Payload> = {}): Promise<Received> {
-    const id = overrides.id ?? randomUUID();
-    const answer = this.waitFor(id, timeoutMs);
-    this.send(type, body, { ...overrides, id });
-    return answer;
-  }
-
-  /** Sends and waits; an `error` answer becomes a thrown DeviceError. */
-  async call(type: string, body: Record<string, unknown>, timeoutMs = 10_000): Promise<Received> {
-    const reply = await this.request(type, body, timeoutMs);
-    if (reply.type === "error") {
-      const b = reply.body as { code: string; detail: string };
-      throw new DeviceError(b.code, b.detail, reply);
+    if (!SCHEMES.includes(scheme)) throw new Error(`broker URL ${options.url}: the scheme must be mqtt://, mqtts://, ws:// or wss://`);
+    const secure = scheme === "mqtts:" || scheme === "wss:";
+    if (!secure && (options.ca !== undefined || options.fingerprint256 !== undefined)) {
+      throw new Error(`broker URL ${options.url} is not TLS: a CA or fingerprint applies only to mqtts:// and wss://`);
     }
-    return reply;
-  }
-
-  /** Waits for the next message of a type (optionally matching a predicate). */
-  next(type: string, timeoutMs = 10_000, match: (m: Received) => boolean = () => true): Promise<Received> {
-    return new Promise((resolve, reject) => {
-      const onMessage = (m: Received) => {
-        if (m.type !== type || !match(m)) return;
-        clearTimeout(timer);
-        this.off("message", onMessage);
-        resolve(m);
-      };
-      const timer = setTimeout(() => {
-        this.off("message", onMessage);
-        reject(new Error(`no ${type} message within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.on("message", onMessage);
+    let pin: string | null = null;
+    if (options.fingerprint256 !== undefined) {
+      pin = normalizeFingerprint(options.fingerprint256);
+      if (pin === null) throw new Error(`fingerprint ${options.fingerprint256} is not a SHA-256 fingerprint (64 hex digits, colons optional)`);
+    }
+    const signer = new Signer(options.key.pair);
+    super({
+      url: options.url,
+      identity: { deviceId: options.key.deviceId, sign: (b) => signer.sign(b) },
+      brokerPublicKey: options.brokerPublicKey,
+      platform: new NodePlatform(pin, options.ca, options.connectTimeoutMs ?? 10_000),
+      ...(options.clock === undefined ? {} : { clock: options.clock }),
+      ...(options.reconnectMs === undefined ? {} : { reconnectMs: options.reconnectMs }),
+      ...(options.reconnect === undefined ? {} : { reconnect: options.reconnect }),
+      ...(options.connectTimeoutMs === undefined ? {} : { connectTimeoutMs: options.connectTimeoutMs }),
+      ...(options.keepaliveS === undefined ? {} : { keepaliveS: options.keepaliveS }),
     });
-  }
-
-  async close(): Promise<void> {
-    const graceful = this.connected;
-    for (const w of this.#waiters.values()) {
-      clearTimeout(w.timer);
-      w.reject(new Error("device closed"));
-    }
-    this.#waiters.clear();
-    const client = this.#client;
-    this.#client = null;
-    // A graceful end lets the last PUBACKs (receipts) reach the broker; otherwise it would resend those messages.
-    if (client !== null) await client.endAsync(!graceful);
-  }
-
-  /**
-   * Every broker message. MQTT.js sends its PUBACK, which the broker takes as the receipt, once
-   * this returns: a message is confirmed only after it was checked and handed to the listeners.
-   */
-  #receive(topic: string, bytes: Buffer): void {
-    const reject = (reason: string) => void this.emit("rejected", reason);
-    if (topic !== downTopic(this.id)) return reject(`message on foreign topic ${topic}`);
-    const parsed = parseEnvelope(bytes);
-    if (!parsed.ok) return reject(`malformed broker message: ${parsed.detail}`);
-    const { payload, payloadBytes, signature } = parsed.msg;
-    if (!verify(this.#o.brokerPublicKey, payloadBytes, signature)) return reject("broker message signature does not verify against the pinned key");
-    if (payload.from !== BROKER_ID || payload.to !== this.id) return reject(`message from ${payload.from} to ${payload.to} is not for this device`);
-    // QoS 1 and the outbox both redeliver: the message id makes a second copy harmless.
-    if (this.#seen.has(payload.id)) return;
-    this.#seen.add(payload.id);
-    if (this.#seen.size > SEEN_MAX) this.#seen.delete(this.#seen.values().next().value!);
-    this.emit("message", payload);
-    if (payload.re !== undefined) {
-      const w = this.#waiters.get(payload.re);
-      if (w !== undefined) {
-        clearTimeout(w.timer);
-        this.#waiters.delete(payload.re);
-        w.resolve(payload);
-      }
-    }
   }
 }
 

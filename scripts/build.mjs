@@ -43,6 +43,16 @@ export const ENTRIES = [
   "scripts/vectors.ts", // prints the protocol document's test vectors
 ];
 
+/**
+ * The browser pages the broker serves (broker/pages.ts): each web/<name>.ts becomes
+ * dist/web/<name>.js, one minified bundle for the browser with everything it imports (MQTT.js's
+ * browser build, tweetnacl, zod, the protocol from src/): no CDN, no request but to the broker.
+ */
+export const PAGE_ENTRIES = ["web/terminal.ts", "web/phone.ts"];
+/** Files copied as they are next to the page bundles. */
+export const PAGE_FILES = ["web/pages.css"];
+export const PAGES_DIR = join(DIST, "web");
+
 /** dist/<dir>/<name>.mjs for "<dir>/<name>.ts" (or "<dir>/<name>"). */
 export function bundlePath(entry) {
   return join(DIST, entry.replace(/\.ts$/, "") + ".mjs");
@@ -113,6 +123,23 @@ export async function buildAll() {
       inputs[entry] = Object.keys(result.metafile.inputs).map((p) => posix(relative(ROOT, join(process.cwd(), p))));
     }),
   );
+  const pages = await build({
+    entryPoints: PAGE_ENTRIES.map((e) => join(ROOT, e)),
+    outdir: PAGES_DIR,
+    bundle: true,
+    format: "esm",
+    platform: "browser",
+    target: ["chrome100", "firefox100", "safari15"],
+    minify: true,
+    sourcemap: "linked",
+    sourcesContent: false,
+    write: false,
+    metafile: true,
+    logLevel: "warning",
+  });
+  for (const out of pages.outputFiles) writeAtomically(out.path, out.contents);
+  for (const f of PAGE_FILES) writeAtomically(join(DIST, f), readFileSync(join(ROOT, f)));
+  inputs.pages = [...Object.keys(pages.metafile.inputs).map((p) => posix(relative(ROOT, join(process.cwd(), p)))), ...PAGE_FILES];
   inputs["scripts/build.mjs"] = ["scripts/build.mjs", "package.json"];
   writeAtomically(INPUTS_FILE, JSON.stringify(inputs, null, 1) + "\n");
   return performance.now() - t0;
@@ -134,9 +161,10 @@ export function isStale() {
     }
   };
   const built = mtime(INPUTS_FILE);
-  for (const entry of ENTRIES) {
+  const outputs = [...ENTRIES.map((e) => [e, bundlePath(e)]), ["pages", join(PAGES_DIR, "terminal.js")]];
+  for (const [entry, output] of outputs) {
     const files = inputs[entry];
-    const bundle = mtime(bundlePath(entry));
+    const bundle = mtime(output);
     if (files === undefined || bundle === null || built === null) return true;
     for (const f of [...files, ...inputs["scripts/build.mjs"]]) {
       const t = mtime(join(ROOT, f));
@@ -151,5 +179,5 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
   const ifStale = process.argv.includes("--if-stale");
   if (ifStale && !isStale()) process.exit(0);
   const ms = await buildAll();
-  process.stderr.write(`build: ${ENTRIES.length} programs compiled to dist/ in ${Math.round(ms)} ms\n`);
+  process.stderr.write(`build: ${ENTRIES.length} programs and ${PAGE_ENTRIES.length} pages compiled to dist/ in ${Math.round(ms)} ms\n`);
 }

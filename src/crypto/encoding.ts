@@ -1,15 +1,29 @@
-/** Byte encodings used on the wire and in files: standard base64 and RFC 4648 base32 (lowercase). */
+/**
+ * Byte encodings used on the wire and in files: standard base64 and RFC 4648 base32 (lowercase).
+ * Runs in Node and in a page (the browser device, src/device/browser.ts): Node's Buffer where it
+ * exists (the broker's hot path), btoa/atob where it does not.
+ */
 
 const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
+interface NodeBufferLike {
+  from(buffer: ArrayBufferLike, offset: number, length: number): { toString(encoding: "base64"): string };
+  from(text: string, encoding: "base64"): Uint8Array;
+}
+const NodeBuffer = (globalThis as { Buffer?: NodeBufferLike }).Buffer;
+
 export function toBase64(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  if (NodeBuffer !== undefined) return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return btoa(binary);
 }
 
 /** Strict base64 (padding required, no whitespace): returns null rather than guessing. */
 export function fromBase64(text: string): Uint8Array | null {
   if (!BASE64_RE.test(text)) return null;
-  return new Uint8Array(Buffer.from(text, "base64"));
+  if (NodeBuffer !== undefined) return new Uint8Array(NodeBuffer.from(text, "base64"));
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }
 
 const BASE32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
