@@ -83,7 +83,7 @@ const INDEX_HTML = `<!doctype html>
 <head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>Handoff Pay</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/assets/pages.css"></head>
 <body><main id="app"><h1>Handoff Pay</h1><p>This broker serves two device pages:</p>
 <ul><li><a href="/terminal">Terminal</a>: the smart TV, kiosk or car that asks for payments</li><li><a href="/phone">Phone</a>: confirms and executes them</li></ul>
-<p>Open each in its own browser (or a private window): each page keeps its own key.</p></main></body>
+<p>Both can be open in the same browser: each page keeps its own device key (in IndexedDB).</p></main></body>
 </html>
 `;
 

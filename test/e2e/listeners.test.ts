@@ -200,10 +200,10 @@ describe("WebSocket upgrade", () => {
     expect(await upgrade(b.listeners.ws!.url, ["mqtt"], "https://anywhere.example")).toBe(101);
   });
 
-  it("refuses an upgrade that does not offer the mqtt sub-protocol, and answers plain HTTP with 404", async () => {
+  it("refuses an upgrade that does not offer the mqtt sub-protocol, and answers plain HTTP for anything but a page with 404", async () => {
     const b = (broker = await startTestBroker(ALL_ON));
     expect(await upgrade(b.listeners.ws!.url, ["chat"])).toBe(400);
-    const res = await fetch(`http://127.0.0.1:${b.listeners.ws!.port}/`);
+    const res = await fetch(`http://127.0.0.1:${b.listeners.ws!.port}/mqtt`);
     expect(res.status).toBe(404);
   });
 });
