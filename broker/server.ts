@@ -258,7 +258,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   for (const [listener, a] of Object.entries(addresses)) log.info({ listener, url: a.url, port: a.port }, `listening on ${a.url}`);
   for (const kind of ["ws", "wss"] as const) {
     const a = addresses[kind];
-    if (a !== undefined) log.info({ listener: kind }, `browser pages: ${a.url.replace(/^ws/, "http")}/terminal and /phone`);
+    const http = a?.url.replace(/^ws/, "http");
+    if (http !== undefined) log.info({ listener: kind, terminal: `${http}/terminal`, phone: `${http}/phone` }, `browser pages: ${http}/terminal and ${http}/phone`);
   }
   if (certificate !== null) log.info({ certFile: certificate.certFile, fingerprint256: certificate.fingerprint256, validTo: certificate.validTo.toISOString() }, `TLS certificate SHA-256 fingerprint ${certificate.fingerprint256}`);
   log.info(
