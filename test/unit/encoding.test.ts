@@ -45,7 +45,8 @@ describe("base64 without Buffer (a page's path)", () => {
   it("is the path toBase64 and fromBase64 take when there is no Buffer, with the same strictness", async () => {
     vi.stubGlobal("Buffer", undefined);
     // A second instance of the module, loaded while Buffer is absent, as in a page's bundle.
-    const page = (await import("../../src/crypto/encoding.ts?without-buffer")) as typeof import("../../src/crypto/encoding.ts");
+    const fresh = "../../src/crypto/encoding.ts?without-buffer";
+    const page = (await import(/* @vite-ignore */ fresh)) as typeof import("../../src/crypto/encoding.ts");
     vi.unstubAllGlobals();
     const bytes = Uint8Array.from({ length: 256 }, (_, i) => 255 - i);
     const text = Buffer.from(bytes).toString("base64");
