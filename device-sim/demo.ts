@@ -4,6 +4,8 @@
  * It plays a scenario (scenarios/demo.json unless --scenario says otherwise; the format is in
  * device-sim/scenario.ts) on a broker it starts in this process on a free port with a temporary
  * data dir, or on a running broker (--url). It exits 0 only when every step ended as expected.
+ * With --web it plays nothing: it sets up a broker for a person to try the browser pages with
+ * (device-sim/demo-web.ts) and runs until Ctrl-C.
  */
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,6 +20,7 @@ import { formatAmount } from "../src/core/money.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import type { Db } from "../src/store/db.ts";
 import { brokerTrust } from "./cli.ts";
+import { WEB_CREDIT, WEB_MERCHANT, WEB_PHONE, WEB_TERMINAL, runWebDemo } from "./demo-web.ts";
 import { ScenarioError, loadScenario, runScenario, type Balances, type Scenario, type ScenarioEvent, type ScenarioReport } from "./scenario.ts";
 
 export const DEFAULT_SCENARIO = fileURLToPath(new URL("../scenarios/demo.json", import.meta.url));
@@ -66,6 +69,22 @@ Options:
                      there is one, else the system's CAs
   --max-wait-ms N    the longest wait for a prompt to expire (default ${DEFAULT_MAX_WAIT_MS})
   --log-level LEVEL  the in-process broker's log on stderr: ${LOG_LEVELS.join(" | ")} (default silent)
+  --web              instead of playing a scenario, set up a broker to try the browser pages with:
+                     start it in this process with a WebSocket listener (which serves the pages)
+                     and plain TCP on a free port, register a terminal "${WEB_TERMINAL.name}" and a
+                     phone "${WEB_PHONE.name}" (user ${WEB_PHONE.user}) with keys it makes, add the merchant
+                     ${WEB_MERCHANT.id}, credit ${WEB_PHONE.user} ${formatAmount(WEB_CREDIT.amountMinor, WEB_CREDIT.currency)}, and print a link to each page:
+                       http://127.0.0.1:<port>/terminal#key=<seed>&name=...
+                       http://127.0.0.1:<port>/phone#key=<seed>&name=...
+                     Each link carries its device's private key (base64url of the 32-byte seed,
+                     after the #: the browser keeps it and never sends it): for this throw-away
+                     broker only. Runs until Ctrl-C (exit 0), then closes the broker and removes
+                     the temporary data dir. Takes --ws-port, --data-dir and --log-level; no
+                     other option. A page pins the broker's key per address: reopening a link on
+                     a port an earlier demo used shows "the broker's key changed" (use a fresh
+                     port, the same --data-dir, or a private window)
+  --ws-port PORT     with --web: the port of the pages and of MQTT over WebSocket (default 0: a
+                     free port, printed in the links)
   -h, --help         this help
 
 Environment: HANDOFF_MASTER_KEY, when the broker uses it instead of <data-dir>/master.key; with
@@ -76,6 +95,7 @@ Examples:
   npm run demo -- --json | tail -1
   npm run demo -- --scenario scenarios/two-households.json
   npm run demo -- --data-dir /tmp/hp-demo && npm run admin -- --data-dir /tmp/hp-demo ledger balance
+  npm run demo -- --web --ws-port 18080                                       (then open the two links)
   npm start -- --port 18830 --data-dir ./demo-data --prompt-ttl-ms 1500      (in one shell)
   npm run demo -- --url mqtt://127.0.0.1:18830 --data-dir ./demo-data         (in another)`;
 
@@ -88,7 +108,12 @@ const FLAGS = {
   fingerprint: { type: "string" },
   "max-wait-ms": { type: "string" },
   "log-level": { type: "string" },
+  web: { type: "boolean" },
+  "ws-port": { type: "string" },
 } as const;
+
+/** The scenario options --web does not take. */
+const NOT_WITH_WEB = ["scenario", "json", "url", "ca", "fingerprint", "max-wait-ms"] as const;
 
 export interface DemoIo {
   out(line: string): void;
@@ -97,6 +122,8 @@ export interface DemoIo {
   readonly columns?: number;
   /** Close the broker and remove the temporary dir on Ctrl-C (the program does; tests do not). */
   readonly handleSignals?: boolean;
+  /** --web: stop when this is aborted (besides Ctrl-C and SIGTERM when handleSignals is set). */
+  readonly stop?: AbortSignal;
 }
 
 // A reader that goes away (`npm run demo | head`) must not stop the cleanup: stop writing instead.
@@ -123,6 +150,18 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
       if (!Number.isSafeInteger(maxPromptWaitMs) || maxPromptWaitMs < 0) throw new UsageError("--max-wait-ms must be a whole number of milliseconds");
     }
     if (values["log-level"] !== undefined && !LOG_LEVELS.includes(values["log-level"])) throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`);
+    if (values.web === true) {
+      const given: Record<string, unknown> = values;
+      const other = NOT_WITH_WEB.find((f) => given[f] !== undefined);
+      if (other !== undefined) throw new UsageError(`--${other} is for playing a scenario; --web takes only --ws-port, --data-dir and --log-level`);
+      const wsPort = values["ws-port"] === undefined ? 0 : Number(values["ws-port"]);
+      if (!/^\d+$/.test(values["ws-port"] ?? "0") || wsPort > 65535) throw new UsageError("--ws-port must be a port number, 0 to 65535 (0 picks a free port)");
+      return await runWebDemo(
+        { wsPort, logLevel: values["log-level"] ?? "silent", ...(values["data-dir"] === undefined ? {} : { dataDir: values["data-dir"] }) },
+        { out: io.out, err: io.err, stopped: stopSignal(io) },
+      );
+    }
+    if (values["ws-port"] !== undefined) throw new UsageError("--ws-port is for --web");
     if (values.url !== undefined && values["data-dir"] === undefined) {
       throw new UsageError("--url needs --data-dir: the running broker's data dir, where the demo registers its devices and reads broker.pub");
     }
@@ -205,6 +244,22 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
     io.err(`demo: unexpected outcome at "${bad.name}": expected ${bad.expected}, got ${bad.actual}`);
   }
   return report.ok ? 0 : 1;
+}
+
+/** Resolves on Ctrl-C or SIGTERM (when the program handles signals) or when io.stop is aborted. */
+function stopSignal(io: DemoIo): Promise<void> {
+  return new Promise((resolve) => {
+    const signals = ["SIGINT", "SIGTERM"] as const;
+    const done = () => {
+      // Only the first: a second Ctrl-C while the broker closes ends the process at once.
+      if (io.handleSignals) for (const s of signals) process.off(s, done);
+      io.stop?.removeEventListener("abort", done);
+      resolve();
+    };
+    if (io.handleSignals) for (const s of signals) process.once(s, done);
+    if (io.stop?.aborted) done();
+    else io.stop?.addEventListener("abort", done, { once: true });
+  });
 }
 
 /** The data of a broker that is already running: its database, keyring and public key. */

@@ -14,15 +14,25 @@ const NodeBuffer = (globalThis as { Buffer?: NodeBufferLike }).Buffer;
 
 export function toBase64(bytes: Uint8Array): string {
   if (NodeBuffer !== undefined) return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
-  let binary = "";
-  for (const b of bytes) binary += String.fromCharCode(b);
-  return btoa(binary);
+  return toBase64Portable(bytes);
 }
 
 /** Strict base64 (padding required, no whitespace): returns null rather than guessing. */
 export function fromBase64(text: string): Uint8Array | null {
   if (!BASE64_RE.test(text)) return null;
   if (NodeBuffer !== undefined) return new Uint8Array(NodeBuffer.from(text, "base64"));
+  return fromBase64Portable(text);
+}
+
+/** toBase64 without Buffer (a page's path), exported so a test in Node can hold it to Buffer's. */
+export function toBase64Portable(bytes: Uint8Array): string {
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return btoa(binary);
+}
+
+/** Decodes text that fromBase64 already checked is strict base64, without Buffer (a page's path). */
+export function fromBase64Portable(text: string): Uint8Array {
   return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }
 
