@@ -68,10 +68,15 @@ export function whenText(ms: number, nowMs: number = Date.now()): string {
   return d.toDateString() === new Date(nowMs).toDateString() ? time : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`;
 }
 
-/** The usage line: today's totals (the broker counts UTC days), the count, the last use. */
-export function usageLine(u: Usage, currency: string, nowMs: number = Date.now()): string {
+/**
+ * The usage line. The broker counts every payment it accepted for the agreement (asked for, not
+ * only paid) and the auto-confirmed ones against the daily allowance, per UTC day.
+ */
+export function usageLine(u: Usage, limits: Limits, nowMs: number = Date.now()): string {
+  const money = (m: number) => formatAmount(m, limits.currency);
   const today = new Date(nowMs).toISOString().slice(0, 10);
-  const todayPart = u.day === today && u.todayTotalMinor > 0 ? `Today: ${formatAmount(u.todayTotalMinor, currency)} paid, ${formatAmount(u.todayAutoMinor, currency)} of it without asking` : "Nothing paid today";
+  const isToday = u.day === today;
+  const todayPart = isToday && u.todayTotalMinor > 0 ? `Today: ${money(u.todayTotalMinor)} asked for, ${money(u.todayAutoMinor)} of ${money(limits.autoConfirmDailyMinor)} auto-confirmed` : `Nothing asked for today (auto-confirm allowance ${money(limits.autoConfirmDailyMinor)})`;
   const count = `${u.paymentCount} payment${u.paymentCount === 1 ? "" : "s"} in all`;
   const last = u.lastUsedMs === null ? "never used" : `last used ${whenText(u.lastUsedMs, nowMs)}`;
   return `${todayPart} · ${count} · ${last}`;
@@ -271,6 +276,6 @@ export class AgreementList {
     card.terminal.textContent = item.terminalName;
     card.meta.textContent = `Paired ${whenText(item.boundAtMs)} · pays in ${item.limits.currency} · ${item.agreementId}`;
     card.limits.textContent = limitsLine(item.limits);
-    card.usage.textContent = usageLine(item.usage, item.limits.currency);
+    card.usage.textContent = usageLine(item.usage, item.limits);
   }
 }

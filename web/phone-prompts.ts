@@ -36,21 +36,26 @@ export interface ResultView {
   readonly terminalName: string;
 }
 
+/** How a payment ended, in a few words: "Declined", "Failed (not enough money in the wallet)". */
+export function outcomeText(r: ResultView): string {
+  switch (r.status) {
+    case "completed":
+      return "Paid";
+    case "declined":
+      return "Declined";
+    case "expired":
+      return r.reason === "task_expired" ? "Expired before it was paid" : "Expired before an answer";
+    case "cancelled":
+      return `Cancelled by ${r.terminalName}`;
+    case "failed":
+      return `Failed${r.reason === null ? "" : ` (${REASON_TEXT[r.reason] ?? r.reason})`}`;
+  }
+}
+
 /** What a payment's end means, in words, for the person who holds the phone. */
 export function resultText(r: ResultView): string {
   const money = formatAmount(r.amountMinor, r.currency);
-  switch (r.status) {
-    case "completed":
-      return `Paid ${money} to ${r.merchantName}`;
-    case "declined":
-      return `Declined: ${money} to ${r.merchantName} was not paid`;
-    case "expired":
-      return r.reason === "task_expired" ? `Expired before it was paid: ${money} to ${r.merchantName}` : `Expired before an answer: ${money} to ${r.merchantName}`;
-    case "cancelled":
-      return `Cancelled by ${r.terminalName}: ${money} to ${r.merchantName}`;
-    case "failed":
-      return `Failed${r.reason === null ? "" : ` (${REASON_TEXT[r.reason] ?? r.reason})`}: ${money} to ${r.merchantName}`;
-  }
+  return r.status === "completed" ? `Paid ${money} to ${r.merchantName}` : `${outcomeText(r)}: ${money} to ${r.merchantName}`;
 }
 
 const REASON_TEXT: Readonly<Record<string, string>> = {
@@ -67,12 +72,16 @@ export function countdownText(leftMs: number): string {
 /** Answers after which approving again cannot help: the payment or its prompt is over. */
 const FINAL_REFUSALS = new Set(["prompt_expired", "payment_not_pending", "payment_not_found", "dynamic_link_mismatch", "wrong_device_kind"]);
 
+/** Finished cards kept on screen (newest first); older ones are only in the history. */
+const SETTLED_SHOWN = 3;
+
 /** Milliseconds between countdown refreshes: often enough that a second never shows twice as long. */
 const TICK_MS = 250;
 
 interface Card {
   readonly prompt: PromptView;
   readonly el: HTMLElement;
+  readonly heading: HTMLElement;
   readonly countdown: HTMLElement;
   readonly status: HTMLElement;
   readonly actions: HTMLElement;
@@ -80,6 +89,8 @@ interface Card {
   readonly decline: HTMLButtonElement;
   /** pending: may be answered; answering: waiting for the broker; then approved, declined, expired or a result. */
   state: string;
+  /** Order in which cards finished (0 while open). */
+  settledAt: number;
 }
 
 export class PromptCards {
@@ -88,6 +99,7 @@ export class PromptCards {
   readonly #cards = new Map<string, Card>();
   readonly el: HTMLElement;
   #timer: ReturnType<typeof setInterval> | null = null;
+  #settledCount = 0;
 
   /** brokerNow: the broker's clock as the page estimates it (the deadline is broker time). */
   constructor(session: Session, brokerNow: () => number) {
@@ -108,10 +120,11 @@ export class PromptCards {
     const decline = h("button", { text: "Decline", class: "decline", testid: "prompt-decline", attrs: { type: "button" } });
     const actions = h("div", { class: "prompt-actions" }, decline, approve);
     const headingId = `prompt-${p.paymentId}`;
+    const heading = h("h2", { text: "Approve this payment?", attrs: { id: headingId } });
     const el = h(
       "article",
       { class: "card prompt", testid: "prompt", attrs: { "data-payment-id": p.paymentId, "aria-labelledby": headingId, tabindex: "-1" } },
-      h("div", { class: "prompt-head" }, h("h2", { text: "Approve this payment?", attrs: { id: headingId } }), countdown),
+      h("div", { class: "prompt-head" }, heading, countdown),
       h("p", { class: "amount prompt-amount", text: money, testid: "prompt-amount" }),
       h(
         "dl",
@@ -126,7 +139,7 @@ export class PromptCards {
       status,
       actions,
     );
-    const card: Card = { prompt: p, el, countdown, status, actions, approve, decline, state: "pending" };
+    const card: Card = { prompt: p, el, heading, countdown, status, actions, approve, decline, state: "pending", settledAt: 0 };
     approve.addEventListener("click", () => void this.#approve(card));
     decline.addEventListener("click", () => void this.#decline(card));
     this.#cards.set(p.paymentId, card);
@@ -158,10 +171,16 @@ export class PromptCards {
     const card = this.#cards.get(r.paymentId);
     if (card === undefined) return;
     this.#setState(card, r.status, resultText(r));
+    // Over: the card shrinks to its outcome, under the prompts still waiting (history keeps it too).
+    card.el.classList.add("settled");
+    card.settledAt = ++this.#settledCount;
+    const settled = [...this.#cards.values()].filter((c) => c.settledAt > 0).sort((a, b) => b.settledAt - a.settledAt);
+    for (const old of settled.slice(SETTLED_SHOWN)) this.#remove(old);
     const hadFocus = card.el.contains(document.activeElement);
     const dismiss = h("button", { text: "Dismiss", class: "secondary small", testid: "prompt-dismiss", attrs: { type: "button" } });
     dismiss.addEventListener("click", () => this.#remove(card));
-    card.actions.replaceChildren(dismiss);
+    // Approve and Decline stay, disabled (and out of sight): nothing can answer this payment any more.
+    card.actions.append(dismiss);
     if (hadFocus && this.#focusNext(card) === null) dismiss.focus();
   }
 
@@ -169,6 +188,7 @@ export class PromptCards {
     card.state = state;
     card.el.dataset.state = state;
     const open = state === "pending";
+    card.heading.textContent = open || state === "answering" ? "Approve this payment?" : `Payment request from ${card.prompt.terminalName}`;
     card.approve.disabled = !open;
     card.decline.disabled = !open;
     if (text !== undefined) card.status.textContent = text;
@@ -202,6 +222,7 @@ export class PromptCards {
   async #approve(card: Card): Promise<void> {
     if (card.state !== "pending") return;
     const p = card.prompt;
+    this.#holdFocus(card);
     this.#setState(card, "answering", "Approving…");
     this.#session.clearNotice();
     try {
@@ -217,6 +238,7 @@ export class PromptCards {
 
   async #decline(card: Card): Promise<void> {
     if (card.state !== "pending") return;
+    this.#holdFocus(card);
     this.#setState(card, "answering", "Declining…");
     this.#session.clearNotice();
     try {
@@ -240,6 +262,11 @@ export class PromptCards {
     card.approve.focus();
   }
 
+  /** A disabled button drops the focus to the page's top: keep it on the card, so it can move on from there. */
+  #holdFocus(card: Card): void {
+    if (card.el.contains(document.activeElement)) card.el.focus();
+  }
+
   /** Focuses the next prompt still waiting for an answer; null when there is none. */
   #focusNext(from: Card): true | null {
     for (const card of this.#cards.values()) {
@@ -252,9 +279,10 @@ export class PromptCards {
   }
 
   #remove(card: Card): void {
+    const hadFocus = card.el.contains(document.activeElement);
     this.#cards.delete(card.prompt.paymentId);
     card.el.remove();
     this.el.hidden = this.#cards.size === 0;
-    this.#focusNext(card);
+    if (hadFocus) this.#focusNext(card);
   }
 }

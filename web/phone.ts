@@ -14,7 +14,7 @@ import type { Received } from "../src/device/client.ts";
 import { StoredList, clockTime, formatAmount, fragmentParams, h, startPage } from "./common.ts";
 import { AgreementList, limitInputs, limitLabel, readLimitsForm, whenText, type AgreementItem, type ReadableAgreement } from "./phone-agreements.ts";
 import { CURRENCIES, DEFAULT_LIMIT_TEXT, limitsLine } from "./phone-limits.ts";
-import { PromptCards, resultText, type ResultView } from "./phone-prompts.ts";
+import { PromptCards, outcomeText, resultText, type ResultView } from "./phone-prompts.ts";
 
 const session = await startPage({ role: "phone", title: "Phone", defaultName: "Browser phone", askUser: true });
 const { device } = session;
@@ -159,7 +159,7 @@ function refreshAgreements(): void {
 
 // ── Execution ────────────────────────────────────────────────────────────────────────────────
 const executionList = h("ul", { class: "list executions" });
-const executionSection = h("section", { class: "card", testid: "executions", attrs: { "aria-labelledby": "executions-title" } }, h("h2", { text: "Paying now", attrs: { id: "executions-title" } }), executionList);
+const executionSection = h("section", { class: "card", testid: "executions", attrs: { "aria-labelledby": "executions-title" } }, h("h2", { text: "Payments carried out by this phone", attrs: { id: "executions-title" } }), executionList);
 executionSection.hidden = true;
 const executionLines = new Map<string, HTMLElement>();
 
@@ -204,7 +204,7 @@ function renderHistory(): void {
         "li",
         { class: "history-item", testid: "history-item", attrs: { "data-payment-id": r.id, "data-status": r.status } },
         h("div", { class: "history-main" }, h("span", { class: "history-amount", text: formatAmount(r.amountMinor, r.currency) }), h("span", { class: "history-merchant", text: r.merchantName }), h("span", { class: "status", text: r.status, attrs: { "data-status": r.status } })),
-        h("div", { class: "muted history-detail", text: `${resultText(r)} · from ${r.terminalName} · ${whenText(r.atMs)}` }),
+        h("div", { class: "muted history-detail", text: `from ${r.terminalName} · ${whenText(r.atMs)}${r.status === "completed" ? "" : ` · ${outcomeText(r)}`}` }),
       ),
     ),
   );
