@@ -8,7 +8,7 @@
  * what the person read is what they sign. Several prompts can wait at once; each card answers
  * for its own payment.
  */
-import { DeviceError, type Received } from "../src/device/client.ts";
+import { DeviceError } from "../src/device/client.ts";
 import { formatAmount, h, type Session } from "./common.ts";
 
 export interface PromptView {
@@ -110,8 +110,7 @@ export class PromptCards {
   }
 
   /** Shows a prompt (once per payment: a redelivered copy changes nothing). */
-  show(m: Received): void {
-    const p = m.body as unknown as PromptView;
+  show(p: PromptView): void {
     if (this.#cards.has(p.paymentId)) return;
     const money = formatAmount(p.amountMinor, p.currency);
     const countdown = h("span", { class: "countdown", testid: "prompt-countdown", attrs: { "aria-label": "time left to answer" } });

@@ -14,10 +14,20 @@ import type { Received } from "../src/device/client.ts";
 import { StoredList, clockTime, formatAmount, fragmentParams, h, startPage } from "./common.ts";
 import { AgreementList, limitInputs, limitLabel, readLimitsForm, whenText, type AgreementItem, type ReadableAgreement } from "./phone-agreements.ts";
 import { CURRENCIES, DEFAULT_LIMIT_TEXT, limitsLine } from "./phone-limits.ts";
-import { PromptCards, outcomeText, resultText, type ResultView } from "./phone-prompts.ts";
+import { PromptCards, outcomeText, resultText, type PromptView, type ResultView } from "./phone-prompts.ts";
 
 const session = await startPage({ role: "phone", title: "Phone", defaultName: "Browser phone", askUser: true });
 const { device } = session;
+
+// startPage is already connecting, and the page still opens its stores below: what arrives
+// meanwhile waits here (a prompt's PUBACK goes out when the listener returns, so nothing may be
+// dropped), and is handled in order once the page is ready.
+let handleMessage: ((m: Received) => void) | null = null;
+const early: Received[] = [];
+device.on("message", (m) => (handleMessage === null ? early.push(m) : handleMessage(m)));
+let connectedEarly = false;
+let handleConnected: (() => void) | null = null;
+session.onConnected(() => (handleConnected === null ? (connectedEarly = true) : handleConnected()));
 
 // ── The broker's clock ───────────────────────────────────────────────────────────────────────
 // A prompt's deadline is broker time. The page estimates the offset of its own clock from a
@@ -37,6 +47,37 @@ async function measureSkew(): Promise<void> {
 const prompts = new PromptCards(session, brokerNow);
 const agreements = new AgreementList(session, () => refreshAgreements());
 const history = await StoredList.open<HistoryEntry>("history:phone");
+
+/**
+ * Prompts this page has shown and not seen end. The PUBACK of a prompt is its receipt, so the
+ * broker does not send it again: a page reloaded (or a tab closed and opened) while a prompt
+ * waits would lose it, and the terminal would wait for the deadline. They are kept here and
+ * asked about (payment_status) on every connection; those still awaiting an answer come back.
+ */
+interface OpenPrompt {
+  readonly id: string;
+  readonly prompt: PromptView;
+  readonly open: boolean;
+}
+const openPrompts = await StoredList.open<OpenPrompt>("prompts:phone");
+
+async function restorePrompts(): Promise<void> {
+  for (const entry of openPrompts.items) {
+    if (!entry.open || prompts.has(entry.id)) continue;
+    if (entry.prompt.deadlineMs <= brokerNow()) {
+      await openPrompts.put({ ...entry, open: false });
+      continue;
+    }
+    try {
+      const state = await device.call("payment_status", { paymentId: entry.id });
+      const status = (state.body.payment as { status?: unknown } | undefined)?.status;
+      if (status === "awaiting_confirmation") prompts.show(entry.prompt);
+      else await openPrompts.put({ ...entry, open: false }); // its result comes (or came) as a payment_result
+    } catch (err) {
+      session.showError("Check a payment that was waiting for your answer", err);
+    }
+  }
+}
 
 interface HistoryEntry extends ResultView {
   readonly id: string;
@@ -213,6 +254,8 @@ function renderHistory(): void {
 async function recordResult(m: Received): Promise<void> {
   const r = m.body as unknown as ResultView;
   prompts.settle(r);
+  const open = openPrompts.items.find((i) => i.id === r.paymentId && i.open);
+  if (open !== undefined) await openPrompts.put({ ...open, open: false });
   const line = executionLines.get(r.paymentId);
   if (line !== undefined) {
     line.dataset.status = r.status;
@@ -224,13 +267,14 @@ async function recordResult(m: Received): Promise<void> {
 }
 
 // ── Messages ─────────────────────────────────────────────────────────────────────────────────
-device.on("message", (m) => {
+handleMessage = (m) => {
   switch (m.type) {
     case "payment_prompt": {
-      prompts.show(m);
+      const prompt = m.body as unknown as PromptView;
+      prompts.show(prompt);
+      void openPrompts.put({ id: prompt.paymentId, prompt, open: true });
       // On screen now. The PUBACK already told the broker; prompt_received is the explicit receipt.
-      const paymentId = m.body.paymentId as string;
-      device.call("prompt_received", { paymentId }).catch((err: unknown) => session.showError("Tell the broker the prompt is shown", err));
+      device.call("prompt_received", { paymentId: prompt.paymentId }).catch((err: unknown) => session.showError("Tell the broker the prompt is shown", err));
       break;
     }
     case "payment_task":
@@ -251,14 +295,19 @@ device.on("message", (m) => {
       break;
     }
   }
-});
+};
 
-session.onConnected(() => {
+handleConnected = () => {
   refreshAgreements();
-  measureSkew().catch(() => {}); // without it the countdown uses this device's clock
-});
+  // Without the skew the countdown uses this device's clock; the prompts need it for their deadlines.
+  measureSkew()
+    .catch(() => {})
+    .finally(() => void restorePrompts());
+};
 
 session.main.append(prompts.el, pairForm, agreements.el, executionSection, historySection);
 renderHistory();
+for (const m of early.splice(0)) handleMessage(m);
+if (connectedEarly) handleConnected();
 takeCodeFromFragment();
 window.addEventListener("hashchange", takeCodeFromFragment);
