@@ -13,7 +13,7 @@ export type LimitField = "autoMax" | "autoDaily" | "max";
 
 export const LIMIT_LABELS: Readonly<Record<LimitField, string>> = {
   autoMax: "Auto-confirm up to",
-  autoDaily: "Auto-confirm at most per day",
+  autoDaily: "Auto-confirm per day",
   max: "Largest payment",
 };
 
