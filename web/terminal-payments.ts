@@ -1,0 +1,332 @@
+/**
+ * The terminal page's payments: what the terminal knows of each payment it asked for, folded
+ * from the broker's messages (docs/protocol.md §Payments), and the live card that shows it.
+ *
+ * The messages can arrive in any order and twice (a resend after a reconnect), so every fold
+ * keeps the highest `seq` and never moves a final payment back. The terminal is not told every
+ * step: `confirmed` comes with `executing`, and an auto-confirmed payment has no prompt at all.
+ * Times are broker times: an event's `atMs`, or the signed `ts` of the message that stands for
+ * the step (`payment_accepted`, `payment_result` carry no `atMs`).
+ */
+import { clockTime, formatAmount, h } from "./common.ts";
+
+export const STEPS = ["accepted", "prompt_delivered", "confirmed", "executing", "result"] as const;
+export type Step = (typeof STEPS)[number];
+
+export const FINAL_STATUSES: ReadonlySet<string> = new Set(["completed", "failed", "declined", "expired", "cancelled"]);
+/** The statuses in which the terminal may still cancel (docs/protocol.md §Cancel, decline and expiry). */
+const CANCELLABLE: ReadonlySet<string> = new Set(["awaiting_confirmation", "executing"]);
+
+/** The payment view of `payment_accepted` and `payment_state` (src/protocol/messages.ts). */
+export interface PaymentView {
+  readonly paymentId: string;
+  readonly status: string;
+  readonly mode: "auto" | "prompt";
+  readonly amountMinor: number;
+  readonly currency: string;
+  readonly merchantId: string;
+  readonly merchantName: string;
+  readonly terminalName: string;
+  readonly orderRef: string;
+  readonly deadlineMs: number | null;
+  readonly reason: string | null;
+  readonly transferId: string | null;
+  readonly seq: number;
+}
+
+export interface PaymentEvent {
+  readonly seq: number;
+  readonly kind: string;
+  readonly atMs: number;
+}
+
+export interface Tracked {
+  view: PaymentView;
+  /** Broker time of each step the terminal knows happened. */
+  readonly times: Partial<Record<Step, number>>;
+  /** When the broker said the phone was offline (the prompt waits in its outbox). */
+  waitingForPhoneAtMs: number | null;
+  description: string | null;
+}
+
+export function isFinal(status: string): boolean {
+  return FINAL_STATUSES.has(status);
+}
+
+export function canCancel(t: Tracked): boolean {
+  return CANCELLABLE.has(t.view.status);
+}
+
+/** The step an event kind stands for (prompt_sent and waiting_for_phone are not steps of the card). */
+function stepOf(kind: string): Step | null {
+  if (kind === "accepted" || kind === "prompt_delivered" || kind === "confirmed" || kind === "executing") return kind;
+  return isFinal(kind) ? "result" : null;
+}
+
+function mark(t: Tracked, step: Step, atMs: number, exact: boolean): void {
+  if (exact || t.times[step] === undefined) t.times[step] = atMs;
+}
+
+/** Takes a newer view; a final payment never goes back, an older view changes nothing. */
+function takeView(t: Tracked, view: PaymentView): void {
+  if (isFinal(t.view.status) && !isFinal(view.status)) return;
+  if (view.seq >= t.view.seq || isFinal(view.status)) t.view = view;
+}
+
+/** The steps that `payment_accepted` stands for: its view's status says how far the request's transaction went. */
+function markFromStatus(t: Tracked, tsMs: number): void {
+  mark(t, "accepted", tsMs, false);
+  if (t.view.mode === "auto" && (t.view.status === "executing" || isFinal(t.view.status))) {
+    mark(t, "confirmed", tsMs, false);
+    mark(t, "executing", tsMs, false);
+  }
+}
+
+export function fromAccepted(view: PaymentView, tsMs: number): Tracked {
+  const t: Tracked = { view, times: {}, waitingForPhoneAtMs: null, description: null };
+  markFromStatus(t, tsMs);
+  return t;
+}
+
+export function applyAccepted(t: Tracked, view: PaymentView, tsMs: number): void {
+  takeView(t, view);
+  markFromStatus(t, tsMs);
+}
+
+export function applyUpdate(t: Tracked, u: { seq: number; step: string; status: string; atMs: number }): void {
+  if (u.step === "waiting_for_phone") t.waitingForPhoneAtMs ??= u.atMs;
+  const step = stepOf(u.step);
+  if (step !== null) mark(t, step, u.atMs, true);
+  // Confirmed and executing are one transaction: only the executing step is pushed.
+  if (u.step === "executing") mark(t, "confirmed", u.atMs, false);
+  if (u.seq > t.view.seq && !isFinal(t.view.status)) t.view = { ...t.view, status: u.status, seq: u.seq };
+}
+
+export function applyResult(t: Tracked, r: { seq: number; status: string; reason: string | null; transferId: string | null }, tsMs: number): void {
+  mark(t, "result", tsMs, false);
+  if (!isFinal(t.view.status) || r.seq >= t.view.seq) t.view = { ...t.view, status: r.status, reason: r.reason, transferId: r.transferId, seq: Math.max(r.seq, t.view.seq), deadlineMs: null };
+}
+
+/** `payment_state`: the broker's own view and its events, with their exact times. */
+export function applyState(t: Tracked, view: PaymentView, events: readonly PaymentEvent[]): void {
+  takeView(t, view);
+  for (const e of events) {
+    if (e.kind === "waiting_for_phone") t.waitingForPhoneAtMs = e.atMs;
+    const step = stepOf(e.kind);
+    if (step !== null) mark(t, step, e.atMs, true);
+  }
+}
+
+/**
+ * Whether the card misses a step it should know of: a step not done while a later one is (the
+ * terminal was not told, or the message was lost with the page's connection). The page then
+ * asks `payment_status` for every event.
+ */
+export function hasGap(t: Tracked): boolean {
+  // The result may follow any step (a decline, a cancel, an expiry), so only the steps before it count.
+  let laterDone = false;
+  for (const step of STEPS.slice(0, -1).reverse()) {
+    const state = stepState(t, step);
+    if (state === "done") laterDone = true;
+    else if (laterDone && state !== "skipped") return true;
+  }
+  return false;
+}
+
+export type StepState = "done" | "skipped" | "not-reached" | "waiting" | "pending";
+
+export function stepState(t: Tracked, step: Step): StepState {
+  if (t.times[step] !== undefined) return "done";
+  // An auto-confirmed payment is never shown on the phone: there is no prompt to deliver.
+  if (step === "prompt_delivered" && t.view.mode === "auto") return "skipped";
+  if (isFinal(t.view.status)) return "not-reached";
+  const firstOpen = STEPS.find((s) => t.times[s] === undefined && !(s === "prompt_delivered" && t.view.mode === "auto"));
+  return firstOpen === step ? "waiting" : "pending";
+}
+
+const STEP_LABEL: Record<Step, string> = {
+  accepted: "Accepted by the broker",
+  prompt_delivered: "Prompt on the phone",
+  confirmed: "Confirmed",
+  executing: "Executing on the phone",
+  result: "Result",
+};
+
+const RESULT_TEXT: Record<string, string> = {
+  completed: "Completed",
+  failed: "Failed",
+  declined: "Declined on the phone",
+  expired: "Expired",
+  cancelled: "Cancelled",
+};
+
+const STATUS_TEXT: Record<string, string> = {
+  awaiting_confirmation: "Waiting for the phone",
+  executing: "Executing",
+  ...RESULT_TEXT,
+};
+
+export function statusText(status: string): string {
+  return STATUS_TEXT[status] ?? status;
+}
+
+/** Why a payment ended, for people (docs/protocol.md §Result reasons). */
+export const REASON_TEXT: Record<string, string> = {
+  declined: "the user declined it on the phone",
+  prompt_expired: "nobody answered the prompt in time",
+  task_expired: "the phone did not execute it in time",
+  cancelled: "cancelled at this terminal",
+  unbound: "the agreement with the phone ended",
+  insufficient_funds: "the wallet held less than the amount; no money moved",
+};
+
+function stepLabel(t: Tracked, step: Step): string {
+  if (step === "confirmed") return t.view.mode === "auto" ? "Confirmed (auto, within the limits)" : "Approved on the phone";
+  if (step === "result" && isFinal(t.view.status)) return `Result: ${RESULT_TEXT[t.view.status] ?? t.view.status}`;
+  return STEP_LABEL[step];
+}
+
+function stepNote(t: Tracked, step: Step, state: StepState): string {
+  if (state === "done") return clockTime(t.times[step]!);
+  if (state === "skipped") return "skipped: auto-confirmed, no prompt";
+  if (state === "not-reached") return "not reached";
+  if (state === "waiting") return step === "prompt_delivered" && t.waitingForPhoneAtMs !== null ? "phone offline: the prompt waits" : "waiting…";
+  return "—";
+}
+
+function remaining(ms: number): string {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+/** One payment's live card: data-status and the steps follow the payment; Cancel while it can be cancelled. */
+export class PaymentCard {
+  readonly el: HTMLElement;
+  readonly #heading: HTMLElement;
+  readonly #status: HTMLElement;
+  readonly #steps: HTMLOListElement;
+  readonly #deadline: HTMLElement;
+  readonly #outcome: HTMLElement;
+  readonly #cancel: HTMLButtonElement;
+  readonly #actions: HTMLElement;
+
+  constructor(
+    readonly tracked: Tracked,
+    onCancel: (card: PaymentCard) => void,
+  ) {
+    const v = tracked.view;
+    this.#heading = h("h3", { class: "pay-title", attrs: { tabindex: "-1" } }, h("span", { class: "pay-amount", text: formatAmount(v.amountMinor, v.currency) }), h("span", { class: "pay-merchant", text: ` to ${v.merchantName}` }));
+    this.#status = h("span", { class: "status", testid: "payment-status" });
+    this.#steps = h("ol", { class: "steps", attrs: { "aria-label": "Steps" } });
+    this.#deadline = h("p", { class: "pay-deadline muted", testid: "payment-deadline" });
+    this.#outcome = h("p", { class: "pay-outcome", testid: "payment-outcome" });
+    this.#cancel = h("button", { text: "Cancel payment", class: "danger small", testid: "payment-cancel", attrs: { type: "button" }, on: { click: () => onCancel(this) } });
+    this.#actions = h("div", { class: "row" });
+    this.el = h(
+      "li",
+      { class: "card payment", testid: "payment", attrs: { "data-payment-id": v.paymentId } },
+      h("div", { class: "pay-head" }, this.#heading, this.#status),
+      h("p", { class: "pay-meta muted" }, h("span", { text: `${v.mode === "auto" ? "Auto-confirmed" : "Asks the phone"} · order ` }), h("code", { text: v.orderRef }), h("span", { text: " · " }), h("code", { text: v.paymentId })),
+      this.#steps,
+      this.#deadline,
+      this.#outcome,
+      this.#actions,
+    );
+    this.render();
+  }
+
+  get paymentId(): string {
+    return this.tracked.view.paymentId;
+  }
+
+  focus(): void {
+    this.#heading.focus();
+  }
+
+  set cancelling(busy: boolean) {
+    this.#cancel.disabled = busy;
+    this.#cancel.textContent = busy ? "Cancelling…" : "Cancel payment";
+  }
+
+  render(): void {
+    const t = this.tracked;
+    const v = t.view;
+    this.el.dataset.status = v.status;
+    this.el.dataset.mode = v.mode;
+    this.#status.dataset.status = v.status;
+    this.#status.textContent = statusText(v.status);
+    this.#steps.replaceChildren(
+      ...STEPS.map((step) => {
+        const state = stepState(t, step);
+        return h(
+          "li",
+          { testid: `step-${step}`, attrs: { "data-done": String(state === "done"), "data-state": state } },
+          h("span", { class: "step-label", text: stepLabel(t, step) }),
+          h("span", { class: "step-time", text: stepNote(t, step, state) }),
+        );
+      }),
+    );
+    this.tick();
+    const parts: string[] = [];
+    if (t.description !== null) parts.push(`“${t.description}”`);
+    if (v.reason !== null) parts.push(`Why: ${REASON_TEXT[v.reason] ?? v.reason}.`);
+    if (v.transferId !== null) parts.push(`Transfer ${v.transferId}.`);
+    this.#outcome.textContent = parts.join(" ");
+    this.#outcome.hidden = parts.length === 0;
+    this.#showCancel(canCancel(t));
+  }
+
+  /** Moves the deadline's countdown on (the page calls it every second for open payments). */
+  tick(nowMs: number = Date.now()): void {
+    const v = this.tracked.view;
+    this.#deadline.hidden = v.deadlineMs === null || isFinal(v.status);
+    if (v.deadlineMs === null) return;
+    const who = v.status === "awaiting_confirmation" ? "The phone must answer" : "The phone must execute it";
+    this.#deadline.textContent = `${who} by ${clockTime(v.deadlineMs)} (${remaining(v.deadlineMs - nowMs)} left)`;
+  }
+
+  #showCancel(show: boolean): void {
+    if (show && !this.#cancel.isConnected) {
+      this.cancelling = false;
+      this.#actions.append(this.#cancel);
+    } else if (!show && this.#cancel.isConnected) {
+      // The button goes away under the keyboard: keep the focus in the card, not on the page's top.
+      const hadFocus = document.activeElement === this.#cancel;
+      this.#cancel.remove();
+      if (hadFocus) this.focus();
+    }
+  }
+}
+
+/** What the terminal keeps of a payment between visits (StoredList "history:terminal"). */
+export interface HistoryItem {
+  readonly id: string;
+  readonly status: string;
+  readonly mode: "auto" | "prompt";
+  readonly amountMinor: number;
+  readonly currency: string;
+  readonly merchantName: string;
+  readonly orderRef: string;
+  readonly reason: string | null;
+  readonly transferId: string | null;
+  /** Broker time of the request. */
+  readonly atMs: number;
+}
+
+export function historyItem(t: Tracked): HistoryItem {
+  const v = t.view;
+  return { id: v.paymentId, status: v.status, mode: v.mode, amountMinor: v.amountMinor, currency: v.currency, merchantName: v.merchantName, orderRef: v.orderRef, reason: v.reason, transferId: v.transferId, atMs: t.times.accepted ?? Date.now() };
+}
+
+export function historyRow(i: HistoryItem): HTMLLIElement {
+  const d = new Date(i.atMs);
+  const day = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+  return h(
+    "li",
+    { class: "history-row", testid: "history-item", attrs: { "data-payment-id": i.id, "data-status": i.status } },
+    h("span", { class: "status", text: statusText(i.status), attrs: { "data-status": i.status } }),
+    h("span", { class: "history-amount", text: formatAmount(i.amountMinor, i.currency) }),
+    h("span", { class: "history-merchant", text: i.merchantName }),
+    h("span", { class: "history-when muted", text: `${day} ${clockTime(i.atMs)} · ${i.orderRef}${i.reason !== null && i.reason !== i.status ? ` · ${REASON_TEXT[i.reason] ?? i.reason}` : ""}` }),
+  );
+}
