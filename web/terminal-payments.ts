@@ -163,7 +163,11 @@ const RESULT_TEXT: Record<string, string> = {
 const STATUS_TEXT: Record<string, string> = {
   awaiting_confirmation: "Waiting for the phone",
   executing: "Executing",
-  ...RESULT_TEXT,
+  completed: "Completed",
+  failed: "Failed",
+  declined: "Declined",
+  expired: "Expired",
+  cancelled: "Cancelled",
 };
 
 export function statusText(status: string): string {
@@ -186,9 +190,19 @@ function stepLabel(t: Tracked, step: Step): string {
   return STEP_LABEL[step];
 }
 
+/** Time since the payment was accepted: the steps of one payment often share a second. */
+function elapsed(ms: number): string {
+  return ms < 1000 ? `+${ms} ms` : `+${(ms / 1000).toFixed(1)} s`;
+}
+
+function stepTime(t: Tracked, step: Step): HTMLElement {
+  const at = t.times[step]!;
+  const start = t.times.accepted;
+  return h("span", { class: "step-time" }, h("time", { text: clockTime(at), attrs: { datetime: new Date(at).toISOString() } }), step === "accepted" || start === undefined ? null : h("span", { class: "elapsed", text: ` ${elapsed(Math.max(0, at - start))}` }));
+}
+
 function stepNote(t: Tracked, step: Step, state: StepState): string {
-  if (state === "done") return clockTime(t.times[step]!);
-  if (state === "skipped") return "skipped: auto-confirmed, no prompt";
+  if (state === "skipped") return "skipped (auto-confirmed)";
   if (state === "not-reached") return "not reached";
   if (state === "waiting") return step === "prompt_delivered" && t.waitingForPhoneAtMs !== null ? "phone offline: the prompt waits" : "waiting…";
   return "—";
@@ -262,7 +276,7 @@ export class PaymentCard {
           "li",
           { testid: `step-${step}`, attrs: { "data-done": String(state === "done"), "data-state": state } },
           h("span", { class: "step-label", text: stepLabel(t, step) }),
-          h("span", { class: "step-time", text: stepNote(t, step, state) }),
+          state === "done" ? stepTime(t, step) : h("span", { class: "step-time", text: stepNote(t, step, state) }),
         );
       }),
     );

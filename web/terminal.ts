@@ -217,21 +217,21 @@ const submitButton = h("button", { text: "Ask for payment", testid: "pay-submit"
 const payError = h("p", { class: "field-error", testid: "pay-error", attrs: { id: "pay-error", role: "alert" } });
 payError.hidden = true;
 
+function fillAndSubmit(p: (typeof PRESETS)[number]): void {
+  amountInput.value = p.amount;
+  currencySelect.value = PRESET_CURRENCY;
+  descriptionInput.value = p.description;
+  payForm.requestSubmit(submitButton);
+}
+
 const presetButtons = PRESETS.map((p) =>
-  h("button", {
-    text: `${p.what} ${formatAmount(parseAmount(p.amount, PRESET_CURRENCY)!, PRESET_CURRENCY)}`,
-    class: "secondary preset",
-    testid: "preset",
-    attrs: { type: "button" },
-    on: {
-      click: () => {
-        amountInput.value = p.amount;
-        currencySelect.value = PRESET_CURRENCY;
-        descriptionInput.value = p.description;
-        payForm.requestSubmit(submitButton);
-      },
-    },
-  }),
+  h(
+    "button",
+    { class: "secondary preset", testid: "preset", attrs: { type: "button" }, on: { click: () => fillAndSubmit(p) } },
+    h("span", { text: p.what }),
+    " ",
+    h("span", { class: "preset-amount", text: formatAmount(parseAmount(p.amount, PRESET_CURRENCY)!, PRESET_CURRENCY) }),
+  ),
 );
 
 function payFieldError(input: HTMLInputElement, text: string): void {
