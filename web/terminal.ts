@@ -12,7 +12,8 @@ import { load, save } from "../src/device/browser-store.ts";
 import type { Received } from "../src/device/client.ts";
 import type { DownBody, DownType } from "../src/protocol/messages.ts";
 import { clockTime, field, formatAmount, h, parseAmount, startPage, StoredList } from "./common.ts";
-import { applyAccepted, applyResult, applyState, applyUpdate, fromAccepted, hasGap, historyItem, historyRow, isFinal, PaymentCard, type HistoryItem } from "./terminal-payments.ts";
+import { historyItem, historyRow, PaymentCard, type HistoryItem } from "./terminal-payments.ts";
+import { applyAccepted, applyResult, applyState, applyUpdate, fromAccepted, hasGap, isFinal } from "./terminal-steps.ts";
 import { qrSvg } from "./terminal-qr.ts";
 
 const session = await startPage({ role: "terminal", title: "Terminal", defaultName: "Browser terminal" });
