@@ -84,6 +84,7 @@ export class PaymentCard {
   readonly #outcome: HTMLElement;
   readonly #cancel: HTMLButtonElement;
   readonly #actions: HTMLElement;
+  #busy = false;
 
   constructor(
     readonly tracked: Tracked,
@@ -95,7 +96,7 @@ export class PaymentCard {
     this.#steps = h("ol", { class: "steps", attrs: { "aria-label": "Steps" } });
     this.#deadline = h("p", { class: "pay-deadline muted", testid: "payment-deadline" });
     this.#outcome = h("p", { class: "pay-outcome", testid: "payment-outcome" });
-    this.#cancel = h("button", { text: "Cancel payment", class: "danger small", testid: "payment-cancel", attrs: { type: "button" }, on: { click: () => onCancel(this) } });
+    this.#cancel = h("button", { text: "Cancel payment", class: "danger small", testid: "payment-cancel", attrs: { type: "button" }, on: { click: () => void (this.#busy || onCancel(this)) } });
     this.#actions = h("div", { class: "row" });
     this.el = h(
       "li",
@@ -118,8 +119,10 @@ export class PaymentCard {
     this.#heading.focus();
   }
 
+  /** Busy while its payment_cancel is on the way: aria-disabled, not disabled, so the keyboard focus stays on it. */
   set cancelling(busy: boolean) {
-    this.#cancel.disabled = busy;
+    this.#busy = busy;
+    this.#cancel.setAttribute("aria-disabled", String(busy));
     this.#cancel.textContent = busy ? "Cancelling…" : "Cancel payment";
   }
 

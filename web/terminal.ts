@@ -155,7 +155,8 @@ async function bind(): Promise<void> {
     return session.showError("Bind", new Error("type the login of the user on this terminal first"));
   }
   if (!device.connected) return session.showError("Bind", notConnected());
-  bindButton.disabled = true;
+  if (bindButton.getAttribute("aria-disabled") === "true") return;
+  bindButton.setAttribute("aria-disabled", "true");
   try {
     const reply = await device.call("bind_request", { login, terminal: { model: "Browser", serial: key.deviceId, displayName: key.name } });
     const b = bodyOf(reply, "bind_code");
@@ -164,7 +165,7 @@ async function bind(): Promise<void> {
   } catch (err) {
     session.showError("Bind", err);
   } finally {
-    bindButton.disabled = false;
+    bindButton.setAttribute("aria-disabled", "false");
   }
 }
 
@@ -219,6 +220,7 @@ const payError = h("p", { class: "field-error", testid: "pay-error", attrs: { id
 payError.hidden = true;
 
 function fillAndSubmit(p: (typeof PRESETS)[number]): void {
+  if (paying) return;
   amountInput.value = p.amount;
   currencySelect.value = PRESET_CURRENCY;
   descriptionInput.value = p.description;
@@ -253,13 +255,17 @@ function amountProblem(text: string, currency: string): string {
   return text === "" ? `Type the amount in ${currency} (${shape}).` : `“${text}” is not an amount in ${currency}: use ${shape}.`;
 }
 
+/** One request at a time. The buttons are aria-disabled, not disabled: a disabled button would drop the keyboard focus. */
+let paying = false;
+
 function setPaying(busy: boolean): void {
-  submitButton.disabled = busy;
+  paying = busy;
   submitButton.textContent = busy ? "Asking…" : "Ask for payment";
-  for (const b of presetButtons) b.disabled = busy;
+  for (const b of [submitButton, ...presetButtons]) b.setAttribute("aria-disabled", String(busy));
 }
 
 async function pay(): Promise<void> {
+  if (paying) return;
   clearPayError();
   const login = loginInput.value.trim();
   const currency = currencySelect.value;
