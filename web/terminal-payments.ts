@@ -158,7 +158,10 @@ export class PaymentCard {
   tick(nowMs: number = Date.now()): void {
     const v = this.tracked.view;
     this.#deadline.hidden = v.deadlineMs === null || isFinal(v.status);
-    if (v.deadlineMs === null) return;
+    if (v.deadlineMs === null || isFinal(v.status)) {
+      this.#deadline.textContent = "";
+      return;
+    }
     const who = v.status === "awaiting_confirmation" ? "The phone must answer" : "The phone must execute it";
     this.#deadline.textContent = `${who} by ${clockTime(v.deadlineMs)} (${remaining(v.deadlineMs - nowMs)} left)`;
   }
