@@ -1,7 +1,8 @@
 /**
  * What a page keeps between visits, in IndexedDB (database "handoff-pay", one object store of
- * records by key): its device key, the broker key it pinned, and its history. Forgetting the
- * device deletes all of them for that role.
+ * records by name): its device key, the broker key it pinned, its history, and what the page
+ * keeps besides (login:terminal, agreements:terminal:<id>, user:phone, prompts:phone). Every name
+ * is <what>:<role>[:…]; forgetting the device deletes every record of its role.
  *
  *   device:<role>      {deviceId, kind, name, publicKey, seed} (bytes as Uint8Array)
  *   broker:<role>      the pinned broker public key (base64)
@@ -57,9 +58,13 @@ export function saveKey(key: BrowserKey): Promise<void> {
   return save(`device:${key.kind}`, key);
 }
 
-/** Forgets the device: its key, its pinned broker key and its history. */
+/**
+ * Forgets the device: every record of its role (the second part of the record's name: its key,
+ * its pinned broker key, its history, and whatever else the page keeps, e.g. login:terminal).
+ */
 export async function forgetDevice(role: DeviceKind): Promise<void> {
-  for (const name of [`device:${role}`, `broker:${role}`, `history:${role}`]) await remove(name);
+  const names = await run("readonly", (s) => s.getAllKeys());
+  for (const name of names) if (typeof name === "string" && name.split(":")[1] === role) await remove(name);
 }
 
 export type PinCheck = { state: "pinned-now" | "matches"; pinned: string } | { state: "changed"; pinned: string; offered: string };

@@ -111,6 +111,8 @@ describe.sequential("the browser terminal and phone", () => {
     const code = (await terminal.getByTestId("pairing-code").textContent({ timeout: 10_000 }))!.trim();
     expect(code).toMatch(/^[A-Z]{4}-[A-Z]{4}$/);
     await expect.poll(() => terminal.getByTestId("pairing-qr").isVisible(), WAIT).toBe(true);
+    // The QR code opens the phone page with the code filled in.
+    expect(await terminal.getByTestId("pairing-url").textContent()).toContain(`/phone#code=${code}`);
     await snap("pairing-code");
     await phone.getByTestId("pair-code").fill(code.replace("-", "").toLowerCase());
     await phone.getByTestId("pair-submit").click();
@@ -144,11 +146,11 @@ describe.sequential("the browser terminal and phone", () => {
     await snap("approved");
   }, 60_000);
 
-  test("declines 66.00 from the keyboard alone: the prompt takes focus on Approve, Tab reaches Decline", async () => {
+  test("declines 66.00 from the keyboard alone: the prompt takes focus on Approve, Shift+Tab reaches Decline (left of it)", async () => {
     const id = await pay("66.00");
     await expect.poll(() => prompt(id).isVisible(), WAIT).toBe(true);
     await expect.poll(() => phone.evaluate(() => (document.activeElement as HTMLElement | null)?.dataset.testid), WAIT).toBe("prompt-approve");
-    await phone.keyboard.press("Tab");
+    await phone.keyboard.press("Shift+Tab");
     expect(await phone.evaluate(() => (document.activeElement as HTMLElement | null)?.dataset.testid)).toBe("prompt-decline");
     await phone.keyboard.press("Enter");
     await expect.poll(() => card(id).getAttribute("data-status"), WAIT).toBe("declined");
@@ -180,6 +182,33 @@ describe.sequential("the browser terminal and phone", () => {
     expect(wallet.wallets).toEqual([{ currency: "CNY", balanceMinor: 50_000 - 1_200 - 8_800 }]);
     const all = JSON.parse(await admin("ledger balance --json")) as { sums: Record<string, number> };
     expect(all.sums).toEqual({ CNY: 0 });
+  }, 60_000);
+
+  test("refuses to connect when the broker's key is not the one pinned on first use, and says so", async () => {
+    const other = Buffer.alloc(32, 7).toString("base64");
+    // The same page, but its shell names another broker key: what an impostor on this address would serve.
+    await terminal.route("**/terminal", async (route) => {
+      const res = await route.fetch();
+      await route.fulfill({ response: res, body: (await res.text()).replace(Buffer.from(broker.publicKey).toString("base64"), other) });
+    });
+    await terminal.reload();
+    await expect.poll(() => terminal.getByTestId("connection-state").getAttribute("data-state"), WAIT).toBe("key-changed");
+    expect(await terminal.getByTestId("broker-identity").textContent()).toContain(other);
+    expect(await terminal.getByTestId("trust-new-broker-key").isVisible()).toBe(true);
+    await snap("broker-key-changed");
+    await terminal.unroute("**/terminal");
+    await terminal.reload();
+    await expect.poll(() => terminal.getByTestId("connection-state").textContent(), WAIT).toBe("Connected");
+  }, 60_000);
+
+  test("forgets the phone's key on request: the page comes back as a new, unregistered device", async () => {
+    const before = await phone.getByTestId("device-id").textContent();
+    phone.once("dialog", (d) => void d.accept());
+    await phone.getByTestId("device-card").locator("summary").click();
+    await phone.getByTestId("forget-device").click();
+    await expect.poll(() => phone.getByTestId("connection-state").textContent(), WAIT).toContain("Not registered");
+    expect(await phone.getByTestId("device-id").textContent()).not.toBe(before);
+    await expect.poll(() => phone.getByTestId("history-item").count(), WAIT).toBe(0);
   }, 60_000);
 
   test("fits a 390 px phone screen without sideways scrolling, and no page threw", async () => {
