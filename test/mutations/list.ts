@@ -407,4 +407,24 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/e2e/listeners.test.ts"],
     filter: "more than the limit",
   },
+
+  // ── The browser device and its pages (src/device, broker/pages.ts) ─────────────────────────
+  {
+    id: "device-client-skips-verify",
+    rule: "The shared device client hands on a broker message whose signature does not verify.",
+    file: "src/device/client.ts",
+    search: "if (!this.#o.platform.verify(this.#o.brokerPublicKey, payloadBytes, signature))",
+    replace: "if (false && !this.#o.platform.verify(this.#o.brokerPublicKey, payloadBytes, signature))",
+    tests: ["test/unit/device-client.test.ts"],
+    filter: "drops a broker message its platform does not verify",
+  },
+  {
+    id: "pages-framable",
+    rule: "The pages may be framed by another site (click-jacking the phone's Approve button).",
+    file: "broker/pages.ts",
+    search: "form-action 'none'; frame-ancestors 'none'",
+    replace: "form-action 'none'; frame-ancestors *",
+    tests: ["test/e2e/pages.test.ts"],
+    filter: "as HTML carrying the broker's public key",
+  },
 ];
