@@ -4,28 +4,13 @@
  */
 import { randomUUID } from "node:crypto";
 import type { Device, Received } from "./device.ts";
+import type { DownBody } from "../src/protocol/messages.ts";
 
-export interface PromptView {
-  readonly paymentId: string;
-  readonly amountMinor: number;
-  readonly currency: string;
-  readonly merchantId: string;
-  readonly merchantName: string;
-  readonly terminalName: string;
-  readonly description: string | null;
-  readonly deadlineMs: number;
-}
+/** A payment_prompt as the broker sends it (docs/protocol.md §payment_prompt). */
+export type PromptView = DownBody<"payment_prompt">;
 
-export interface ResultView {
-  readonly paymentId: string;
-  readonly status: "completed" | "failed" | "declined" | "expired" | "cancelled";
-  readonly reason: string | null;
-  readonly transferId: string | null;
-  readonly amountMinor: number;
-  readonly currency: string;
-  readonly merchantName: string;
-  readonly terminalName: string;
-}
+/** A payment_result as the broker sends it. */
+export type ResultView = DownBody<"payment_result">;
 
 export type PromptAnswer = "approve" | "decline" | "ignore";
 

@@ -10,31 +10,13 @@
  */
 import { DeviceError } from "../src/device/client.ts";
 import { formatAmount, h, type Session } from "./common.ts";
+import type { DownBody } from "../src/protocol/messages.ts";
 
-export interface PromptView {
-  readonly paymentId: string;
-  readonly seq: number;
-  readonly amountMinor: number;
-  readonly currency: string;
-  readonly merchantId: string;
-  readonly merchantName: string;
-  readonly terminalId: string;
-  readonly terminalName: string;
-  readonly description: string | null;
-  readonly deadlineMs: number;
-}
+/** A payment_prompt as the broker sends it (docs/protocol.md §payment_prompt). */
+export type PromptView = DownBody<"payment_prompt">;
 
-/** A payment_result as the page uses it. */
-export interface ResultView {
-  readonly paymentId: string;
-  readonly status: "completed" | "failed" | "declined" | "expired" | "cancelled";
-  readonly reason: string | null;
-  readonly transferId: string | null;
-  readonly amountMinor: number;
-  readonly currency: string;
-  readonly merchantName: string;
-  readonly terminalName: string;
-}
+/** A payment_result as the broker sends it. */
+export type ResultView = DownBody<"payment_result">;
 
 /** How a payment ended, in a few words: "Declined", "Failed (not enough money in the wallet)". */
 export function outcomeText(r: ResultView): string {
