@@ -178,4 +178,32 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE outbox ADD COLUMN expires_ms INTEGER;
   CREATE INDEX outbox_by_expiry ON outbox (expires_ms) WHERE expires_ms IS NOT NULL;
   `,
+  // 7: the audit log (src/store/audit.ts, docs/protocol.md §Audit log): an append-only Merkle
+  // tree (RFC 9162) of every state change. Entries are JSON text hashed exactly as stored; the
+  // hashes of complete subtrees are kept so that roots and proofs need O(log n) reads; tree heads
+  // are signed by the broker's identity key. subject names the payment, agreement or device an
+  // entry is about (audit show --payment).
+  `
+  CREATE TABLE audit_entries (
+    idx        INTEGER PRIMARY KEY,
+    at_ms      INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    subject    TEXT,
+    entry      TEXT NOT NULL,
+    leaf_hash  BLOB NOT NULL
+  );
+  CREATE INDEX audit_entries_by_subject ON audit_entries (subject) WHERE subject IS NOT NULL;
+  CREATE TABLE audit_nodes (
+    level  INTEGER NOT NULL,
+    pos    INTEGER NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (level, pos)
+  ) WITHOUT ROWID;
+  CREATE TABLE audit_heads (
+    tree_size     INTEGER PRIMARY KEY,
+    root_hash     BLOB NOT NULL,
+    timestamp_ms  INTEGER NOT NULL,
+    signature     BLOB NOT NULL
+  );
+  `,
 ];
