@@ -21,6 +21,7 @@ import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo, type AgreementRow } from "../src/store/binding.ts";
 import { SELF_SIGNED_CERT_FILE } from "./certs.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey, saveKeyring } from "./data-dir.ts";
+import { AUDIT_FLAGS, AUDIT_USAGE, auditCommand, receiptCommand } from "./admin-audit.ts";
 
 const USAGE = `Usage: npm run admin -- <command> [options]
 
@@ -50,6 +51,7 @@ Commands:
   broker cert [--tls-cert FILE]   the TLS certificate (PEM) and its SHA-256 fingerprint, for
                                   devices to trust or pin (default: the self-signed one in the
                                   data dir; env HANDOFF_TLS_CERT)
+${AUDIT_USAGE}
 
 Options for every command:
   --data-dir DIR    the broker's data dir (env HANDOFF_DATA_DIR, default ./data)
@@ -75,6 +77,7 @@ const FLAGS = {
   reveal: { type: "boolean" },
   batch: { type: "string" },
   id: { type: "string" },
+  ...AUDIT_FLAGS,
   amount: { type: "string" },
   currency: { type: "string" },
   reference: { type: "string" },
@@ -95,6 +98,12 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
   if (values.help || positionals.length === 0) {
     out(USAGE);
     return values.help ? 0 : 2;
+  }
+  // The audit log's commands only read, and a receipt needs no data dir at all: neither creates one.
+  if (positionals[0] === "audit" || positionals[0] === "receipt") {
+    const [auditGroup, auditSub, ...auditRest] = positionals;
+    const auditCtx = { dataDir: values["data-dir"] ?? defaultDataDir(), json: values.json === true, out, values };
+    return auditGroup === "audit" ? auditCommand(auditCtx, auditSub, auditRest, USAGE) : receiptCommand(auditCtx, auditSub, auditRest, USAGE);
   }
   const dataDir = ensureDataDir(values["data-dir"] ?? defaultDataDir());
   const [group, command, ...rest] = positionals;

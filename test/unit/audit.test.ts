@@ -2,14 +2,16 @@
 // across rollbacks and other connections, roots and proofs from stored hashes agree with the
 // pure Merkle code, and verifyAudit names the first entry or head that each kind of tampering
 // breaks.
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { adminMain } from "../../broker/admin.ts";
 import { leafHash, nodeHash, rootOf, verifyConsistency, verifyInclusion } from "../../src/core/merkle.ts";
 import { generateKeyPair, Signer } from "../../src/crypto/ed25519.ts";
 import { fromBase64 } from "../../src/crypto/encoding.ts";
-import { appendAudit, AuditLog, verifyAudit, verifyHeadSignature, type AuditProblem } from "../../src/store/audit.ts";
+import { sealEnvelope } from "../../src/protocol/envelope.ts";
+import { appendAudit, AuditLog, verifyAudit, verifyHeadSignature, type AuditProblem, type SignedHead } from "../../src/store/audit.ts";
 import { openDatabase, type Db } from "../../src/store/db.ts";
 
 const utf8 = new TextEncoder();
@@ -274,5 +276,129 @@ describe("verifyAudit", () => {
     // Entries 8..11 are one complete subtree (level 2, pos 2), stored when entry 11 was appended.
     db.prepare("UPDATE audit_nodes SET hash = ? WHERE level = 2 AND pos = 2").run(new Uint8Array(32));
     expect(problem()).toMatchObject({ at: "entry", index: 11, code: "node_mismatch" });
+  });
+});
+
+describe("admin audit and receipt commands", () => {
+  const run = async (...args: string[]) => {
+    const out: string[] = [];
+    const code = await adminMain([...args, "--data-dir", dir], (l) => out.push(l));
+    return { code, out: out.join("\n") };
+  };
+  const brokerKeyB64 = Buffer.from(broker.publicKey).toString("base64");
+  const at = 1_700_000_200_000;
+
+  beforeEach(() => {
+    writeFileSync(join(dir, "broker.pub"), brokerKeyB64 + "\n");
+    buildLog(db);
+  });
+
+  it("audit verify prints ok with the size and heads checked, and exits 1 naming the first problem", async () => {
+    expect(await run("audit", "verify")).toEqual({ code: 0, out: `ok: ${N} entries recomputed, ${HEADS.length} signed heads checked` });
+    db.prepare("DELETE FROM audit_entries WHERE idx = 9").run();
+    const bad = await run("audit", "verify");
+    expect(bad.code).toBe(1);
+    expect(bad.out).toMatch(/^FAILED at entry 9: missing: /);
+    const json = await run("audit", "verify", "--json");
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.out)).toMatchObject({ ok: false, problem: { at: "entry", index: 9, code: "missing" } });
+  });
+
+  it("audit show lists a payment's entries in order, and audit head the latest signed head", async () => {
+    const shown = await run("audit", "show", "--payment", "pay-1");
+    expect(shown.code).toBe(0);
+    expect(shown.out.split("\n").map((l) => l.split(" ")[0])).toEqual(["#1", "#5", "#9", "#13", "#17", "#21"]);
+    expect(shown.out).toContain("amountMinor=105 currency=EUR");
+    const json = JSON.parse((await run("audit", "show", "--payment", "pay-1", "--json")).out) as { entries: { index: number }[] };
+    expect(json.entries.map((e) => e.index)).toEqual([1, 5, 9, 13, 17, 21]);
+    expect((await run("audit", "show", "--payment", "nobody").catch((e: Error) => ({ code: 1, out: e.message }))).out).toMatch(/no audit entries/);
+    const head = JSON.parse((await run("audit", "head", "--json")).out) as SignedHead & { signatureValid: boolean };
+    expect(head).toMatchObject({ treeSize: N, signatureValid: true });
+  });
+
+  /** A payment's result entry at the log's end, a head over it, and its receipt file. */
+  function receiptFile(opts: { entryAmountMinor?: number; withInclusion?: boolean; signer?: Signer; type?: string } = {}): string {
+    const index = appendAudit(db, at, "payment.event", "pay-R", { status: "completed", amountMinor: opts.entryAmountMinor ?? 1250, currency: "EUR", transferId: "t_1" });
+    appendMany(db, index + 1, 3);
+    const log = new AuditLog(db);
+    const head = log.signHead(sign, at + 5);
+    const body = { paymentId: "pay-R", seq: 4, status: "completed", reason: null, transferId: "t_1", amountMinor: 1250, currency: "EUR", merchantName: "Coffee Corner", terminalName: "TV", auditIndex: index, atMs: at };
+    const by = opts.signer ?? signer;
+    const envelope = JSON.parse(sealEnvelope({ v: 1, type: opts.type ?? "payment_result", id: "m_r1", from: "broker", to: "d_t", ts: at, body }, (m) => by.sign(m)).text) as unknown;
+    const inclusion = { index, treeSize: head.treeSize, entry: log.entry(index)!.text, head, path: log.inclusionProof(index, head.treeSize).map((h) => Buffer.from(h).toString("base64")) };
+    const file = join(dir, "receipt.json");
+    writeFileSync(file, JSON.stringify({ format: "handoff-pay-receipt/1", envelope, ...(opts.withInclusion === false ? {} : { inclusion }) }));
+    return file;
+  }
+
+  const rewrite = (file: string, edit: (r: { inclusion: Record<string, unknown> & { head: Record<string, unknown>; path: string[] } }) => void) => {
+    const r = JSON.parse(readFileSync(file, "utf8"));
+    edit(r);
+    writeFileSync(file, JSON.stringify(r));
+  };
+
+  it("receipt verify accepts a receipt and its inclusion proof with the broker key alone", async () => {
+    const file = receiptFile();
+    rmSync(join(dir, "broker.pub"));
+    const out: string[] = [];
+    // No data dir at all: the key comes from the command line.
+    expect(await adminMain(["receipt", "verify", file, "--broker-key", brokerKeyB64, "--data-dir", join(dir, "absent")], (l) => out.push(l))).toBe(0);
+    expect(out.join("\n")).toMatch(/payment +pay-R/);
+    expect(out.join("\n")).toMatch(/amount +€12\.50 \(1250 minor units of EUR\)/);
+    expect(out.join("\n")).toMatch(new RegExp(`inclusion +entry ${N} is in the signed log of ${N + 4} entries`));
+    expect(existsSync(join(dir, "absent"))).toBe(false);
+  });
+
+  it("receipt verify accepts a receipt without an inclusion proof, using the data dir's broker key", async () => {
+    const r = await run("receipt", "verify", receiptFile({ withInclusion: false }), "--json");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toMatchObject({ ok: true, receipt: { paymentId: "pay-R", auditIndex: N, inclusion: null } });
+  });
+
+  it.each([
+    ["another key signed the envelope", () => receiptFile({ signer: new Signer(generateKeyPair()) }), /envelope's signature does not verify/],
+    ["it is not a payment_result", () => receiptFile({ type: "payment_prompt" }), /not a payment_result/],
+    ["the audit entry records another amount", () => receiptFile({ entryAmountMinor: 1300 }), /does not record this result: amountMinor differ/],
+    [
+      "a path hash was altered",
+      () => {
+        const f = receiptFile();
+        rewrite(f, (r) => (r.inclusion.path[1] = Buffer.alloc(32, 7).toString("base64")));
+        return f;
+      },
+      /do not lead to the signed root/,
+    ],
+    [
+      "the entry text was altered",
+      () => {
+        const f = receiptFile();
+        rewrite(f, (r) => (r.inclusion.entry = (r.inclusion.entry as string).replace('"t_1"', '"t_2"')));
+        return f;
+      },
+      /do not lead to the signed root/,
+    ],
+    [
+      "the head's signature was altered",
+      () => {
+        const f = receiptFile();
+        rewrite(f, (r) => (r.inclusion.head.signature = Buffer.alloc(64, 1).toString("base64")));
+        return f;
+      },
+      /signed head of \d+ entries does not verify/,
+    ],
+    [
+      "the proof is for another entry",
+      () => {
+        const f = receiptFile();
+        rewrite(f, (r) => (r.inclusion.index = 3));
+        return f;
+      },
+      /proof is for entry 3/,
+    ],
+  ])("receipt verify exits 1 when %s", async (_what, make, reason) => {
+    const r = await run("receipt", "verify", make(), "--json");
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.out) as { reason: string }).reason).toMatch(reason);
+    await expect(run("receipt", "verify", make())).rejects.toThrow(reason);
   });
 });
