@@ -154,6 +154,10 @@ export const downBodies = {
     currency: z.string(),
     merchantName: z.string(),
     terminalName: z.string(),
+    /** The index of the audit entry that records this result: with the signed envelope, the receipt. */
+    auditIndex: z.number().int().min(0),
+    /** When the broker decided the result (its clock, ms since the epoch); the entry's atMs. */
+    atMs: z.number().int(),
   }),
   pong: z.strictObject({ echo: z.string().optional(), brokerTs: z.number().int() }),
   error: z.strictObject({
