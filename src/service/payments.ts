@@ -48,6 +48,12 @@ export interface PaymentOptions {
 const PROMPT_SUFFIX = ".prompt";
 const TASK_SUFFIX = ".task";
 
+/** The audit entry of the transition whose effects are being applied, and what caused it. */
+interface TransitionAudit {
+  readonly index: number;
+  readonly trigger: Trigger;
+}
+
 export const PAYMENT_DEFAULTS = { promptMs: 120_000, taskMs: 60_000, maxConsecutiveAuto: 5, maxLivePerTerminal: 20, maxPromptsPerPhone: 5 } as const;
 
 export class Payments {
@@ -174,8 +180,9 @@ export class Payments {
     this.#payments.insert(payment, { idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null });
     this.#saveAgreement(row.version, { ...agreement, usage: recordUsage(agreement.usage, b.amountMinor, mode.mode, ctx.nowMs), version: agreement.version + 1 });
     const record: PaymentRecord = { payment, idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null, seq: 0 };
-    const auditIndex = this.#audit(ctx, null, payment, "pay_request", messageTrigger(ctx));
-    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects, auditIndex, ctx) }));
+    const trigger = messageTrigger(ctx);
+    const audit = { index: this.#audit(ctx, null, payment, "pay_request", trigger), trigger };
+    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects, audit, ctx) }));
   }
 
   /** A phone's answer about one of its payments. */
@@ -231,9 +238,9 @@ export class Payments {
       ctx.afterCommit(() => metrics.paymentEnded(ended.status, ctx.nowMs - ended.createdMs));
     }
     this.#payments.save(decision.payment);
-    const auditIndex = this.#audit(ctx, record.payment.status, decision.payment, event.kind, trigger);
+    const audit = { index: this.#audit(ctx, record.payment.status, decision.payment, event.kind, trigger), trigger };
     const next = { ...record, payment: decision.payment };
-    return { ...next, seq: this.#effects(ctx, next, decision.effects, auditIndex, actor) };
+    return { ...next, seq: this.#effects(ctx, next, decision.effects, audit, actor) };
   }
 
   /**
@@ -267,7 +274,7 @@ export class Payments {
    * - the device whose message (`actor`) sent the task or ended the payment gets the
    *   payment_task or payment_result as the answer to that message, not as a second message.
    */
-  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[], auditIndex: number, actor?: HandlerContext): number {
+  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[], audit: TransitionAudit, actor?: HandlerContext): number {
     const p = record.payment;
     let seq = record.seq;
     let progress: { step: ProgressStep; seq: number } | null = null;
@@ -327,7 +334,7 @@ export class Payments {
             currency: p.currency,
             reference: record.orderRef,
             createdMs: ctx.nowMs,
-          });
+          }, { trigger: audit.trigger });
           break;
         }
         case "result": {
@@ -347,7 +354,7 @@ export class Payments {
             merchantName: p.merchantName,
             terminalName: p.terminalName,
             // The receipt: the entry that records this result, and when (docs/protocol.md §Audit log).
-            auditIndex,
+            auditIndex: audit.index,
             atMs: ctx.nowMs,
           };
           toDevice(p.terminalId, "payment_result", body);
