@@ -8,11 +8,13 @@ import { userInfo } from "node:os";
 import { afterEach, describe, expect, it } from "vitest";
 import { adminMain } from "../../broker/admin.ts";
 import { newDeviceKey } from "../../device-sim/keyfile.ts";
-import { toBase64 } from "../../src/crypto/encoding.ts";
+import { headSignedBytes, leafHash, verifyConsistency, verifyInclusion } from "../../src/core/merkle.ts";
+import { verify } from "../../src/crypto/ed25519.ts";
+import { fromBase64, toBase64 } from "../../src/crypto/encoding.ts";
 import { addMerchant, creditWallet } from "../../src/service/ledger.ts";
-import { AUDIT_KINDS } from "../../src/store/audit.ts";
-import type { Db } from "../../src/store/db.ts";
-import { startTestBroker, type TestBroker } from "../helpers.ts";
+import { AUDIT_KINDS, verifyAudit } from "../../src/store/audit.ts";
+import { openDatabase, type Db } from "../../src/store/db.ts";
+import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 import { RawDevice, sealWith, type DownMessage } from "../wire.ts";
 
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 100_000, perPaymentMaxMinor: 100_000 };
@@ -175,6 +177,11 @@ describe("audit entries", () => {
       ["payment", 1200],
       ["credit", 1000],
     ]);
+
+    // The whole log, written by the broker and the admin tool side by side, recomputes and verifies.
+    broker.auditHeads.step();
+    await broker.inbox.idle();
+    expect(verifyAudit(broker.db, broker.publicKey)).toMatchObject({ ok: true });
   });
 
   it("records each payment transition with the id and digest of the message that caused it, and its transfer", async () => {
@@ -223,5 +230,206 @@ describe("audit entries", () => {
     expect(result.status).toBe("expired");
     expect(entries(broker.db, paymentId).at(-1)).toMatchObject({ index: result.auditIndex, event: "deadline", status: "expired", trigger: { deadline: "prompt" } });
     expect(bodyOf(await resultOn(w.phone, paymentId))).toEqual(result);
+  });
+});
+
+// ── Receipts and proofs ──────────────────────────────────────────────────────────────────────
+
+const utf8 = new TextEncoder();
+const bytes64 = (b64: string) => fromBase64(b64)!;
+
+interface HeadJson {
+  treeSize: number;
+  rootHash: string;
+  timestampMs: number;
+  signature: string;
+}
+
+/** A signed head checked with the broker's public key alone. */
+function headVerifies(h: HeadJson, publicKey: Uint8Array): boolean {
+  return verify(publicKey, headSignedBytes(h.treeSize, bytes64(h.rootHash), h.timestampMs), bytes64(h.signature));
+}
+
+interface Inclusion {
+  index: number;
+  treeSize: number;
+  entry: string;
+  head: HeadJson;
+  path: string[];
+}
+
+/** Checks an audit_inclusion answer as a device offline would (docs/protocol.md §audit_inclusion). */
+function inclusionVerifies(p: Inclusion, publicKey: Uint8Array): boolean {
+  return p.treeSize === p.head.treeSize && headVerifies(p.head, publicKey) && verifyInclusion(leafHash(utf8.encode(p.entry)), p.index, p.treeSize, p.path.map(bytes64), bytes64(p.head.rootHash));
+}
+
+/** A receipt: the payment_result envelope exactly as received, its signature checked with the broker's key. */
+function openReceipt(m: DownMessage, publicKey: Uint8Array) {
+  const envelope = JSON.parse(m.bytes.toString("utf8")) as { payload: string; sig: string };
+  expect(verify(publicKey, utf8.encode(envelope.payload), bytes64(envelope.sig))).toBe(true);
+  const payload = JSON.parse(envelope.payload) as { type: string; body: { paymentId: string; status: string; amountMinor: number; currency: string; transferId: string | null; auditIndex: number; atMs: number } };
+  expect(payload.type).toBe("payment_result");
+  return payload.body;
+}
+
+/** The entry proven is the receipt's result. */
+function expectEntryOfReceipt(p: Inclusion, r: ReturnType<typeof openReceipt>): void {
+  expect(p.index).toBe(r.auditIndex);
+  expect(JSON.parse(p.entry)).toMatchObject({ index: r.auditIndex, kind: "payment.event", subject: r.paymentId, status: r.status, amountMinor: r.amountMinor, currency: r.currency, transferId: r.transferId, atMs: r.atMs });
+}
+
+async function inclusion(d: RawDevice, body: { index: number; treeSize?: number }): Promise<Inclusion> {
+  const { reply } = await ask(d, "audit_inclusion_request", body);
+  expect(reply.payload!.type, JSON.stringify(reply.payload!.body)).toBe("audit_inclusion");
+  return bodyOf<Inclusion>(reply);
+}
+
+const errorOf = (s: Sent) => (s.reply.payload!.type === "error" ? bodyOf<{ code: string }>(s.reply).code : `not an error: ${s.reply.payload!.type}`);
+
+/** Every signed head stored in a data dir's database, oldest first. */
+function storedHeads(db: Db): HeadJson[] {
+  return (db.prepare("SELECT tree_size, root_hash, timestamp_ms, signature FROM audit_heads ORDER BY tree_size").all() as { tree_size: number; root_hash: Buffer; timestamp_ms: number; signature: Buffer }[]).map((r) => ({
+    treeSize: r.tree_size,
+    rootHash: toBase64(r.root_hash),
+    timestampMs: r.timestamp_ms,
+    signature: toBase64(r.signature),
+  }));
+}
+
+describe("receipts and proofs", () => {
+  it("proves a receipt's entry against a signed head after a broker restart and a master key rotation, and the later head consistent with the earlier", async () => {
+    const dataDir = tempDir();
+    const first = await start({}, dataDir);
+    const w = await world(first);
+    const { paymentId } = await w.payRequest(1200);
+    const executed = await w.execute(paymentId, 1200);
+    const receipt = openReceipt(executed.reply, first.publicKey);
+    expect(receipt).toMatchObject({ paymentId, status: "completed", amountMinor: 1200 });
+    const terminalReceipt = openReceipt(await resultOn(w.terminal, paymentId), first.publicKey);
+    expect(terminalReceipt).toEqual(receipt);
+
+    // No head covers the new entry yet: the broker signs one now.
+    const before = await inclusion(w.terminal, { index: receipt.auditIndex });
+    expect(inclusionVerifies(before, first.publicKey)).toBe(true);
+    expectEntryOfReceipt(before, receipt);
+    const phoneKey = w.phone.key;
+    await Promise.all([w.terminal.close(), w.phone.close()]);
+    devices = [];
+    await first.stop({ keepData: true });
+    brokers = [];
+
+    // The operator rotates the master key while the broker is down; then it starts again.
+    const out: string[] = [];
+    expect(await adminMain(["keys", "rotate", "--data-dir", dataDir], (l) => out.push(l))).toBe(0);
+    const second = await start({}, dataDir);
+    expect(second.publicKey).toEqual(first.publicKey);
+    expect(second.keyring.current).toBe(2);
+    const phone = await connect(second, phoneKey);
+    // The rotation's entries are not under any head yet; the next head covers them.
+    second.auditHeads.step();
+    await second.inbox.idle();
+    const heads = storedHeads(second.db);
+    const latest = heads.at(-1)!;
+    expect(latest.treeSize).toBeGreaterThan(before.treeSize);
+    expect(entries(second.db).slice(before.treeSize).map((e) => e.kind)).toEqual(["keys.rotated", "admin.action"]);
+
+    // The receipt, checked against the old head and the new one, with the broker's public key alone.
+    expect(openReceipt(executed.reply, second.publicKey)).toEqual(receipt);
+    for (const body of [{ index: receipt.auditIndex }, { index: receipt.auditIndex, treeSize: before.treeSize }, { index: receipt.auditIndex, treeSize: latest.treeSize }]) {
+      const proof = await inclusion(phone, body);
+      expect(proof.treeSize).toBe(body.treeSize ?? latest.treeSize);
+      expect(inclusionVerifies(proof, second.publicKey)).toBe(true);
+      expectEntryOfReceipt(proof, receipt);
+    }
+    // A proof that does not match its head fails the same check.
+    const proof = await inclusion(phone, { index: receipt.auditIndex, treeSize: latest.treeSize });
+    expect(inclusionVerifies({ ...proof, entry: proof.entry.replace('"amountMinor":1200', '"amountMinor":1201') }, second.publicKey)).toBe(false);
+    expect(inclusionVerifies({ ...proof, head: { ...proof.head, timestampMs: proof.head.timestampMs + 1 } }, second.publicKey)).toBe(false);
+
+    // The new head extends the old one: the consistency proof between the two heads the device has seen.
+    const { reply } = await ask(phone, "audit_consistency_request", { fromSize: before.treeSize, toSize: latest.treeSize });
+    expect(reply.payload!.type).toBe("audit_consistency");
+    const c = bodyOf<{ from: HeadJson; to: HeadJson; path: string[] }>(reply);
+    expect(c.from).toEqual(before.head);
+    expect(c.to).toEqual(latest);
+    expect(headVerifies(c.from, second.publicKey) && headVerifies(c.to, second.publicKey)).toBe(true);
+    expect(verifyConsistency(c.from.treeSize, c.to.treeSize, bytes64(c.from.rootHash), bytes64(c.to.rootHash), c.path.map(bytes64))).toBe(true);
+    expect(verifyConsistency(c.from.treeSize, c.to.treeSize, bytes64(c.from.rootHash), bytes64(c.to.rootHash), c.path.slice(1).map(bytes64))).toBe(false);
+    expect(verifyAudit(second.db, second.publicKey)).toMatchObject({ ok: true });
+  });
+
+  it("answers audit_entry_not_found to a device asking for an entry that is not about its own payment", async () => {
+    const broker = await start();
+    const w = await world(broker);
+    const { paymentId } = await w.payRequest(1200);
+    const receipt = openReceipt((await w.execute(paymentId, 1200)).reply, broker.publicKey);
+    // A stranger with its own bound pair: it may not see the first pair's entries, nor learn they exist.
+    const stranger = await world(broker, "bob-user-2");
+    const size = entries(broker.db).length;
+    for (const index of [receipt.auditIndex, receipt.auditIndex - 1, size + 10]) {
+      expect(errorOf(await ask(stranger.terminal, "audit_inclusion_request", { index }))).toBe("audit_entry_not_found");
+      expect(errorOf(await ask(stranger.phone, "audit_inclusion_request", { index }))).toBe("audit_entry_not_found");
+    }
+    // Its own device's registration is not a payment of it either.
+    const registered = entries(broker.db).find((e) => e.kind === "device.registered" && e.subject === w.terminal.id)!;
+    expect(errorOf(await ask(w.terminal, "audit_inclusion_request", { index: registered.index }))).toBe("audit_entry_not_found");
+    // The payment's own devices get the proof of every entry about it, the transfer's included.
+    for (const e of entries(broker.db, paymentId)) expect(inclusionVerifies(await inclusion(w.phone, { index: e.index }), broker.publicKey)).toBe(true);
+  });
+
+  it("answers audit_head_not_found for a size the broker never signed, and invalid_body for sizes out of order", async () => {
+    const broker = await start();
+    const w = await world(broker);
+    const { paymentId } = await w.payRequest(1200);
+    const receipt = openReceipt((await w.execute(paymentId, 1200)).reply, broker.publicKey);
+    const signed = await inclusion(w.phone, { index: receipt.auditIndex });
+    expect(errorOf(await ask(w.phone, "audit_inclusion_request", { index: receipt.auditIndex, treeSize: signed.treeSize + 1 }))).toBe("audit_head_not_found");
+    expect(errorOf(await ask(w.phone, "audit_consistency_request", { fromSize: signed.treeSize - 1, toSize: signed.treeSize }))).toBe("audit_head_not_found");
+    expect(errorOf(await ask(w.phone, "audit_consistency_request", { fromSize: signed.treeSize, toSize: signed.treeSize + 1 }))).toBe("audit_head_not_found");
+    expect(errorOf(await ask(w.phone, "audit_consistency_request", { fromSize: signed.treeSize, toSize: signed.treeSize - 1 }))).toBe("invalid_body");
+    // A head that does not cover the entry.
+    const { paymentId: later } = await w.payRequest(1300);
+    const laterIndex = entries(broker.db, later)[0]!.index;
+    expect(errorOf(await ask(w.phone, "audit_inclusion_request", { index: laterIndex, treeSize: signed.treeSize }))).toBe("audit_head_not_found");
+    // The same size on both sides: an empty proof.
+    const same = await ask(w.phone, "audit_consistency_request", { fromSize: signed.treeSize, toSize: signed.treeSize });
+    expect(bodyOf<{ path: string[] }>(same.reply).path).toEqual([]);
+  });
+
+  it("signs a head when the log has grown, at the configured interval and on shutdown, and only then", async () => {
+    const dataDir = tempDir();
+    const broker = await start({}, dataDir);
+    const w = await world(broker);
+    broker.auditHeads.step();
+    await broker.inbox.idle();
+    const size = () => entries(broker.db).length;
+    expect(storedHeads(broker.db).map((h) => h.treeSize)).toEqual([size()]);
+    // Nothing new: no new head.
+    broker.auditHeads.step();
+    await broker.inbox.idle();
+    expect(storedHeads(broker.db)).toHaveLength(1);
+    const { paymentId } = await w.payRequest(1200);
+    await w.execute(paymentId, 1200);
+    const finalSize = size();
+    await Promise.all(devices.map((d) => d.close()));
+    devices = [];
+    await broker.stop({ keepData: true });
+    brokers = [];
+    const db = openDatabase(`${dataDir}/handoff.db`, { readonly: true });
+    try {
+      const heads = storedHeads(db);
+      expect(heads.map((h) => h.treeSize)).toEqual([heads[0]!.treeSize, finalSize]);
+      for (const h of heads) expect(headVerifies(h, broker.publicKey)).toBe(true);
+      expect(verifyAudit(db, broker.publicKey)).toMatchObject({ ok: true });
+    } finally {
+      db.close();
+    }
+
+    // By the clock: with a short interval, a head follows new entries without being asked.
+    const timed = await start({ auditHeadEveryMs: 100 }, dataDir);
+    const grown = entries(timed.db).length;
+    expect(grown).toBe(finalSize);
+    timed.register("terminal");
+    await expect.poll(() => storedHeads(timed.db).at(-1)!.treeSize, { timeout: 10_000 }).toBe(grown + 1);
   });
 });
