@@ -10,10 +10,12 @@ import { masterKeyFromEnv, defaultDataDir } from "../src/config.ts";
 import { OperationError, UsageError, parseFlags, requireString, runCli } from "../src/cli/args.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
+import { adminTrigger, type Trigger } from "../src/service/audit-trail.ts";
 import { deviceUserId, registerDevice, revokeDevice } from "../src/service/devices.ts";
+import { appendAudit } from "../src/store/audit.ts";
 import type { Db } from "../src/store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../src/store/devices.ts";
-import { keyUsage, removalProblem, reseal } from "../src/service/keys.ts";
+import { keyUsage, keysChanged, removalProblem, reseal } from "../src/service/keys.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
 import { CURRENCY_EXPONENTS, formatAmount, parseAmount } from "../src/core/money.ts";
@@ -158,6 +160,14 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
   }
 }
 
+/**
+ * The audit entry of an operator's command that changed something, naming the OS user who ran
+ * it; appended in the change's transaction where the command has one.
+ */
+function recordAction(ctx: Ctx, trigger: Trigger, subject: string | null, fields: Record<string, unknown> = {}): void {
+  appendAudit(ctx.db, Date.now(), "admin.action", subject, { ...fields, trigger });
+}
+
 function needId(rest: string[], command: string): string {
   if (rest.length !== 1) throw new UsageError(`device ${command} takes one device id\n\n${USAGE}`);
   return rest[0]!;
@@ -165,17 +175,20 @@ function needId(rest: string[], command: string): string {
 
 function deviceAdd(ctx: Ctx, values: Record<string, unknown>): number {
   const kind = requireString(values, "kind", USAGE);
-  const res = registerDevice(
-    ctx.db,
-    ctx.keyring,
-    {
-      kind: kind as "terminal",
-      name: requireString(values, "name", USAGE),
-      publicKey: requireString(values, "public-key", USAGE),
-      ...(typeof values.user === "string" ? { userId: values.user } : {}),
-    },
-    Date.now(),
-  );
+  const input = {
+    kind: kind as "terminal",
+    name: requireString(values, "name", USAGE),
+    publicKey: requireString(values, "public-key", USAGE),
+    ...(typeof values.user === "string" ? { userId: values.user } : {}),
+  };
+  const trigger = adminTrigger("device add");
+  const res = ctx.db
+    .transaction(() => {
+      const r = registerDevice(ctx.db, ctx.keyring, input, Date.now(), trigger);
+      if (r.ok) recordAction(ctx, trigger, r.device.id, { deviceKind: r.device.kind });
+      return r;
+    })
+    .immediate();
   if (!res.ok) throw new OperationError(res.error);
   if (ctx.json) ctx.out(JSON.stringify(view(ctx, res.device)));
   else {
@@ -223,7 +236,14 @@ function deviceShow(ctx: Ctx, id: string): number {
 }
 
 function deviceRevoke(ctx: Ctx, id: string): number {
-  const res = revokeDevice(ctx.db, id, Date.now());
+  const trigger = adminTrigger("device revoke");
+  const res = ctx.db
+    .transaction(() => {
+      const r = revokeDevice(ctx.db, id, Date.now(), trigger);
+      if (r.ok) recordAction(ctx, trigger, id);
+      return r;
+    })
+    .immediate();
   if (!res.ok) throw new OperationError(res.error);
   ctx.out(ctx.json ? JSON.stringify({ id, status: "revoked" }) : `revoked ${id}; a running broker disconnects it within a second`);
   return 0;
@@ -247,7 +267,13 @@ function keysCommand(ctx: Ctx, command: string | undefined, rest: string[], valu
       fileOnly();
       const next = ctx.keyring.rotated();
       saveKeyring(ctx.dataDir, next);
-      new DeviceRepo(ctx.db).notify("keys_changed", Date.now());
+      const trigger = adminTrigger("keys rotate");
+      ctx.db
+        .transaction(() => {
+          keysChanged(ctx.db, Date.now(), { kind: "keys.rotated", version: next.current, keyring: next }, trigger);
+          recordAction(ctx, trigger, null, { version: next.current });
+        })
+        .immediate();
       ctx.out(ctx.json ? JSON.stringify({ current: next.current, versions: next.versions }) : `added master key version ${next.current}; new seals use it. Move older data with: npm run admin -- keys reseal`);
       return 0;
     }
@@ -255,7 +281,10 @@ function keysCommand(ctx: Ctx, command: string | undefined, rest: string[], valu
       const batch = Number(values.batch ?? 200);
       if (!Number.isInteger(batch) || batch < 1 || batch > 10_000) throw new UsageError("--batch must be a whole number from 1 to 10000");
       const started = Date.now();
-      const report = reseal(ctx.db, ctx.keyring, batch, (done, total) => process.stderr.write(`resealed ${done}/${total} agreements…\n`));
+      const trigger = adminTrigger("keys reseal");
+      const report = reseal(ctx.db, ctx.keyring, batch, (done, total) => process.stderr.write(`resealed ${done}/${total} agreements…\n`), trigger);
+      // Each agreement's reseal has its own entry, in its batch's transaction; this one sums up the command.
+      recordAction(ctx, trigger, null, { keyVersion: ctx.keyring.current, resealed: report.resealed, devicesResealed: report.devicesResealed, unreadable: report.unreadable.length });
       if (ctx.json) ctx.out(JSON.stringify({ ...report, current: ctx.keyring.current, ms: Date.now() - started }));
       else {
         ctx.out(`resealed ${report.resealed} agreements and ${report.devicesResealed} phone registrations under key version ${ctx.keyring.current} in ${Date.now() - started} ms`);
@@ -269,8 +298,15 @@ function keysCommand(ctx: Ctx, command: string | undefined, rest: string[], valu
       if (rest.length !== 1 || !Number.isInteger(version)) throw new UsageError(`keys remove takes one version number\n\n${USAGE}`);
       const problem = removalProblem(ctx.db, ctx.keyring, version);
       if (problem !== null) throw new OperationError(problem);
-      saveKeyring(ctx.dataDir, ctx.keyring.without(version));
-      new DeviceRepo(ctx.db).notify("keys_changed", Date.now());
+      const next = ctx.keyring.without(version);
+      saveKeyring(ctx.dataDir, next);
+      const trigger = adminTrigger("keys remove");
+      ctx.db
+        .transaction(() => {
+          keysChanged(ctx.db, Date.now(), { kind: "keys.removed", version, keyring: next }, trigger);
+          recordAction(ctx, trigger, null, { version });
+        })
+        .immediate();
       ctx.out(ctx.json ? JSON.stringify({ removed: version }) : `removed master key version ${version}`);
       return 0;
     }
@@ -283,7 +319,15 @@ function merchantCommand(ctx: Ctx, command: string | undefined, values: Record<s
   const ledger = new LedgerRepo(ctx.db);
   if (command === "add") {
     const id = requireString(values, "id", USAGE);
-    const res = addMerchant(ctx.db, { id, name: requireString(values, "name", USAGE) }, Date.now());
+    const name = requireString(values, "name", USAGE);
+    const trigger = adminTrigger("merchant add");
+    const res = ctx.db
+      .transaction(() => {
+        const r = addMerchant(ctx.db, { id, name }, Date.now(), trigger);
+        if (r.ok) recordAction(ctx, trigger, id);
+        return r;
+      })
+      .immediate();
     if (!res.ok) throw new OperationError(res.error);
     ctx.out(ctx.json ? JSON.stringify(ledger.merchant(id)) : `added merchant ${id}`);
     return 0;
@@ -306,12 +350,16 @@ function ledgerCommand(ctx: Ctx, command: string | undefined, values: Record<str
       const amountText = requireString(values, "amount", USAGE);
       const amountMinor = parseAmount(amountText, currency);
       if (amountMinor === null) throw new UsageError(`--amount ${amountText}: write an amount like 100.00 in ${currency} (ISO 4217; ${CURRENCY_EXPONENTS[currency] ?? "unknown"} decimals)`);
-      const res = creditWallet(
-        ctx.db,
-        ctx.keyring,
-        { userId: requireString(values, "user", USAGE), amountMinor, currency, ...(typeof values.reference === "string" ? { reference: values.reference } : {}) },
-        Date.now(),
-      );
+      const input = { userId: requireString(values, "user", USAGE), amountMinor, currency, ...(typeof values.reference === "string" ? { reference: values.reference } : {}) };
+      const trigger = adminTrigger("ledger credit");
+      const res = ctx.db
+        .transaction(() => {
+          const r = creditWallet(ctx.db, ctx.keyring, input, Date.now(), trigger);
+          // No user id here: the transfer's entry names the wallet by its blind index.
+          if (r.ok && !r.repeated) recordAction(ctx, trigger, r.transfer.id, { transferId: r.transfer.id, amountMinor, currency });
+          return r;
+        })
+        .immediate();
       if (!res.ok) throw new OperationError(res.error);
       if (ctx.json) ctx.out(JSON.stringify({ transfer: res.transfer, balanceMinor: res.balanceMinor, repeated: res.repeated }));
       else ctx.out(`${res.repeated ? "already credited" : "credited"} ${formatAmount(amountMinor, currency)} to ${values.user}: balance ${formatAmount(res.balanceMinor, currency)} (transfer ${res.transfer.id})`);

@@ -9,6 +9,7 @@
  *   pages.ts         the browser terminal and phone pages, served on the WebSocket listeners' HTTP side
  *   deadlines.ts     payment deadlines, polled from their rows
  *   housekeeping.ts  the bounded purge of what is no longer needed
+ *   audit-heads.ts   signed heads of the audit log: at an interval, and on shutdown
  *   admin-feed.ts    what the admin tool asks a running broker to do
  *
  * startBroker() is what `npm start` runs and what tests and the demo run in-process on port 0;
@@ -20,6 +21,7 @@ import type { BrokerConfig } from "../src/config.ts";
 import { Signer } from "../src/crypto/ed25519.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
+import { registerAuditProofs } from "../src/service/audit-proofs.ts";
 import { BINDING_DEFAULTS, registerBinding } from "../src/service/binding.ts";
 import { ConnectAuthenticator } from "../src/service/connect.ts";
 import { Inbox, errorSummary } from "../src/service/inbox.ts";
@@ -31,6 +33,7 @@ import { PaymentRepo } from "../src/store/payments.ts";
 import { Checkpointer } from "../src/store/checkpointer.ts";
 import { WalSync } from "../src/store/wal-sync.ts";
 import { AdminFeed } from "./admin-feed.ts";
+import { AuditHeads } from "./audit-heads.ts";
 import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
 import { Deadlines } from "./deadlines.ts";
 import { installHooks } from "./hooks.ts";
@@ -81,6 +84,8 @@ export interface BrokerHandle {
   readonly deadlines: Deadlines;
   /** The purge: `step()` runs one bounded step now. */
   readonly housekeeping: Housekeeping;
+  /** Signed audit heads: `step()` signs one in the next batch if the log has grown (await `inbox.idle()`). */
+  readonly auditHeads: AuditHeads;
   /** The operator endpoints (/healthz, /readyz, /metrics); undefined when --metrics-port is off. */
   readonly operator: { readonly port: number; readonly url: string } | undefined;
   /** Stops accepting, finishes in-flight messages, disconnects everyone, closes the database. */
@@ -179,6 +184,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     onUnbound: (ctx, agreementId) => payments.endForAgreement(ctx, agreementId),
   });
   payments.register(inbox);
+  const sign = (bytes: Uint8Array) => signer.sign(bytes);
+  registerAuditProofs(inbox, db, { sign });
 
   installHooks(aedes, {
     config,
@@ -243,6 +250,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     },
   });
   const housekeeping = new Housekeeping({ db, clock, log, everyMs: config.purgeEveryMs });
+  const auditHeads = new AuditHeads({ db, log, everyMs: config.auditHeadEveryMs, sign, queue: (label, run, after) => inbox.internal(label, run, after) });
   const paymentRepo = new PaymentRepo(db);
   const deadlines = new Deadlines({
     due: (now, limit) => paymentRepo.due(now, limit),
@@ -254,6 +262,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   adminFeed.start();
   housekeeping.start();
   deadlines.start();
+  auditHeads.start();
 
   for (const [listener, a] of Object.entries(addresses)) log.info({ listener, url: a.url, port: a.port }, `listening on ${a.url}`);
   for (const kind of ["ws", "wss"] as const) {
@@ -281,6 +290,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const close = () => {
     closing ??= (async () => {
       await operator?.close();
+      auditHeads.stop();
       deadlines.stop();
       housekeeping.stop();
       adminFeed.stop();
@@ -289,6 +299,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       await inbox.idle();
       await new Promise<void>((r) => aedes.close(() => r()));
       await inbox.idle();
+      // The last head covers every entry written, so a receipt from before the stop is provable.
+      if (!walSync.failed) {
+        auditHeads.step();
+        await inbox.idle();
+      }
       await listenerClosed;
       await checkpointer.close();
       walSync.close();
@@ -352,6 +367,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     aedes,
     deadlines,
     housekeeping,
+    auditHeads,
     operator: operator === undefined ? undefined : { port: operator.port, url: operator.url },
     close,
   };

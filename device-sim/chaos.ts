@@ -35,6 +35,10 @@
  * payment id per idempotency key); and no payment completed, confirmed or declined that its
  * phone did not ask for.
  *
+ * The audit log is checked after every kill, before the restart, and after the clean stop: every
+ * entry, subtree hash and signed head recomputes (verifyAudit), so nothing was half-appended; and
+ * at the end each result a device received names, in its auditIndex, the entry of that result.
+ *
  * The seed fixes the kill moments and every device's choices; the interleaving of messages is up
  * to the machine, so a replay re-creates the same storm, not the same microseconds.
  */
@@ -50,6 +54,7 @@ import { FINAL_STATUSES, type Payment, type PaymentStatus } from "../src/core/pa
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { openAgreement } from "../src/service/sealing.ts";
+import { verifyAudit } from "../src/store/audit.ts";
 import { AgreementRepo } from "../src/store/binding.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
@@ -87,7 +92,7 @@ export interface ChaosReport {
   readonly doubled: number;
   readonly ok: boolean;
   readonly outcomes: Readonly<Record<string, number>>;
-  readonly checked: Readonly<Record<string, number>>;
+  readonly checked: Record<string, number>;
   readonly problems: readonly string[];
   readonly durationMs: number;
   readonly dataDir: string | null;
@@ -375,6 +380,8 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     "--task-ttl-ms", String(taskTtlMs),
     "--device-rate", "100000",
     "--device-burst", "100000",
+    // Heads signed often, so that kills land between heads and the checks after them cover heads too.
+    "--audit-head-every-ms", "250",
     "--log-level", "info",
   ]);
 
@@ -399,6 +406,8 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   let stopNew = false;
   let abandon = false;
   let kills = 0;
+  /** How many times the audit log verified (after each kill and after the clean stop). */
+  let auditVerified = 0;
   const sims: SimDevice[] = [];
   let report: ChaosReport | null = null;
 
@@ -503,10 +512,14 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
       const listened = broker.current?.listened === true;
       await broker.kill();
       kills++;
+      const audit = checkAudit(dataDir, brokerPublicKey);
+      if (audit.problem === null) auditVerified++;
+      else problem(`after kill ${kills}: the audit log does not verify: ${audit.problem}`);
       const ended = tracks.filter((t) => t.outcome !== null);
       say(
         `kill ${kills}/${killsWanted} at ${elapsed()} (${early ? `${uptime} ms after spawn` : `${uptime} ms after listening`}, ${listened ? "serving" : "before it listened"}; down ${downtime} ms): ` +
-          `${tracks.length} payments, ${ended.filter((t) => t.outcome === "completed").length} completed, ${ended.length} ended, ${stats.timeouts} tries timed out`,
+          `${tracks.length} payments, ${ended.filter((t) => t.outcome === "completed").length} completed, ${ended.length} ended, ${stats.timeouts} tries timed out; ` +
+          `audit log ${audit.problem === null ? "verifies" : "BROKEN"} (${audit.entries} entries, ${audit.heads} signed heads)`,
       );
       await sleep(downtime);
       broker.spawn();
@@ -539,13 +552,18 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     await Promise.all(sims.map((s) => s.close()));
     const exitCode = await broker.stop();
     if (exitCode !== 0) problem(`the broker's clean stop exited ${String(exitCode)}, not 0`);
+    const audit = checkAudit(dataDir, brokerPublicKey);
+    if (audit.problem === null) auditVerified++;
+    else problem(`after the clean stop: the audit log does not verify: ${audit.problem}`);
+    say(`audit log after the clean stop: ${audit.problem === null ? "verifies" : "BROKEN"} (${audit.entries} entries, ${audit.heads} signed heads); verified ${auditVerified} times in all`);
 
     report = verify({ seed, kills, dataDir, pairs, tracks, acceptedByOrder, problems, problem, started });
+    report.checked.auditVerified = auditVerified;
     const r = report;
     say(
       `checked: ${r.checked.paymentsInDb} payments in the database (${r.checked.liveInDb} live), ${r.checked.paymentTransfers} payment transfers, ` +
         `${r.checked.paymentHistories} event histories, ${r.checked.agreements} agreements' usage, ${r.checked.currencies} currency sums, ${r.checked.balances} balances, ` +
-        `${r.checked.resultsDelivered} results on devices (${r.checked.resultsAsAnswers} as answers, ${r.checked.resultsPushed} pushed); ` +
+        `${r.checked.resultsDelivered} results on devices (${r.checked.resultsAsAnswers} as answers, ${r.checked.resultsPushed} pushed), ${r.checked.receiptsInLog} of them naming their audit entry; ` +
         `outcomes ${JSON.stringify(r.outcomes)}; ${stats.tries} requests, ${stats.timeouts} timed out, ${stats.retryAnswers} answered "try later", ` +
         `${stats.payResends} pay_requests re-sent with their idempotency key; ${broker.resent} messages resent by the outbox on reconnect; ` +
         `${sims.reduce((n, s) => n + s.refusals, 0)} connect refusals`,
@@ -567,6 +585,21 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     if (keep) say(`data dir kept: ${dataDir}`);
     else rmSync(dataDir, { recursive: true, force: true });
     if (report !== null && !report.ok) say(`FAILED: replay with npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount}`);
+  }
+}
+
+/**
+ * Recomputes the audit log of a stopped broker's data dir (read-only): the first problem, or null
+ * when every entry, subtree hash and signed head matches.
+ */
+function checkAudit(dataDir: string, brokerPublicKey: Uint8Array): { problem: string | null; entries: number; heads: number } {
+  const db = openDataDb(dataDir, { readonly: true });
+  try {
+    const verdict = verifyAudit(db, brokerPublicKey);
+    const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    return { problem: verdict.ok ? null : JSON.stringify(verdict.problem), entries: count("audit_entries"), heads: count("audit_heads") };
+  } finally {
+    db.close();
   }
 }
 
@@ -800,6 +833,8 @@ function verify(v: VerifyInput): ChaosReport {
     for (const r of rows) ordersInDb.set(`${r.terminal_id}/${r.order_ref}`, [...(ordersInDb.get(`${r.terminal_id}/${r.order_ref}`) ?? []), r.id]);
     const knownOrders = new Set<string>();
     checked.resultsDelivered = 0;
+    checked.receiptsInLog = 0;
+    const auditEntry = db.prepare<[number], { entry: string }>("SELECT entry FROM audit_entries WHERE idx = ?");
     checked.resultsAsAnswers = 0;
     checked.resultsPushed = 0;
     for (const t of tracks) {
@@ -843,6 +878,15 @@ function verify(v: VerifyInput): ChaosReport {
         [pair.phone!, "phone"],
       ] as const) {
         const rec = sim.results.get(t.paymentId);
+        // The receipt: the result names the audit entry that records it.
+        for (const text of new Set(rec?.bodies ?? [])) {
+          const body = JSON.parse(text) as { auditIndex: number; status: string };
+          const entry = auditEntry.get(body.auditIndex);
+          const recorded = entry === undefined ? null : (JSON.parse(entry.entry) as { kind: string; subject?: string; status?: string; atMs: number });
+          if (recorded === null || recorded.kind !== "payment.event" || recorded.subject !== t.paymentId || recorded.status !== body.status) {
+            problem(`${sim.label}'s result for ${t.paymentId} names audit entry ${body.auditIndex}, which does not record it: ${entry?.entry ?? "no such entry"}`);
+          } else checked.receiptsInLog = (checked.receiptsInLog ?? 0) + 1;
+        }
         if (rec === undefined) {
           problem(`${sim.label} never received the result of ${t.paymentId} (${row.status})`);
           continue;
@@ -899,7 +943,9 @@ const USAGE = `Usage: npm run test:chaos -- [options]
 Runs the broker as a child process and SIGKILLs it at seeded random moments while terminal/phone
 pairs pay through it (auto-confirmed and prompted; approved, declined, cancelled, left to expire),
 restarting it on the same data dir each time. Then it checks that every payment ended once, on
-both devices and in the ledger: none lost, none doubled, balances summing to zero.
+both devices and in the ledger: none lost, none doubled, balances summing to zero; that the
+audit log verifies after every kill and after the clean stop (nothing half-appended); and that
+every result names the audit entry that records it.
 
 It prints its seed first, a line per kill, the counts it checked, and last one JSON line:
 {"seed", "kills", "payments", "completed", "lost", "doubled", "ok"}.

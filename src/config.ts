@@ -47,6 +47,7 @@ export const brokerConfigSchema = z.strictObject({
   taskTtlMs: int(100, 3_600_000),
   maxConsecutiveAuto: int(0, 1000),
   purgeEveryMs: int(100, 86_400_000),
+  auditHeadEveryMs: int(100, 86_400_000),
 });
 
 export type BrokerConfig = Readonly<z.infer<typeof brokerConfigSchema>>;
@@ -88,6 +89,7 @@ export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "taskTtlMs", flag: "task-ttl-ms", env: "HANDOFF_TASK_TTL_MS", def: "60000", help: "how long the phone has to execute a confirmed payment" },
   { key: "maxConsecutiveAuto", flag: "max-consecutive-auto", env: "HANDOFF_MAX_CONSECUTIVE_AUTO", def: "5", help: "auto-confirmations in a row before the phone is asked again" },
   { key: "purgeEveryMs", flag: "purge-every-ms", env: "HANDOFF_PURGE_EVERY_MS", def: "60000", help: "how often expired replay memory, pairings and delivered messages are deleted" },
+  { key: "auditHeadEveryMs", flag: "audit-head-every-ms", env: "HANDOFF_AUDIT_HEAD_EVERY_MS", def: "60000", help: "how often the broker signs a head of the audit log, when it has grown (and always when it stops)" },
 ];
 
 /**

@@ -37,6 +37,8 @@ export const ERROR_CODES = {
   prompt_expired: "The confirmation prompt's deadline has passed.",
   task_expired: "The execution task's deadline has passed.",
   dynamic_link_mismatch: "The signed values do not match the payment (amount, currency, merchant, terminal or payee).",
+  audit_entry_not_found: "No audit entry with this index is about a payment of this device.",
+  audit_head_not_found: "The broker has signed no tree head of this size (or none that covers the entry).",
   unavailable: "The broker cannot store anything right now; retry the same message later.",
 } as const satisfies Record<string, string>;
 

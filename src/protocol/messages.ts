@@ -19,6 +19,13 @@ export const limitsSchema = z.strictObject({
   perPaymentMaxMinor: amountMinor,
 });
 
+/** Audit log positions (docs/protocol.md §Audit log): an entry's index and a tree's size. */
+const auditIndex = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER - 1);
+const treeSize = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
+const b64Hash = z.string().regex(/^[A-Za-z0-9+/]{43}=$/, "a SHA-256 hash in base64");
+/** A tree head the broker signed: signed bytes "hp-audit-head-v1\n" + treeSize + "\n" + rootHash + "\n" + timestampMs. */
+const signedHead = z.strictObject({ treeSize: z.number().int().min(0), rootHash: b64Hash, timestampMs: z.number().int(), signature: z.string() });
+
 const terminalInfoSchema = z.strictObject({ model: text(64), serial: text(64), displayName: text(64) });
 
 /** Device → broker. */
@@ -56,6 +63,13 @@ export const upBodies = {
   payment_cancel: z.strictObject({ paymentId }),
   /** Terminal or phone: the current state and the events after `sinceSeq`. */
   payment_status: z.strictObject({ paymentId, sinceSeq: z.number().int().min(0).optional() }),
+  /**
+   * Terminal or phone of a payment: proof that an audit entry about it (e.g. its receipt's
+   * `auditIndex`) is in the log under a signed head; answered with `audit_inclusion`.
+   */
+  audit_inclusion_request: z.strictObject({ index: auditIndex, treeSize: treeSize.optional() }),
+  /** Any device: proof that the signed head of `toSize` extends the one of `fromSize`; answered with `audit_consistency`. */
+  audit_consistency_request: z.strictObject({ fromSize: treeSize, toSize: treeSize }),
   /** Liveness and clock check; answered with `pong`. */
   ping: z.strictObject({ echo: z.string().max(256).optional() }),
   /**
@@ -154,6 +168,25 @@ export const downBodies = {
     currency: z.string(),
     merchantName: z.string(),
     terminalName: z.string(),
+    /** The index of the audit entry that records this result: with the signed envelope, the receipt. */
+    auditIndex: z.number().int().min(0),
+    /** When the broker decided the result (its clock, ms since the epoch); the entry's atMs. */
+    atMs: z.number().int(),
+  }),
+  audit_inclusion: z.strictObject({
+    index: z.number().int(),
+    treeSize: z.number().int(),
+    /** The entry's text exactly as stored and hashed: its leaf hash is SHA-256(0x00 ‖ UTF-8 of it). */
+    entry: z.string(),
+    head: signedHead,
+    /** RFC 9162 §2.1.3 inclusion path, leaf side first. */
+    path: z.array(b64Hash),
+  }),
+  audit_consistency: z.strictObject({
+    from: signedHead,
+    to: signedHead,
+    /** RFC 9162 §2.1.4 consistency path. */
+    path: z.array(b64Hash),
   }),
   pong: z.strictObject({ echo: z.string().optional(), brokerTs: z.number().int() }),
   error: z.strictObject({
@@ -172,4 +205,4 @@ export type ErrorBody = DownBody<"error">;
  * nothing), the answer to a question it can ask again. They are kept only while a duplicate of
  * the message they answer could still ask for them (docs/protocol.md §Delivery), delivered or not.
  */
-export const EPHEMERAL_DOWN_TYPES: ReadonlySet<DownType> = new Set<DownType>(["pong", "error", "agreements", "payment_state"]);
+export const EPHEMERAL_DOWN_TYPES: ReadonlySet<DownType> = new Set<DownType>(["pong", "error", "agreements", "payment_state", "audit_inclusion", "audit_consistency"]);

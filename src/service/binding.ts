@@ -12,11 +12,13 @@ import { SELECTOR_LENGTH, decideConfirm, displayCode, normalizeCode } from "../c
 import type { Keyring } from "../crypto/keyring.ts";
 import { randomId, randomPairingCode } from "../crypto/random.ts";
 import type { UpBody } from "../protocol/messages.ts";
+import { appendAudit } from "../store/audit.ts";
 import { AgreementRepo, PairingRepo, type AgreementRow } from "../store/binding.ts";
 import type { Db } from "../store/db.ts";
 import { DeviceRepo } from "../store/devices.ts";
+import { messageTrigger, sealedDigest } from "./audit-trail.ts";
 import { deviceUserId } from "./devices.ts";
-import { Refusal, type HandlerContext, type Inbox, type TxContext } from "./inbox.ts";
+import { Refusal, type HandlerContext, type Inbox } from "./inbox.ts";
 import { agreementLookup, openAgreement, openJson, pairingVerifierHash, sameBytes, sealAgreement, sealJson } from "./sealing.ts";
 
 export interface BindingOptions {
@@ -27,8 +29,8 @@ export interface BindingOptions {
   /** Bind requests one terminal may make per window. */
   readonly bindRequestsPerWindow: number;
   readonly bindWindowMs: number;
-  /** Called, inside the transaction, for every agreement that ends (unbound or replaced). */
-  readonly onUnbound?: (ctx: TxContext, agreementId: string) => void;
+  /** Called, inside the transaction of the message that ends it, for every agreement that ends (unbound or replaced). */
+  readonly onUnbound?: (ctx: HandlerContext, agreementId: string) => void;
 }
 
 export const BINDING_DEFAULTS = { pairingTtlMs: 5 * 60_000, bindRequestsPerWindow: 5, bindWindowMs: 10 * 60_000 } as const;
@@ -150,14 +152,26 @@ export function registerBinding(inbox: Inbox, db: Db, o: BindingOptions): void {
     const lookup = agreementLookup(keyring, terminal.deviceId, login);
     // One phone per terminal + login: confirming a new phone ends the old agreement.
     const previous = agreements.byLookup(lookup);
+    const trigger = messageTrigger(ctx);
     if (previous !== null) {
       agreements.shred(previous.id, "replaced", ctx.nowMs);
+      appendAudit(db, ctx.nowMs, "agreement.unbound", previous.id, { by: "replaced", terminalId: previous.terminalId, phoneId: previous.phoneId, trigger });
       o.onUnbound?.(ctx, previous.id);
       if (previous.phoneId !== ctx.device.id) ctx.send(previous.phoneId, "unbound", { agreementId: previous.id, by: "replaced", terminalName: terminal.displayName });
     }
     const agreement = newAgreement({ id: randomId("ag"), terminal, login, userId, phoneId: ctx.device.id, limits: body.limits, nowMs: ctx.nowMs });
     const { sealed, keyVersion } = sealAgreement(keyring, agreement);
     agreements.insert({ id: agreement.id, lookup, terminalId: terminal.deviceId, phoneId: ctx.device.id, sealed, keyVersion, version: agreement.version, createdMs: ctx.nowMs });
+    // The login, user, serial and limits are sealed (and shredded by unbinding): a digest names them.
+    appendAudit(db, ctx.nowMs, "agreement.bound", agreement.id, {
+      terminalId: terminal.deviceId,
+      phoneId: ctx.device.id,
+      pairingId: target.id,
+      version: agreement.version,
+      keyVersion,
+      sealedDigest: sealedDigest(sealed),
+      trigger,
+    });
     ctx.reply("bound", view(agreement));
     ctx.send(terminal.deviceId, "bound", view(agreement));
   });
@@ -185,6 +199,7 @@ export function registerBinding(inbox: Inbox, db: Db, o: BindingOptions): void {
     const next = withLimits(open(ctx, row), body.limits);
     const { sealed, keyVersion } = sealAgreement(o.keyring(), next);
     agreements.reseal(row.id, sealed, keyVersion, next.version, row.version);
+    appendAudit(db, ctx.nowMs, "agreement.limits_changed", row.id, { version: next.version, keyVersion, sealedDigest: sealedDigest(sealed), trigger: messageTrigger(ctx) });
     ctx.reply("limits_updated", { agreementId: row.id, limits: next.limits });
     ctx.send(row.terminalId, "limits_updated", { agreementId: row.id, limits: next.limits });
   });
@@ -196,6 +211,7 @@ export function registerBinding(inbox: Inbox, db: Db, o: BindingOptions): void {
     const opened = openAgreement(o.keyring(), row);
     const terminalName = opened.ok ? opened.value.terminal.displayName : (devices.get(row.terminalId)?.name ?? null);
     const by = ctx.device.id === row.phoneId ? "phone" : "terminal";
+    appendAudit(db, ctx.nowMs, "agreement.unbound", row.id, { by, terminalId: row.terminalId, phoneId: row.phoneId, trigger: messageTrigger(ctx) });
     agreements.shred(row.id, by, ctx.nowMs);
     o.onUnbound?.(ctx, row.id);
     const message = { agreementId: row.id, by, terminalName } as const;

@@ -5,11 +5,13 @@
  */
 import { createHmac } from "node:crypto";
 import { z } from "zod";
-import { fromBase64 } from "../crypto/encoding.ts";
+import { fromBase64, toBase64 } from "../crypto/encoding.ts";
 import { deviceIdFor } from "../crypto/ids.ts";
 import type { Keyring } from "../crypto/keyring.ts";
+import { appendAudit } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import { DeviceRepo, type DeviceKind, type DeviceRow } from "../store/devices.ts";
+import { triggerField, type Trigger } from "./audit-trail.ts";
 
 export const USER_ID_RE = /^[A-Za-z0-9._@+-]{1,64}$/;
 
@@ -35,7 +37,11 @@ export function userIndex(keyring: Keyring, userId: string): Uint8Array {
   return new Uint8Array(createHmac("sha256", keyring.derive("handoff-pay user-index v1", 1)).update(userId).digest());
 }
 
-export function registerDevice(db: Db, keyring: Keyring, input: DeviceInput, nowMs: number): RegisterResult {
+/**
+ * Registers a device, with its audit entry, in one transaction. The entry holds the kind and
+ * public key, never the name or the user id (a phone's user is sealed on its row).
+ */
+export function registerDevice(db: Db, keyring: Keyring, input: DeviceInput, nowMs: number, trigger?: Trigger): RegisterResult {
   const parsed = deviceInputSchema.safeParse(input);
   if (!parsed.success) return { ok: false, error: parsed.error.issues.map((i) => i.message).join("; ") };
   const { kind, name, userId } = parsed.data;
@@ -44,12 +50,15 @@ export function registerDevice(db: Db, keyring: Keyring, input: DeviceInput, now
   if (kind === "phone" && userId === undefined) return { ok: false, error: "a phone needs --user <userId>: the user whose wallet it pays from" };
   if (kind === "terminal" && userId !== undefined) return { ok: false, error: "--user is for phones; a terminal learns its user at login" };
   const repo = new DeviceRepo(db);
-  const existing = repo.byPublicKey(publicKey);
-  if (existing !== null) return { ok: false, error: `this public key is already registered as device ${existing.id} (${existing.status}); make a new key pair` };
-  const id = deviceIdFor(publicKey);
-  const userSealed = userId === undefined ? null : keyring.seal(utf8.encode(JSON.stringify({ deviceId: id, userId })));
-  repo.insert({ id, kind: kind as DeviceKind, name, publicKey, userIndex: userId === undefined ? null : userIndex(keyring, userId), userSealed, createdMs: nowMs });
-  return { ok: true, device: repo.get(id)! };
+  return db.transaction((): RegisterResult => {
+    const existing = repo.byPublicKey(publicKey);
+    if (existing !== null) return { ok: false, error: `this public key is already registered as device ${existing.id} (${existing.status}); make a new key pair` };
+    const id = deviceIdFor(publicKey);
+    const userSealed = userId === undefined ? null : keyring.seal(utf8.encode(JSON.stringify({ deviceId: id, userId })));
+    repo.insert({ id, kind: kind as DeviceKind, name, publicKey, userIndex: userId === undefined ? null : userIndex(keyring, userId), userSealed, createdMs: nowMs });
+    appendAudit(db, nowMs, "device.registered", id, { deviceKind: kind, publicKey: toBase64(publicKey), ...triggerField(trigger) });
+    return { ok: true, device: repo.get(id)! };
+  }).immediate();
 }
 
 /** Opens a phone's sealed user id; null when the device has none or the seal does not open. */
@@ -62,11 +71,16 @@ export function deviceUserId(keyring: Keyring, device: DeviceRow): string | null
   return plain.deviceId === device.id ? plain.userId : null;
 }
 
-export function revokeDevice(db: Db, id: string, nowMs: number): { ok: true } | { ok: false; error: string } {
+export function revokeDevice(db: Db, id: string, nowMs: number, trigger?: Trigger): { ok: true } | { ok: false; error: string } {
   const repo = new DeviceRepo(db);
-  const device = repo.get(id);
-  if (device === null) return { ok: false, error: `no device ${id}` };
-  if (device.status === "revoked") return { ok: false, error: `device ${id} is already revoked` };
-  repo.revoke(id, nowMs);
-  return { ok: true };
+  return db
+    .transaction((): { ok: true } | { ok: false; error: string } => {
+      const device = repo.get(id);
+      if (device === null) return { ok: false, error: `no device ${id}` };
+      if (device.status === "revoked") return { ok: false, error: `device ${id} is already revoked` };
+      repo.revoke(id, nowMs);
+      appendAudit(db, nowMs, "device.revoked", id, { deviceKind: device.kind, ...triggerField(trigger) });
+      return { ok: true };
+    })
+    .immediate();
 }

@@ -83,6 +83,11 @@ export interface HandlerContext extends TxContext {
   readonly device: DeviceRow;
   readonly msg: Payload;
   /**
+   * SHA-256 (base64) of the message's exact signed payload bytes: with `msg.id`, how the audit
+   * log names the message that caused a change (docs/protocol.md §Audit log).
+   */
+  readonly digest: string;
+  /**
    * The answer to this message (it carries `re`). `msgId` names it when it must be found again,
    * as `send` does: a task that answers the approval is withdrawn like a pushed one.
    */
@@ -436,6 +441,7 @@ export class Inbox {
           nowMs,
           device: v.device,
           msg: payload,
+          digest: digest.toString("base64"),
           db,
           reply: (type, b, msgId) => replies.push(signedDown(this.#o.signer, v.device.id, type, b, payload.id, nowMs, msgId)),
           get replied() {

@@ -6,8 +6,11 @@
  * one IMMEDIATE transaction, so it never interleaves with the broker's writes to the same rows.
  */
 import { Keyring } from "../crypto/keyring.ts";
+import { appendAudit } from "../store/audit.ts";
 import { AgreementRepo } from "../store/binding.ts";
 import type { Db } from "../store/db.ts";
+import { DeviceRepo } from "../store/devices.ts";
+import { sealedDigest, triggerField, type Trigger } from "./audit-trail.ts";
 import { INDEX_KEY_VERSION, openAgreement, sealAgreement } from "./sealing.ts";
 
 export interface KeyUse {
@@ -43,10 +46,25 @@ export interface ResealReport {
 }
 
 /**
- * Re-seals every active agreement and phone registration not yet under the current key.
- * `progress` hears after each batch; unreadable agreements are listed, left as they are.
+ * The keyring file changed (a version added or removed): records it in the audit log and tells
+ * a running broker to reload its keys (admin_events), in one transaction. Only version numbers
+ * are recorded, never key bytes.
  */
-export function reseal(db: Db, keyring: Keyring, batchSize: number, progress: (done: number, total: number) => void = () => {}): ResealReport {
+export function keysChanged(db: Db, nowMs: number, change: { kind: "keys.rotated" | "keys.removed"; version: number; keyring: Keyring }, trigger?: Trigger): number {
+  return db
+    .transaction(() => {
+      new DeviceRepo(db).notify("keys_changed", nowMs);
+      return appendAudit(db, nowMs, change.kind, null, { version: change.version, current: change.keyring.current, versions: change.keyring.versions, ...triggerField(trigger) });
+    })
+    .immediate();
+}
+
+/**
+ * Re-seals every active agreement and phone registration not yet under the current key.
+ * `progress` hears after each batch; unreadable agreements are listed, left as they are. Each
+ * resealed agreement is an audit entry in its batch's transaction.
+ */
+export function reseal(db: Db, keyring: Keyring, batchSize: number, progress: (done: number, total: number) => void = () => {}, trigger?: Trigger): ResealReport {
   const repo = new AgreementRepo(db);
   const total = [...repo.countByKeyVersion()].filter(([v]) => v !== keyring.current).reduce((sum, [, n]) => sum + n, 0);
   const report: ResealReport = { resealed: 0, unreadable: [], devicesResealed: 0 };
@@ -61,7 +79,10 @@ export function reseal(db: Db, keyring: Keyring, batchSize: number, progress: (d
           continue;
         }
         const { sealed, keyVersion } = sealAgreement(keyring, opened.value);
-        if (repo.reseal(row.id, sealed, keyVersion, row.version, row.version)) report.resealed++;
+        if (repo.reseal(row.id, sealed, keyVersion, row.version, row.version)) {
+          report.resealed++;
+          appendAudit(db, Date.now(), "agreement.resealed", row.id, { version: row.version, fromKeyVersion: row.keyVersion, keyVersion, sealedDigest: sealedDigest(sealed), ...triggerField(trigger) });
+        }
       }
       return rows;
     }).immediate();

@@ -6,8 +6,10 @@ import { z } from "zod";
 import { isCurrency, isAmountMinor } from "../core/money.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { randomId } from "../crypto/random.ts";
+import { appendAudit } from "../store/audit.ts";
 import type { Db } from "../store/db.ts";
 import { LedgerRepo, type Transfer } from "../store/ledger.ts";
+import { triggerField, type Trigger } from "./audit-trail.ts";
 import { USER_ID_RE, userIndex } from "./devices.ts";
 
 export const MERCHANT_ID_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -17,13 +19,19 @@ const merchantSchema = z.strictObject({
   name: z.string().trim().min(1, "a merchant name is required").max(64, "a merchant name is at most 64 characters"),
 });
 
-export function addMerchant(db: Db, input: { id: string; name: string }, nowMs: number): { ok: true } | { ok: false; error: string } {
+export function addMerchant(db: Db, input: { id: string; name: string }, nowMs: number, trigger?: Trigger): { ok: true } | { ok: false; error: string } {
   const parsed = merchantSchema.safeParse(input);
   if (!parsed.success) return { ok: false, error: parsed.error.issues.map((i) => i.message).join("; ") };
+  const { id, name } = parsed.data;
   const ledger = new LedgerRepo(db);
-  if (ledger.merchant(parsed.data.id) !== null) return { ok: false, error: `merchant ${parsed.data.id} already exists` };
-  ledger.addMerchant({ id: parsed.data.id, name: parsed.data.name, createdMs: nowMs });
-  return { ok: true };
+  return db
+    .transaction((): { ok: true } | { ok: false; error: string } => {
+      if (ledger.merchant(id) !== null) return { ok: false, error: `merchant ${id} already exists` };
+      ledger.addMerchant({ id, name, createdMs: nowMs });
+      appendAudit(db, nowMs, "merchant.added", id, { merchantName: name, ...triggerField(trigger) });
+      return { ok: true };
+    })
+    .immediate();
 }
 
 /**
@@ -35,6 +43,7 @@ export function creditWallet(
   keyring: Keyring,
   input: { userId: string; amountMinor: number; currency: string; reference?: string },
   nowMs: number,
+  trigger?: Trigger,
 ): { ok: true; transfer: Transfer; balanceMinor: number; repeated: boolean } | { ok: false; error: string } {
   if (!USER_ID_RE.test(input.userId)) return { ok: false, error: "a user id is 1-64 characters of letters, digits and . _ @ + -" };
   if (!isCurrency(input.currency)) return { ok: false, error: `currency ${input.currency} is not a supported ISO 4217 code` };
@@ -63,7 +72,7 @@ export function creditWallet(
       reference: input.reference ?? null,
       createdMs: nowMs,
     };
-    ledger.post(transfer);
+    ledger.post(transfer, triggerField(trigger));
     return { ok: true as const, transfer, balanceMinor: ledger.balanceOf(wallet.id), repeated: false };
   }).immediate();
 }

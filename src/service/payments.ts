@@ -7,7 +7,9 @@
  *   payment_execute ─▶ post the double-entry transfer ─▶ result to terminal and phone
  *
  * Every change goes through core `step`; this module loads what it needs, saves what it
- * returns, and turns its effects into numbered payment events and outbox messages.
+ * returns, and turns its effects into numbered payment events and outbox messages. Each
+ * transition is an audit entry (kind payment.event) naming what caused it; the result sent to
+ * both devices carries the index of the entry that records it (docs/protocol.md §Audit log).
  */
 import type { Logger } from "pino";
 import { isFinal, resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent, type ProgressStep } from "../core/payment.ts";
@@ -15,10 +17,12 @@ import type { Agreement } from "../core/agreement.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { randomId } from "../crypto/random.ts";
 import type { DownBody, UpBody } from "../protocol/messages.ts";
+import { appendAudit } from "../store/audit.ts";
 import { AgreementRepo } from "../store/binding.ts";
 import type { Db } from "../store/db.ts";
 import { LedgerRepo } from "../store/ledger.ts";
 import { PaymentRepo, type PaymentRecord } from "../store/payments.ts";
+import { messageTrigger, type Trigger } from "./audit-trail.ts";
 import { userIndex } from "./devices.ts";
 import { Refusal, type HandlerContext, type Inbox, type TxContext } from "./inbox.ts";
 import { NO_METRICS, type Metrics } from "./metrics.ts";
@@ -43,6 +47,12 @@ export interface PaymentOptions {
 /** The outbox names a payment's prompt and task `<paymentId>.prompt` / `.task`, to withdraw them when it ends. */
 const PROMPT_SUFFIX = ".prompt";
 const TASK_SUFFIX = ".task";
+
+/** The audit entry of the transition whose effects are being applied, and what caused it. */
+interface TransitionAudit {
+  readonly index: number;
+  readonly trigger: Trigger;
+}
 
 export const PAYMENT_DEFAULTS = { promptMs: 120_000, taskMs: 60_000, maxConsecutiveAuto: 5, maxLivePerTerminal: 20, maxPromptsPerPhone: 5 } as const;
 
@@ -69,7 +79,7 @@ export class Payments {
       (ctx, deviceId, msgId) => {
         const record = this.#payments.get(msgId.slice(0, -PROMPT_SUFFIX.length));
         if (record === null || record.payment.phoneId !== deviceId || record.payment.status !== "awaiting_confirmation") return;
-        this.#apply(ctx, record, { kind: "prompt_received" });
+        this.#apply(ctx, record, { kind: "prompt_received" }, { delivered: msgId });
       },
     );
     inbox.on("payment_decline", (ctx, body) => this.#phoneAction(ctx, (body as UpBody<"payment_decline">).paymentId, () => ({ kind: "decline" })));
@@ -94,7 +104,7 @@ export class Payments {
       if (ctx.device.kind !== "terminal") throw new Refusal("wrong_device_kind", "only the terminal that asked may cancel a payment");
       const record = this.#own(ctx, (raw as UpBody<"payment_cancel">).paymentId);
       // A cancel ends the payment: its answer is the terminal's payment_result.
-      const after = this.#apply(ctx, record, { kind: "cancel" }, ctx);
+      const after = this.#apply(ctx, record, { kind: "cancel" }, messageTrigger(ctx), ctx);
       if (!ctx.replied) ctx.reply("payment_state", { payment: this.#view(after), events: [] });
     });
     inbox.on("payment_status", (ctx, raw) => {
@@ -105,16 +115,17 @@ export class Payments {
     });
   }
 
-  /** The agreement was unbound: each of its unfinished payments fails now, telling both devices. */
-  endForAgreement(ctx: TxContext, agreementId: string): void {
-    for (const id of this.#payments.liveForAgreement(agreementId)) this.#apply(ctx, this.#payments.get(id)!, { kind: "unbound" });
+  /** The agreement was unbound by this message: each of its unfinished payments fails now, telling both devices. */
+  endForAgreement(ctx: HandlerContext, agreementId: string): void {
+    const trigger = messageTrigger(ctx);
+    for (const id of this.#payments.liveForAgreement(agreementId)) this.#apply(ctx, this.#payments.get(id)!, { kind: "unbound" }, trigger);
   }
 
   /** A deadline came due: run it through the core (a no-op if the payment moved on). */
   fireDeadline(ctx: TxContext, paymentId: string, which: "prompt" | "task"): void {
     const record = this.#payments.get(paymentId);
     if (record === null) return;
-    this.#apply(ctx, record, { kind: "deadline", which });
+    this.#apply(ctx, record, { kind: "deadline", which }, { deadline: which });
   }
 
   #payRequest(ctx: HandlerContext, b: UpBody<"pay_request">): void {
@@ -169,7 +180,9 @@ export class Payments {
     this.#payments.insert(payment, { idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null });
     this.#saveAgreement(row.version, { ...agreement, usage: recordUsage(agreement.usage, b.amountMinor, mode.mode, ctx.nowMs), version: agreement.version + 1 });
     const record: PaymentRecord = { payment, idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null, seq: 0 };
-    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects, ctx) }));
+    const trigger = messageTrigger(ctx);
+    const audit = { index: this.#audit(ctx, null, payment, "pay_request", trigger), trigger };
+    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects, audit, ctx) }));
   }
 
   /** A phone's answer about one of its payments. */
@@ -177,7 +190,7 @@ export class Payments {
     if (ctx.device.kind !== "phone") throw new Refusal("wrong_device_kind", `${ctx.msg.type} is sent by the payment's phone`);
     const record = this.#own(ctx, paymentId);
     // An approval is answered by the task, an ending by the result; anything else by the state.
-    const after = this.#apply(ctx, record, event(record.payment), ctx);
+    const after = this.#apply(ctx, record, event(record.payment), messageTrigger(ctx), ctx);
     if (!ctx.replied) ctx.reply("payment_state", { payment: this.#view(after), events: [] });
   }
 
@@ -210,10 +223,11 @@ export class Payments {
   }
 
   /**
-   * Runs one event through the core and saves the outcome; returns the payment as it now is.
-   * `actor` is the device whose message this is, when there is one: see #effects.
+   * Runs one event through the core and saves the outcome with its audit entry; returns the
+   * payment as it now is. `trigger` is what caused the event; `actor` is the device whose message
+   * this is, when there is one: see #effects.
    */
-  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent, actor?: HandlerContext): PaymentRecord {
+  #apply(ctx: TxContext, record: PaymentRecord, event: PaymentEvent, trigger: Trigger, actor?: HandlerContext): PaymentRecord {
     const decision = step(record.payment, event, ctx.nowMs, this.#o.deadlines);
     if (!decision.ok) throw new Refusal(decision.code, decision.detail);
     if (decision.payment === record.payment) return record;
@@ -224,8 +238,31 @@ export class Payments {
       ctx.afterCommit(() => metrics.paymentEnded(ended.status, ctx.nowMs - ended.createdMs));
     }
     this.#payments.save(decision.payment);
+    const audit = { index: this.#audit(ctx, record.payment.status, decision.payment, event.kind, trigger), trigger };
     const next = { ...record, payment: decision.payment };
-    return { ...next, seq: this.#effects(ctx, next, decision.effects, actor) };
+    return { ...next, seq: this.#effects(ctx, next, decision.effects, audit, actor) };
+  }
+
+  /**
+   * The audit entry of one transition: ids, amount, codes and what caused it. Appended before the
+   * transition's effects, so that the result can name it and the transfer follows it.
+   */
+  #audit(ctx: TxContext, from: Payment["status"] | null, p: Payment, event: PaymentEvent["kind"] | "pay_request", trigger: Trigger): number {
+    return appendAudit(ctx.db, ctx.nowMs, "payment.event", p.id, {
+      event,
+      from,
+      status: p.status,
+      mode: p.mode,
+      terminalId: p.terminalId,
+      phoneId: p.phoneId,
+      agreementId: p.agreementId,
+      merchantId: p.merchantId,
+      amountMinor: p.amountMinor,
+      currency: p.currency,
+      reason: p.reason,
+      transferId: p.transferId,
+      trigger,
+    });
   }
 
   /**
@@ -237,7 +274,7 @@ export class Payments {
    * - the device whose message (`actor`) sent the task or ended the payment gets the
    *   payment_task or payment_result as the answer to that message, not as a second message.
    */
-  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[], actor?: HandlerContext): number {
+  #effects(ctx: TxContext, record: PaymentRecord, effects: readonly Effect[], audit: TransitionAudit, actor?: HandlerContext): number {
     const p = record.payment;
     let seq = record.seq;
     let progress: { step: ProgressStep; seq: number } | null = null;
@@ -297,7 +334,7 @@ export class Payments {
             currency: p.currency,
             reference: record.orderRef,
             createdMs: ctx.nowMs,
-          });
+          }, { trigger: audit.trigger });
           break;
         }
         case "result": {
@@ -316,6 +353,9 @@ export class Payments {
             currency: p.currency,
             merchantName: p.merchantName,
             terminalName: p.terminalName,
+            // The receipt: the entry that records this result, and when (docs/protocol.md §Audit log).
+            auditIndex: audit.index,
+            atMs: ctx.nowMs,
           };
           toDevice(p.terminalId, "payment_result", body);
           toDevice(p.phoneId, "payment_result", body);

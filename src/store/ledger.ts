@@ -4,6 +4,7 @@
  * currency the balances always sum to zero. A wallet is owned by a user's blind index (never
  * the user id); SQLite's CHECK keeps every wallet and merchant balance at or above zero.
  */
+import { appendAudit } from "./audit.ts";
 import type { Db } from "./db.ts";
 
 export type AccountKind = "wallet" | "merchant" | "funding";
@@ -42,7 +43,7 @@ function accountId(kind: AccountKind, owner: Uint8Array, currency: string): stri
 
 export class LedgerRepo {
   /** The transfer row and both balance moves, all or none (a savepoint inside the caller's transaction). */
-  readonly #post: (t: Transfer) => void;
+  readonly #post: (t: Transfer, extra: Record<string, unknown>) => void;
   readonly #getAccount;
   readonly #insertAccount;
   readonly #move;
@@ -71,10 +72,23 @@ export class LedgerRepo {
     this.#merchants = db.prepare<[], { id: string; name: string; created_ms: number }>("SELECT * FROM merchants ORDER BY id");
     this.#insertMerchant = db.prepare("INSERT INTO merchants (id, name, created_ms) VALUES (?, ?, ?)");
     this.#creditByRef = db.prepare<[string], Record<string, unknown>>("SELECT * FROM transfers WHERE kind = 'credit' AND reference = ?");
-    this.#post = db.transaction((t: Transfer) => {
+    this.#post = db.transaction((t: Transfer, extra: Record<string, unknown>) => {
       this.#insertTransfer.run(t.id, t.paymentId, t.kind, t.debitAccount, t.creditAccount, t.amountMinor, t.currency, t.reference, t.createdMs);
       this.#move.run(-t.amountMinor, t.debitAccount);
       this.#move.run(t.amountMinor, t.creditAccount);
+      // Every transfer is in the audit log, in its own transaction (wallet accounts are named by a
+      // blind index of the user, never the user id). A payment's transfer is found by its payment.
+      appendAudit(db, t.createdMs, "ledger.transfer", t.paymentId ?? t.id, {
+        transferId: t.id,
+        transferKind: t.kind,
+        ...(t.paymentId === null ? {} : { paymentId: t.paymentId }),
+        ...(t.reference === null ? {} : { reference: t.reference }),
+        debitAccount: t.debitAccount,
+        creditAccount: t.creditAccount,
+        amountMinor: t.amountMinor,
+        currency: t.currency,
+        ...extra,
+      });
     });
   }
 
@@ -98,10 +112,13 @@ export class LedgerRepo {
     return this.account("funding", FUNDING_OWNER, currency, nowMs);
   }
 
-  /** Posts a transfer: both balances move in one statement pair inside the caller's transaction. */
-  post(t: Transfer): void {
+  /**
+   * Posts a transfer: both balances move in one statement pair inside the caller's transaction,
+   * with its audit entry; `audit` adds fields to that entry (what caused it: `{ trigger }`).
+   */
+  post(t: Transfer, audit: Record<string, unknown> = {}): void {
     if (!Number.isSafeInteger(t.amountMinor) || t.amountMinor <= 0) throw new Error(`transfer amount must be a positive integer, got ${t.amountMinor}`);
-    this.#post(t);
+    this.#post(t, audit);
   }
 
   transferForPayment(paymentId: string): Transfer | null {
