@@ -38,12 +38,14 @@ export const VECTOR_INPUTS = {
   paymentId: "pay_k4d2q7vmxa3hzt5nrwby",
   transferId: "tr_m5c7xq2pfz4kvta3hnwe",
   otherPaymentId: "pay_r7tz2xw4kq5mbn3dvh6c",
+  agreementId: "ag_w3nh6tq2xk5ry7bdzm4a",
+  phoneId: "dq7kx3mfw2zt5nrb4vhc",
   /** The receipt: the payment_result sent to the terminal, with this message id. */
   resultId: "00000000-0000-4000-8000-000000000002",
   /** The broker signs the head of the five sample entries one second after the first. */
   headTsMs: 1_767_225_601_000,
   /** The inclusion proof is for the result's entry; the consistency proof from 3 to 5 entries. */
-  resultIndex: 3,
+  resultIndex: 2,
   consistencyFrom: 3,
 } as const;
 
@@ -52,25 +54,46 @@ const utf8 = new TextEncoder();
 const sha256Base64 = (text: string) => createHash("sha256").update(text).digest("base64");
 
 /**
- * Five sample audit entries, as the broker writes them (docs/protocol.md §Audit log and receipts):
- * the terminal registered, then an auto-confirmed payment accepted, its transfer and its result
- * (the receipt's entry, index 3), then another payment accepted.
+ * Five sample audit entries, in the shape the broker writes them (docs/protocol.md §Audit log and
+ * receipts): the terminal registered, an auto-confirmed payment accepted, its result (the
+ * receipt's entry, index 2) and the transfer that follows it, then another payment accepted.
  */
 export function sampleAuditEntries(deviceId: string): string[] {
   const i = VECTOR_INPUTS;
   // Triggers name signed messages by id and the SHA-256 of their payload bytes; these samples
   // stand for a pay_request and a payment_execute.
-  const payRequest = { msgId: "pay-0001", digest: sha256Base64("a pay_request payload") };
   const execute = { msgId: "exec-0001", digest: sha256Base64("a payment_execute payload") };
-  const payment = { amountMinor: 1280, currency: "CNY", merchantId: "coffee-corner" };
+  /** A payment.event entry's fields, in the broker's order (src/service/payments.ts). */
+  const payment = (id: string, event: string, from: string | null, status: string, transferId: string | null, trigger: object) => ({
+    kind: "payment.event",
+    subject: id,
+    event,
+    from,
+    status,
+    mode: "auto",
+    terminalId: deviceId,
+    phoneId: i.phoneId,
+    agreementId: i.agreementId,
+    merchantId: "coffee-corner",
+    amountMinor: 1280,
+    currency: "CNY",
+    reason: null,
+    transferId,
+    trigger,
+  });
+  const accepted = (id: string, n: number) => payment(id, "pay_request", null, "executing", null, { msgId: `pay-000${n}`, digest: sha256Base64(`pay_request payload ${n}`) });
   const entries: Record<string, unknown>[] = [
     { atMs: i.tsMs, kind: "device.registered", subject: deviceId, deviceKind: "terminal", trigger: { admin: "device add", osUser: "operator" } },
-    { atMs: i.tsMs + 100, kind: "payment.event", subject: i.paymentId, seq: 1, status: "executing", ...payment, trigger: payRequest },
-    { atMs: i.tsMs + 200, kind: "ledger.transfer", subject: i.paymentId, transferId: i.transferId, transferKind: "payment", paymentId: i.paymentId, amountMinor: 1280, currency: "CNY", trigger: execute },
-    { atMs: i.tsMs + 200, kind: "payment.event", subject: i.paymentId, seq: 4, status: "completed", reason: null, transferId: i.transferId, ...payment, trigger: execute },
-    { atMs: i.tsMs + 300, kind: "payment.event", subject: i.otherPaymentId, seq: 1, status: "executing", ...payment, trigger: { msgId: "pay-0002", digest: sha256Base64("another pay_request payload") } },
+    { atMs: i.tsMs + 100, ...accepted(i.paymentId, 1) },
+    { atMs: i.tsMs + 200, ...payment(i.paymentId, "execute", "executing", "completed", i.transferId, execute) },
+    { atMs: i.tsMs + 200, kind: "ledger.transfer", subject: i.paymentId, transferId: i.transferId, transferKind: "payment", paymentId: i.paymentId, reference: "order-1", debitAccount: "wallet:5f1c0e9a7b3d2c4e6a8b0d1f:CNY", creditAccount: "merchant:coffee-corner:CNY", amountMinor: 1280, currency: "CNY", trigger: execute },
+    { atMs: i.tsMs + 300, ...accepted(i.otherPaymentId, 2) },
   ];
-  return entries.map((e, index) => JSON.stringify({ v: 1, index, ...e }));
+  // Members in the broker's order: v, index, atMs, kind, subject, then the kind's fields.
+  return entries.map((e, index) => {
+    const { atMs, kind, subject, ...fields } = e;
+    return JSON.stringify({ v: 1, index, atMs, kind, subject, ...fields });
+  });
 }
 
 /** label → exact value, in the order the document lists them. */
@@ -112,7 +135,7 @@ export function computeVectors(): [label: string, value: string][] {
   const headBytes = headSignedBytes(leaves.length, root, i.headTsMs);
   const head = { treeSize: leaves.length, rootHash: toBase64(root), timestampMs: i.headTsMs, signature: toBase64(brokerSigner.sign(headBytes)) };
   const path = inclusionPath(i.resultIndex, leaves.length, subtree).map(toBase64);
-  const resultEntry = JSON.parse(entries[i.resultIndex]!) as { atMs: number; seq: number };
+  const resultEntry = JSON.parse(entries[i.resultIndex]!) as { atMs: number };
   const result: Payload = {
     v: PROTOCOL_VERSION,
     type: "payment_result",
@@ -120,7 +143,7 @@ export function computeVectors(): [label: string, value: string][] {
     from: BROKER_ID,
     to: deviceId,
     ts: resultEntry.atMs,
-    body: { paymentId: i.paymentId, seq: resultEntry.seq, status: "completed", reason: null, transferId: i.transferId, amountMinor: 1280, currency: "CNY", merchantName: "Coffee Corner", terminalName: "Living room TV", auditIndex: i.resultIndex, atMs: resultEntry.atMs },
+    body: { paymentId: i.paymentId, seq: 4, status: "completed", reason: null, transferId: i.transferId, amountMinor: 1280, currency: "CNY", merchantName: "Coffee Corner", terminalName: "Living room TV", auditIndex: i.resultIndex, atMs: resultEntry.atMs },
   };
   const resultEnvelope = JSON.parse(sealEnvelope(result, (b) => brokerSigner.sign(b)).text) as { payload: string; sig: string };
   const receipt = {
