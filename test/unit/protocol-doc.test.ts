@@ -8,7 +8,11 @@
  * the broker's own checks. When python3 with `cryptography` is installed, it also runs the
  * document's Python sketch against the vectors, against payment messages of that run, and
  * against broker messages that break each rule a device must check (its MQTT part runs against
- * a real broker in test/e2e/python-device.test.ts).
+ * a real broker in test/e2e/python-device.test.ts). It checks the audit log vectors (entries, leaf
+ * hashes, roots, proofs, a signed head and a receipt) against the broker's Merkle code and against
+ * the RFC 9162 definitions written again here, and, when a python3 with PyNaCl is installed, runs
+ * the document's receipt verifier against them, against tampered receipts and against the proofs
+ * of the broker's code for every pair of tree sizes up to 40.
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -20,6 +24,7 @@ import { DELIVERY_WINDOW } from "../../broker/delivery.ts";
 import { MAX_SUBSCRIBES_PER_CONNECTION } from "../../broker/frame-guard.ts";
 import { describe, expect, it } from "vitest";
 import { computeVectors } from "../../scripts/vectors.ts";
+import { consistencyProof, EMPTY_ROOT, headSignedBytes, inclusionPath, leafHash, rootOf, verifyConsistency, verifyInclusion } from "../../src/core/merkle.ts";
 import { BROKER_OPTIONS } from "../../src/config.ts";
 import { CURRENCY_EXPONENTS } from "../../src/core/money.ts";
 import { FINAL_STATUSES } from "../../src/core/payment.ts";
@@ -42,6 +47,7 @@ import { addMerchant, creditWallet } from "../../src/service/ledger.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { openDatabase } from "../../src/store/db.ts";
 import { DeviceRepo } from "../../src/store/devices.ts";
+import { AUDIT_KINDS } from "../../src/store/audit.ts";
 
 const DOC = readFileSync(new URL("../../docs/protocol.md", import.meta.url), "utf8");
 const utf8 = new TextEncoder();
@@ -767,4 +773,314 @@ describe("docs/protocol.md §A device in Python", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+/**
+ * RFC 9162 §2.1.1, §2.1.3.1 and §2.1.4.1 written again from the RFC's recursive definitions, with
+ * node:crypto: a second implementation to hold the vectors and src/core/merkle.ts against.
+ */
+const rfc = {
+  sha256: (...parts: Uint8Array[]) => new Uint8Array(createHash("sha256").update(Buffer.concat(parts)).digest()),
+  leaf: (entry: Uint8Array) => rfc.sha256(Uint8Array.of(0), entry),
+  node: (l: Uint8Array, r: Uint8Array) => rfc.sha256(Uint8Array.of(1), l, r),
+  split: (n: number) => 2 ** Math.ceil(Math.log2(n) - 1),
+  /** MTH(D[n]) over leaf hashes. */
+  mth(d: Uint8Array[]): Uint8Array {
+    if (d.length === 0) return rfc.sha256();
+    if (d.length === 1) return d[0]!;
+    const k = rfc.split(d.length);
+    return rfc.node(rfc.mth(d.slice(0, k)), rfc.mth(d.slice(k)));
+  },
+  /** PATH(m, D[n]). */
+  path(m: number, d: Uint8Array[]): Uint8Array[] {
+    if (d.length <= 1) return [];
+    const k = rfc.split(d.length);
+    return m < k ? [...rfc.path(m, d.slice(0, k)), rfc.mth(d.slice(k))] : [...rfc.path(m - k, d.slice(k)), rfc.mth(d.slice(0, k))];
+  },
+  /** SUBPROOF(m, D[n], b). */
+  subproof(m: number, d: Uint8Array[], b: boolean): Uint8Array[] {
+    if (m === d.length) return b ? [] : [rfc.mth(d)];
+    const k = rfc.split(d.length);
+    return m <= k ? [...rfc.subproof(m, d.slice(0, k), b), rfc.mth(d.slice(k))] : [...rfc.subproof(m - k, d.slice(k), false), rfc.mth(d.slice(0, k))];
+  },
+};
+
+const lines = (label: string) => vec(label).split("\n");
+const b64s = (label: string) => lines(label).map((l) => fromBase64(l)!);
+
+interface Head {
+  treeSize: number;
+  rootHash: string;
+  timestampMs: number;
+  signature: string;
+}
+interface ReceiptFile {
+  format: string;
+  envelope: { payload: string; sig: string };
+  inclusion: { index: number; treeSize: number; entry: string; head: Head; path: string[] };
+}
+
+describe("docs/protocol.md §Audit log and receipts", () => {
+  it("lists the entry kinds of src/store/audit.ts, in its order", () => {
+    const rows = tableAfter(section("Audit log and receipts"), "| kind | what happened |");
+    expect(rows.map((r) => ticked(r[0]!)[0])).toEqual([...AUDIT_KINDS]);
+  });
+
+  it("gives the signed head format that headSignedBytes produces", () => {
+    const text = section("Audit log and receipts");
+    expect(text).toContain("```\nhp-audit-head-v1\n<treeSize>\n<rootHash>\n<timestampMs>\n```");
+    const root = rfc.sha256(utf8.encode("a root"));
+    expect(new TextDecoder().decode(headSignedBytes(12, root, 345))).toBe(`hp-audit-head-v1\n12\n${toBase64(root)}\n345`);
+  });
+});
+
+describe("docs/protocol.md §Test vectors: the audit log and a receipt", () => {
+  const entries = lines("audit.entries");
+  const leaves = entries.map((e) => rfc.leaf(utf8.encode(e)));
+  const brokerKey = fromBase64(vec("broker.public-key.base64"))!;
+
+  it("gives five entries whose leaf hashes are SHA-256(0x00 ‖ entry), numbered by their line", () => {
+    expect(entries).toHaveLength(5);
+    entries.forEach((e, i) => {
+      const parsed = JSON.parse(e) as { v: number; index: number; kind: string };
+      expect({ v: parsed.v, index: parsed.index, known: (AUDIT_KINDS as readonly string[]).includes(parsed.kind) }).toEqual({ v: 1, index: i, known: true });
+      expect(JSON.stringify(parsed), "the entry is compact JSON text").toBe(e);
+    });
+    expect(leaves.map(toBase64)).toEqual(lines("audit.leaf-hashes.base64"));
+    expect(entries.map((e) => toBase64(leafHash(utf8.encode(e))))).toEqual(lines("audit.leaf-hashes.base64"));
+    expect(hex(leaves[2]!)).toBe(vec("audit.entry.2.leaf-hash.hex"));
+  });
+
+  it("gives the empty root and the roots of 3 and 5 entries as the RFC and rootOf compute them", () => {
+    expect(hex(rfc.mth([]))).toBe(vec("audit.empty-root.hex"));
+    expect(hex(EMPTY_ROOT)).toBe(vec("audit.empty-root.hex"));
+    for (const n of [3, 5]) {
+      expect(toBase64(rfc.mth(leaves.slice(0, n)))).toBe(vec(`audit.root.${n}.base64`));
+      expect(toBase64(rootOf(leaves.slice(0, n)))).toBe(vec(`audit.root.${n}.base64`));
+    }
+    expect(rfc.mth(leaves)).toEqual(rfc.node(rfc.mth(leaves.slice(0, 4)), leaves[4]!));
+  });
+
+  it("gives the RFC's inclusion path of entry 2 and consistency proof from 3 to 5, which the broker's code verifies", () => {
+    const root5 = fromBase64(vec("audit.root.5.base64"))!;
+    const root3 = fromBase64(vec("audit.root.3.base64"))!;
+    const path = b64s("audit.inclusion.2-in-5.path");
+    expect(path).toEqual(rfc.path(2, leaves));
+    expect(path).toEqual(inclusionPath(2, 5, (start, size) => rfc.mth(leaves.slice(start, start + size))));
+    expect(verifyInclusion(leaves[2]!, 2, 5, path, root5)).toBe(true);
+    expect(verifyInclusion(leaves[3]!, 2, 5, path, root5)).toBe(false);
+    const proof = b64s("audit.consistency.3-to-5.path");
+    expect(proof).toEqual(rfc.subproof(3, leaves, true));
+    expect(proof).toEqual(consistencyProof(3, 5, (start, size) => rfc.mth(leaves.slice(start, start + size))));
+    expect(verifyConsistency(3, 5, root3, root5, proof)).toBe(true);
+    expect(verifyConsistency(3, 5, root5, root3, proof)).toBe(false);
+  });
+
+  it("gives a tree head of the five entries, signed by the broker over the documented bytes", () => {
+    const head = JSON.parse(vec("audit.head.json")) as Head;
+    expect(Object.keys(head)).toEqual(["treeSize", "rootHash", "timestampMs", "signature"]);
+    expect(head).toMatchObject({ treeSize: 5, rootHash: vec("audit.root.5.base64"), signature: vec("audit.head.signature.base64") });
+    const signed = utf8.encode(vec("audit.head.signed-text"));
+    expect(vec("audit.head.signed-text")).toBe(`hp-audit-head-v1\n${head.treeSize}\n${head.rootHash}\n${head.timestampMs}`);
+    expect(signed).toEqual(headSignedBytes(head.treeSize, fromBase64(head.rootHash)!, head.timestampMs));
+    expect(verify(brokerKey, signed, fromBase64(head.signature)!)).toBe(true);
+    expect(verify(brokerKey, utf8.encode(vec("audit.head.signed-text").replace("\n5\n", "\n4\n")), fromBase64(head.signature)!)).toBe(false);
+  });
+
+  it("gives a receipt file whose signed payment_result, entry, path and head all agree, as the six documented checks ask", () => {
+    const receipt = JSON.parse(vec("receipt.file")) as ReceiptFile;
+    expect(receipt.format).toBe("handoff-pay-receipt/1");
+    // 1, 2: a payment_result the broker signed, to the vector device.
+    const parsed = parseEnvelope(utf8.encode(JSON.stringify(receipt.envelope)));
+    if (!parsed.ok) throw new Error(`the receipt's envelope does not parse: ${parsed.detail}`);
+    expect(receipt.envelope.payload).toBe(vec("receipt.payload"));
+    expect(verify(brokerKey, parsed.msg.payloadBytes, parsed.msg.signature)).toBe(true);
+    expect(parsed.msg.payload).toMatchObject({ type: "payment_result", from: BROKER_ID, to: vec("device.id") });
+    const body = parsed.msg.payload.body as Record<string, unknown>;
+    expect(Object.keys(body).sort()).toEqual([...new Set([...Object.keys(downBodies.payment_result.shape), "auditIndex", "atMs"])].sort());
+    // 3, 4: entry 2 of the vectors, recording this result.
+    const { inclusion } = receipt;
+    expect({ index: inclusion.index, treeSize: inclusion.treeSize, entry: inclusion.entry, head: inclusion.head, path: inclusion.path }).toEqual({
+      index: body.auditIndex,
+      treeSize: 5,
+      entry: lines("audit.entries")[2],
+      head: JSON.parse(vec("audit.head.json")),
+      path: lines("audit.inclusion.2-in-5.path"),
+    });
+    const entry = JSON.parse(inclusion.entry) as Record<string, unknown>;
+    expect({ kind: entry.kind, subject: entry.subject, index: entry.index }).toEqual({ kind: "payment.event", subject: body.paymentId, index: body.auditIndex });
+    for (const name of ["status", "amountMinor", "currency", "transferId", "atMs"]) expect({ name, value: entry[name] }).toEqual({ name, value: body[name] });
+    // 5, 6: the path leads to the root of the head the broker signed.
+    expect(verifyInclusion(rfc.leaf(utf8.encode(inclusion.entry)), inclusion.index, inclusion.head.treeSize, inclusion.path.map((p) => fromBase64(p)!), fromBase64(inclusion.head.rootHash)!)).toBe(true);
+    expect(verify(brokerKey, headSignedBytes(inclusion.head.treeSize, fromBase64(inclusion.head.rootHash)!, inclusion.head.timestampMs), fromBase64(inclusion.head.signature)!)).toBe(true);
+  });
+});
+
+/** The first python3 that has PyNaCl, or null. */
+const PY_NACL = ["/usr/bin/python3", "python3"].find((exe) => spawnSync(exe, ["-c", "import nacl.signing"], { stdio: "ignore" }).status === 0) ?? null;
+
+/**
+ * Loads the document's receipt verifier as a module and runs it: on the vectors, on tampered
+ * copies of the receipt (each must raise, and the reason is reported), and on every proof given.
+ */
+const RECEIPT_HARNESS = `
+import base64, copy, json, sys, importlib.util
+spec = importlib.util.spec_from_file_location("verifier", sys.argv[1])
+r = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(r)
+v = json.load(sys.stdin)
+b = lambda s: base64.b64decode(s)
+key = v["broker.public-key.base64"]
+receipt = json.loads(v["receipt.file"])
+entries = v["audit.entries"].split("\\n")
+
+def tampered(change):
+    t = copy.deepcopy(receipt)
+    change(t)
+    try:
+        r.verify_receipt(json.dumps(t), key)
+        return None
+    except r.ReceiptError as e:
+        return str(e)
+
+def set_in(obj, name, value):
+    obj[name] = value
+
+def envelope_body(t, name, value):
+    p = json.loads(t["envelope"]["payload"])
+    p["body"][name] = value
+    t["envelope"]["payload"] = json.dumps(p, separators=(",", ":"))
+
+def entry_member(t, name, value):
+    e = json.loads(t["inclusion"]["entry"])
+    e[name] = value
+    t["inclusion"]["entry"] = json.dumps(e, separators=(",", ":"))
+
+def flip(s):
+    raw = bytearray(b(s))
+    raw[0] ^= 1
+    return base64.b64encode(bytes(raw)).decode()
+
+other = dict(receipt["inclusion"], index=3, entry=entries[3])
+cases = {
+    "another format": lambda t: set_in(t, "format", "handoff-pay-receipt/2"),
+    "the amount changed in the payload": lambda t: set_in(t["envelope"], "payload", t["envelope"]["payload"].replace('"amountMinor":1280', '"amountMinor":1281')),
+    "another signature": lambda t: set_in(t["envelope"], "sig", flip(t["envelope"]["sig"])),
+    "no inclusion": lambda t: t.pop("inclusion"),
+    "the proof of another entry": lambda t: set_in(t, "inclusion", dict(other)),
+    "the amount changed in the entry": lambda t: entry_member(t, "amountMinor", 1281),
+    "the status changed in the entry": lambda t: entry_member(t, "status", "failed"),
+    "the transfer changed in the entry": lambda t: entry_member(t, "transferId", None),
+    "the time changed in the entry": lambda t: entry_member(t, "atMs", receipt["inclusion"]["head"]["timestampMs"]),
+    "another payment's entry": lambda t: entry_member(t, "subject", "pay_r7tz2xw4kq5mbn3dvh6c"),
+    "the merchant changed in the entry": lambda t: entry_member(t, "merchantId", "tea-house"),
+    "a path hash changed": lambda t: set_in(t["inclusion"]["path"], 1, flip(t["inclusion"]["path"][1])),
+    "a path hash missing": lambda t: t["inclusion"]["path"].pop(),
+    "a smaller tree size": lambda t: set_in(t["inclusion"], "treeSize", 4),
+    "the head's time changed": lambda t: set_in(t["inclusion"]["head"], "timestampMs", t["inclusion"]["head"]["timestampMs"] + 1),
+    "the head's signature changed": lambda t: set_in(t["inclusion"]["head"], "signature", flip(t["inclusion"]["head"]["signature"])),
+    "no path": lambda t: t["inclusion"].pop("path"),
+}
+out = {"refused": {name: tampered(change) for name, change in cases.items()}}
+try:
+    r.verify_receipt(v["receipt.file"], v["device.public-key.base64"])
+except r.ReceiptError as e:
+    out["refused"]["the device's key instead of the broker's"] = str(e)
+out["body"] = r.verify_receipt(v["receipt.file"], key)
+out["leaves"] = [base64.b64encode(r.leaf_hash(e.encode("utf-8"))).decode() for e in entries]
+path = [b(p) for p in v["audit.inclusion.2-in-5.path"].split("\\n")]
+proof = [b(p) for p in v["audit.consistency.3-to-5.path"].split("\\n")]
+root3, root5 = b(v["audit.root.3.base64"]), b(v["audit.root.5.base64"])
+out["inclusion"] = [r.verify_inclusion(r.leaf_hash(entries[2].encode()), 2, 5, path, root5), r.verify_inclusion(r.leaf_hash(entries[2].encode()), 3, 5, path, root5)]
+out["consistency"] = [r.verify_consistency(3, 5, root3, root5, proof), r.verify_consistency(3, 5, root3, root5, proof[:-1])]
+out["head"] = base64.b64encode(r.verify_head(json.loads(v["audit.head.json"]), r.VerifyKey(b(key)))).decode()
+out["proofs"] = [r.verify_inclusion(b(p["leaf"]), p["index"], p["size"], [b(x) for x in p["path"]], b(p["root"])) for p in v["inclusions"]]
+out["proofs"] += [r.verify_consistency(p["from"], p["to"], b(p["root1"]), b(p["root2"]), [b(x) for x in p["path"]]) for p in v["consistencies"]]
+print(json.dumps(out))
+`;
+
+describe("docs/protocol.md §Verifying a receipt in Python", () => {
+  /**
+   * Proofs of the broker's code for every pair of sizes up to 40, each genuine and with one thing
+   * wrong (a hash flipped, the wrong index or size, a hash missing), and whether the broker's
+   * verifier accepts each: the Python verifier must agree case by case.
+   */
+  function proofCases() {
+    const leaves = Array.from({ length: 40 }, (_, i) => leafHash(utf8.encode(`entry ${i}`)));
+    const subtree = (start: number, size: number) => rootOf(leaves.slice(start, start + size));
+    const roots = Array.from({ length: 41 }, (_, n) => rootOf(leaves.slice(0, n)));
+    const flip = (h: Uint8Array) => Uint8Array.from(h, (x, i) => (i === 0 ? x ^ 1 : x));
+    const inclusions: { leaf: Uint8Array; index: number; size: number; path: Uint8Array[]; root: Uint8Array }[] = [];
+    const consistencies: { from: number; to: number; root1: Uint8Array; root2: Uint8Array; path: Uint8Array[] }[] = [];
+    for (let size = 1; size <= 40; size++) {
+      for (let index = 0; index < size; index++) {
+        const path = inclusionPath(index, size, subtree);
+        const base = { leaf: leaves[index]!, index, size, path, root: roots[size]! };
+        inclusions.push(base, { ...base, index: (index + 1) % size }, { ...base, size: size + 1 }, { ...base, leaf: flip(base.leaf) });
+        if (path.length > 0) inclusions.push({ ...base, path: path.slice(0, -1) }, { ...base, path: [...path.slice(0, -1), flip(path.at(-1)!)] });
+      }
+      for (let from = 1; from <= size; from++) {
+        const path = consistencyProof(from, size, subtree);
+        const base = { from, to: size, root1: roots[from]!, root2: roots[size]!, path };
+        consistencies.push(base, { ...base, root1: flip(base.root1) }, { ...base, root2: flip(base.root2) });
+        if (path.length > 0) consistencies.push({ ...base, path: path.slice(1) }, { ...base, path: [flip(path[0]!), ...path.slice(1)] });
+        if (from < size) consistencies.push({ ...base, from: from + 1 });
+      }
+    }
+    const expected = [...inclusions.map((p) => verifyInclusion(p.leaf, p.index, p.size, p.path, p.root)), ...consistencies.map((p) => verifyConsistency(p.from, p.to, p.root1, p.root2, p.path))];
+    const wire = {
+      inclusions: inclusions.map((p) => ({ ...p, leaf: toBase64(p.leaf), root: toBase64(p.root), path: p.path.map(toBase64) })),
+      consistencies: consistencies.map((p) => ({ ...p, root1: toBase64(p.root1), root2: toBase64(p.root2), path: p.path.map(toBase64) })),
+    };
+    return { wire, expected };
+  }
+
+  it.skipIf(PY_NACL === null)(
+    PY_NACL === null ? "verifies the vector receipt and refuses each tampered copy (skipped: no python3 with PyNaCl; apt-get install python3-nacl)" : "verifies the vector receipt, refuses each tampered copy at its own check, and agrees with the broker's code on every proof up to size 40",
+    () => {
+      const verifier = /```python\n([\s\S]*?)\n```/.exec(section("Verifying a receipt in Python"))?.[1];
+      expect(verifier).toBeDefined();
+      expect(verifier!.match(/^(?:from|import) (\S+)/gm)!.map((l) => l.split(" ")[1])).toEqual(["__future__", "base64", "hashlib", "json", "nacl.exceptions", "nacl.signing"]);
+      const { wire, expected } = proofCases();
+      const dir = mkdtempSync(join(tmpdir(), "hp-receipt-doc-"));
+      try {
+        writeFileSync(join(dir, "verifier.py"), verifier!);
+        const run = spawnSync(PY_NACL!, ["-c", RECEIPT_HARNESS, join(dir, "verifier.py")], { input: JSON.stringify({ ...Object.fromEntries(VECTORS), ...wire }), encoding: "utf8", timeout: 60_000, maxBuffer: 64 * 1024 * 1024 });
+        expect(run.stderr).toBe("");
+        const out = JSON.parse(run.stdout) as { refused: Record<string, string | null>; body: unknown; leaves: string[]; inclusion: boolean[]; consistency: boolean[]; head: string; proofs: boolean[] };
+        expect(out.body).toEqual((JSON.parse(vec("receipt.payload")) as Payload).body);
+        expect(out.leaves).toEqual(lines("audit.leaf-hashes.base64"));
+        expect({ inclusion: out.inclusion, consistency: out.consistency, head: out.head }).toEqual({ inclusion: [true, false], consistency: [true, false], head: vec("audit.root.5.base64") });
+        // Each tampered receipt fails, at the check that its change breaks.
+        expect(out.refused).toEqual({
+          "another format": "not a handoff-pay-receipt/1 file",
+          "the amount changed in the payload": "the envelope is not signed by the broker",
+          "another signature": "the envelope is not signed by the broker",
+          "no inclusion": "no inclusion proof: ask the broker with audit_inclusion_request",
+          "the proof of another entry": "the proof is not for the receipt's audit entry",
+          "the amount changed in the entry": "the audit entry's amountMinor is not the receipt's",
+          "the status changed in the entry": "the audit entry's status is not the receipt's",
+          "the transfer changed in the entry": "the audit entry's transferId is not the receipt's",
+          "the time changed in the entry": "the audit entry's atMs is not the receipt's",
+          "another payment's entry": "the audit entry is not about this payment",
+          "the merchant changed in the entry": "the inclusion path does not lead to the tree head's root",
+          "a path hash changed": "the inclusion path does not lead to the tree head's root",
+          "a path hash missing": "the inclusion path does not lead to the tree head's root",
+          "a smaller tree size": "the inclusion path does not lead to the tree head's root",
+          "the head's time changed": "the tree head is not signed by the broker",
+          "the head's signature changed": "the tree head is not signed by the broker",
+          "no path": expect.stringMatching(/^the receipt is malformed: KeyError\('path'\)$/),
+          "the device's key instead of the broker's": "the envelope is not signed by the broker",
+        });
+        // Every proof: the Python verifier accepts exactly what the broker's verifier accepts.
+        expect(out.proofs).toHaveLength(expected.length);
+        const disagreements = expected.flatMap((want, i) => (out.proofs[i] === want ? [] : [i]));
+        expect(disagreements).toEqual([]);
+        expect(expected.filter(Boolean).length).toBeGreaterThan(1500);
+        expect(expected.filter((x) => !x).length).toBeGreaterThan(3000);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
