@@ -4,7 +4,8 @@
  *   terminal   be a terminal: connect and print what arrives
  *   phone      be a phone: connect and print what arrives
  */
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { defaultBrokerUrl, defaultDataDir, masterKeyFromEnv } from "../src/config.ts";
 import { OperationError, UsageError, parseFlags, requireString, runCli } from "../src/cli/args.ts";
@@ -17,6 +18,7 @@ import { Device, certificateFingerprint, type DeviceOptions, type Received } fro
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
 import { newDeviceKey, readKeyFile, writeKeyFile, type DeviceKey } from "./keyfile.ts";
+import { receiptBody, receiptFromEnvelope, receiptText, type ReceiptFile } from "../src/device/receipt.ts";
 
 export const USAGE = `Usage: npm run sim -- <command> [options]
 
@@ -48,6 +50,9 @@ One-shot device commands (connect, do one thing, print the outcome, exit):
   terminal --key FILE cancel PAYMENT_ID
   terminal|phone --key FILE status PAYMENT_ID
                        the payment's state and every event so far
+  terminal|phone --key FILE receipt RECEIPT_FILE
+                       ask the broker for the proof that a saved receipt is in its signed audit
+                       log, and add it to the file (then: npm run admin -- receipt verify FILE)
 
 The phone, when connected without a command, answers payment prompts: it asks
 "Approve ¥128.00 to Coffee Corner, from Living room TV? [y/N]" and executes approved
@@ -95,6 +100,8 @@ Options:
   --max AMOUNT             phone pair, limits: the most one payment may be
   --auto approve|decline|ignore
                            phone: answer every prompt this way without asking
+  --receipts DIR           terminal, phone: save every payment result, as the broker signed it,
+                           to DIR/<payment id>.<terminal|phone>.json (a receipt; see receipt)
   -h, --help               print this help and exit
 
 Examples:
@@ -108,7 +115,9 @@ Examples:
   npm run sim -- phone --key phone.key pair BCDF-GHJK --auto-max 50 --max 500
   npm run sim -- phone --key phone.key agreements
   npm run sim -- terminal --key tv.key pay 12.50 CNY --login alice --merchant coffee-corner --order A-1001
-  npm run sim -- phone --key phone.key --auto approve`;
+  npm run sim -- phone --key phone.key --auto approve
+  npm run sim -- terminal --key tv.key pay 12.50 CNY --login alice --merchant coffee-corner --receipts receipts
+  npm run sim -- terminal --key tv.key receipt receipts/pay_….terminal.json`;
 
 export const FLAGS = {
   out: { type: "string" },
@@ -135,6 +144,7 @@ export const FLAGS = {
   "idempotency-key": { type: "string" },
   description: { type: "string" },
   auto: { type: "string" },
+  receipts: { type: "string" },
 } as const;
 
 type Values = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
@@ -276,6 +286,17 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
     throw new UsageError((err as Error).message);
   }
   const say = (line: string) => process.stdout.write(`${stamp()}  ${line}\n`);
+  const receipts = values.receipts;
+  if (receipts !== undefined) {
+    // Every result is a receipt: kept as the broker signed it, one file per payment and device kind.
+    mkdirSync(receipts, { recursive: true });
+    device.on("envelope", (m, text) => {
+      if (m.type !== "payment_result") return;
+      const file = join(receipts, `${String(m.body.paymentId)}.${kind}.json`);
+      writeFileSync(file, receiptText(receiptFromEnvelope(text)));
+      say(`receipt saved: ${file}`);
+    });
+  }
   device.on("message", (m) => {
     // A terminal's commands narrate their own replies, progress and results.
     if (kind === "terminal" && (["payment_update", "payment_result", "payment_accepted", "payment_state", "bind_code", "bound"].includes(m.type) || (m.type === "error" && m.re !== undefined))) return;
@@ -426,12 +447,12 @@ const TERMINAL_HELP = `terminal commands:
   bind [--login LOGIN]                          show a pairing code and wait for the phone
   pay AMOUNT CURRENCY [--merchant ID] [--order REF] [--description TEXT] [--idempotency-key KEY]
   cancel PAYMENT_ID      status PAYMENT_ID      unbind AGREEMENT_ID
-  ping   help   quit
-(start with --login and --merchant to set them once)`;
+  receipt RECEIPT_FILE   ping   help   quit
+(start with --login and --merchant to set them once, --receipts DIR to save receipts)`;
 
 const PHONE_HELP = `phone commands (a prompt is answered with y or n):
   pair CODE [--auto-max A] [--max A]    agreements    limits AGREEMENT_ID [--auto-max A]
-  status PAYMENT_ID    unbind AGREEMENT_ID    ping   help   quit`;
+  status PAYMENT_ID    unbind AGREEMENT_ID    receipt RECEIPT_FILE    ping   help   quit`;
 
 /** Splits a typed line into words; double quotes group words ("Two flat whites"). */
 function splitWords(line: string): string[] {
@@ -445,6 +466,26 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
     if (arg === undefined) throw new UsageError(`${kind} ${verb} needs ${what}\n\n${USAGE}`);
     return arg;
   };
+  if (verb === "receipt") {
+    const file = need("a receipt file (saved with --receipts DIR)");
+    let receipt: ReceiptFile;
+    try {
+      receipt = JSON.parse(readFileSync(file, "utf8")) as ReceiptFile;
+      receiptBody(receipt);
+    } catch (err) {
+      throw new OperationError(`${file} is not a receipt file: ${(err as Error).message}`);
+    }
+    const { auditIndex, paymentId } = receiptBody(receipt);
+    if (!Number.isSafeInteger(auditIndex)) throw new OperationError(`${file}: its payment_result has no auditIndex (a broker from before the audit log sent it)`);
+    const reply = await device.request("audit_inclusion_request", { index: auditIndex });
+    if (reply.type === "error") throw new OperationError(failure(reply));
+    const { format, envelope } = receipt;
+    writeFileSync(file, receiptText({ format, envelope, inclusion: reply.body }));
+    const head = reply.body.head as { treeSize: number; timestampMs: number };
+    out(`proof added to ${file}: ${paymentId} is entry ${auditIndex} of the audit log, under the head of ${head.treeSize} entries signed ${new Date(head.timestampMs).toISOString()}`);
+    out(`check it offline with: npm run admin -- receipt verify ${file}`);
+    return 0;
+  }
   if (verb === "unbind") {
     const reply = await device.request("unbind", { agreementId: need("an agreement id") });
     if (reply.type === "error") throw new OperationError(failure(reply));

@@ -76,6 +76,12 @@ export class DeviceError extends Error {
 
 export interface DeviceEvents {
   message: [Received];
+  /**
+   * A checked broker message with its envelope as it came on the wire ({"payload","sig"} text):
+   * what a device keeps when it must show the broker's signature later (a payment_result is a
+   * receipt, docs/protocol.md §Audit log and receipts).
+   */
+  envelope: [Received, string];
   rejected: [reason: string];
   connect: [];
   /** The broker refused the CONNECT (code = CONNACK return code); the device stops reconnecting. */
@@ -98,6 +104,8 @@ export const CONNACK_TEXT: Record<number, string> = {
 };
 
 type Timer = ReturnType<typeof setTimeout>;
+
+const utf8 = new TextDecoder();
 
 /** A random version-4 UUID from the platform's generator (crypto.randomUUID needs a secure context in a page). */
 export function uuidFrom(bytes: Uint8Array): string {
@@ -286,6 +294,7 @@ export class DeviceClient extends Emitter<DeviceEvents> {
     this.#seen.add(payload.id);
     if (this.#seen.size > SEEN_MAX) this.#seen.delete(this.#seen.values().next().value!);
     this.emit("message", payload);
+    if (this.listenerCount("envelope") > 0) this.emit("envelope", payload, utf8.decode(bytes));
     if (payload.re !== undefined) {
       const w = this.#waiters.get(payload.re);
       if (w !== undefined) {

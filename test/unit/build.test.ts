@@ -1,9 +1,9 @@
 /** The compiled programs (scripts/build.mjs): what users start runs without a TypeScript loader. */
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ENTRIES, ROOT, bundlePath, rewriteImportMeta } from "../../scripts/build.mjs";
+import { DIST, ENTRIES, ROOT, bundlePath, rewriteImportMeta } from "../../scripts/build.mjs";
 
 const scripts = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> }).scripts;
 
@@ -15,6 +15,16 @@ describe("compiled programs", () => {
       expect(ENTRIES).toContain(`${m![1]}.ts`);
     }
     expect(scripts.prepare).toBe("node scripts/build.mjs");
+  });
+
+  it("records only real files as a build's inputs, so a start after a build does not build again", () => {
+    // The test run built everything first (scripts/vitest-build.mjs); every recorded input must exist.
+    const inputs = JSON.parse(readFileSync(join(DIST, "inputs.json"), "utf8")) as Record<string, string[]>;
+    expect(Object.keys(inputs)).toContain("pages");
+    const missing = Object.values(inputs)
+      .flat()
+      .filter((f) => !existsSync(join(ROOT, f)));
+    expect(missing).toEqual([]);
   });
 
   it("resolves new URL(literal, import.meta.url) against the module's source file, entry or not", () => {
