@@ -427,4 +427,25 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/e2e/pages.test.ts"],
     filter: "as HTML carrying the broker's public key",
   },
+
+  // ── The audit log (src/store/audit.ts, src/service/audit-proofs.ts) ────────────────────────
+  {
+    id: "audit-leaf-hash-unchecked",
+    rule: "audit verify accepts an entry whose text was edited, when its leaf hash was left as it was.",
+    file: "src/store/audit.ts",
+    search: "if (!equalBytes(leaf, row.leaf_hash)) return entryProblem(",
+    replace: "if (false && !equalBytes(leaf, row.leaf_hash)) return entryProblem(",
+    tests: ["test/unit/audit.test.ts"],
+    filter: "names an entry whose text was edited and its leaf hash left",
+    quick: true,
+  },
+  {
+    id: "audit-proof-for-strangers",
+    rule: "Any device may get the audit entry (and proof) of another device's payment.",
+    file: "src/service/audit-proofs.ts",
+    search: "(payment.payment.terminalId !== ctx.device.id && payment.payment.phoneId !== ctx.device.id)",
+    replace: "(false && payment.payment.terminalId !== ctx.device.id && payment.payment.phoneId !== ctx.device.id)",
+    tests: ["test/e2e/audit.test.ts"],
+    filter: "answers audit_entry_not_found to a device asking for an entry that is not about its own payment",
+  },
 ];
