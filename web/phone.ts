@@ -15,9 +15,13 @@ import { StoredList, clockTime, formatAmount, fragmentParams, h, startPage } fro
 import { AgreementList, limitInputs, limitLabel, readLimitsForm, whenText, type AgreementItem, type ReadableAgreement } from "./phone-agreements.ts";
 import { CURRENCIES, DEFAULT_LIMIT_TEXT, limitsLine } from "./phone-limits.ts";
 import { PromptCards, outcomeText, resultText, type PromptView, type ResultView } from "./phone-prompts.ts";
+import { Receipts } from "./receipts.ts";
 
 const session = await startPage({ role: "phone", title: "Phone", defaultName: "Browser phone", askUser: true });
 const { device } = session;
+// Each payment_result is the payment's receipt: kept from the first message on (the history is drawn later).
+let redrawHistory = (): void => {};
+const receiptsOpening = Receipts.keep(session, () => redrawHistory());
 
 // startPage is already connecting, and the page still opens its stores below: what arrives
 // meanwhile waits here (a prompt's PUBACK goes out when the listener returns, so nothing may be
@@ -47,6 +51,7 @@ async function measureSkew(): Promise<void> {
 const prompts = new PromptCards(session, brokerNow);
 const agreements = new AgreementList(session, () => refreshAgreements());
 const history = await StoredList.open<HistoryEntry>("history:phone");
+const receipts = await receiptsOpening;
 
 /**
  * Prompts this page has shown and not seen end. The PUBACK of a prompt is its receipt, so the
@@ -246,6 +251,7 @@ function renderHistory(): void {
         { class: "history-item", testid: "history-item", attrs: { "data-payment-id": r.id, "data-status": r.status } },
         h("div", { class: "history-main" }, h("span", { class: "history-amount", text: formatAmount(r.amountMinor, r.currency) }), h("span", { class: "history-merchant", text: r.merchantName }), h("span", { class: "status", text: r.status, attrs: { "data-status": r.status } })),
         h("div", { class: "muted history-detail", text: `from ${r.terminalName} · ${whenText(r.atMs)}${r.status === "completed" ? "" : ` · ${outcomeText(r)}`}` }),
+        receipts.actions(r.id),
       ),
     ),
   );
@@ -307,6 +313,7 @@ handleConnected = () => {
 
 session.main.append(prompts.el, pairForm, agreements.el, executionSection, historySection);
 renderHistory();
+redrawHistory = renderHistory;
 for (const m of early.splice(0)) handleMessage(m);
 if (connectedEarly) handleConnected();
 takeCodeFromFragment();

@@ -199,7 +199,8 @@ export function historyItem(t: Tracked): HistoryItem {
   return { id: v.paymentId, status: v.status, mode: v.mode, amountMinor: v.amountMinor, currency: v.currency, merchantName: v.merchantName, orderRef: v.orderRef, reason: v.reason, transferId: v.transferId, atMs: t.times.accepted ?? Date.now() };
 }
 
-export function historyRow(i: HistoryItem): HTMLLIElement {
+/** A history row; `receipt` is the receipt's buttons and proof line (web/receipts.ts), when the page has the receipt. */
+export function historyRow(i: HistoryItem, receipt: HTMLElement | null = null): HTMLLIElement {
   const d = new Date(i.atMs);
   const day = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
   return h(
@@ -209,5 +210,6 @@ export function historyRow(i: HistoryItem): HTMLLIElement {
     h("span", { class: "history-amount", text: formatAmount(i.amountMinor, i.currency) }),
     h("span", { class: "history-merchant", text: i.merchantName }),
     h("span", { class: "history-when muted", text: `${day} ${clockTime(i.atMs)} · ${i.orderRef}${i.reason !== null && i.reason !== i.status ? ` · ${REASON_TEXT[i.reason] ?? i.reason}` : ""}` }),
+    receipt,
   );
 }

@@ -15,9 +15,13 @@ import { clockTime, field, formatAmount, h, parseAmount, startPage, StoredList }
 import { historyItem, historyRow, PaymentCard, type HistoryItem } from "./terminal-payments.ts";
 import { applyAccepted, applyResult, applyState, applyUpdate, fromAccepted, hasGap, isFinal } from "./terminal-steps.ts";
 import { qrSvg } from "./terminal-qr.ts";
+import { Receipts } from "./receipts.ts";
 
 const session = await startPage({ role: "terminal", title: "Terminal", defaultName: "Browser terminal" });
 const { device, key } = session;
+// Each payment_result is the payment's receipt: kept from the first message on (the history is drawn later).
+let redrawHistory = (): void => {};
+const receiptsOpening = Receipts.keep(session, () => redrawHistory());
 
 /** Payments the page follows at once; the broker allows a terminal 20 unfinished (docs/protocol.md §Limits). */
 const MAX_CARDS = 50;
@@ -328,13 +332,14 @@ const early = new Map<string, Received[]>();
 /** The seq at which the page last asked payment_status for a payment's missing events. */
 const askedAt = new Map<string, number>();
 const history = await StoredList.open<HistoryItem>("history:terminal");
+const receipts = await receiptsOpening;
 const paymentList = h("ol", { class: "payments", testid: "payments", attrs: { "aria-label": "Payments of this session" } });
 const noPayments = h("p", { class: "muted", text: "No payments yet in this session." });
 const historyList = h("ul", { class: "list history", testid: "history", attrs: { "aria-label": "Past payments" } });
 const noHistory = h("p", { class: "muted", text: "No payments yet." });
 
 function renderHistory(): void {
-  historyList.replaceChildren(...history.items.map(historyRow));
+  historyList.replaceChildren(...history.items.map((i) => historyRow(i, receipts.actions(i.id))));
   noHistory.hidden = history.items.length > 0;
 }
 
@@ -471,3 +476,4 @@ session.main.append(
 );
 renderAgreements();
 renderHistory();
+redrawHistory = renderHistory;
