@@ -8,7 +8,7 @@
  * chromium with apt where it is missing.
  */
 import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { chromium, type Browser, type Page } from "playwright-core";
@@ -29,6 +29,8 @@ let browser: Browser;
 let terminal: Page;
 let phone: Page;
 let step = 0;
+/** The 88.00 payment approved on the phone: its receipt is downloaded and verified after. */
+let approvedId = "";
 const pageErrors: string[] = [];
 
 /** Runs a command a page shows, as a person would paste it into a shell at the repository root. */
@@ -145,6 +147,40 @@ describe.sequential("the browser terminal and phone", () => {
     for (const s of ["accepted", "prompt_delivered", "confirmed", "executing", "result"]) expect(await card(id).getByTestId(`step-${s}`).getAttribute("data-done")).toBe("true");
     await expect.poll(() => phoneHistory(id).getAttribute("data-status"), WAIT).toBe("completed");
     await snap("approved");
+    approvedId = id;
+  }, 60_000);
+
+  test("the terminal adds the audit log's proof to the 88.00 payment's receipt and downloads it; admin receipt verify accepts it, and refuses it with the amount changed", async () => {
+    const id = approvedId;
+    expect(id).not.toBe("");
+    const row = terminal.locator(`[data-testid="history-item"][data-payment-id="${id}"]`);
+    await expect.poll(() => row.getByTestId("history-proof").isVisible(), WAIT).toBe(true);
+    // The phone kept its own receipt of the same result.
+    await expect.poll(() => phoneHistory(id).getByTestId("history-receipt").isVisible(), WAIT).toBe(true);
+    await row.getByTestId("history-proof").click();
+    await expect.poll(() => row.getByTestId("history-proof-status").textContent(), WAIT).toMatch(/^In the signed audit log: entry \d+ of \d+ \(head signed \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\)$/);
+    await snap("receipt-proof");
+    const [download] = await Promise.all([terminal.waitForEvent("download", WAIT), row.getByTestId("history-receipt").click()]);
+    expect(download.suggestedFilename()).toBe(`${id}.terminal.json`);
+    const file = join(broker.dataDir, download.suggestedFilename());
+    await download.saveAs(file);
+    const brokerKey = Buffer.from(broker.publicKey).toString("base64");
+    const out = await admin(`receipt verify ${file} --broker-key ${brokerKey}`);
+    expect(out).toContain(`payment     ${id}`);
+    expect(out).toMatch(/status\s+completed/);
+    expect(out).toMatch(/inclusion\s+entry \d+ is in the signed log/);
+    // The same file with another amount: the broker's signature no longer covers it.
+    const receipt = JSON.parse(readFileSync(file, "utf8")) as { envelope: { payload: string } };
+    expect(receipt.envelope.payload).toContain(`"amountMinor":8800`);
+    receipt.envelope.payload = receipt.envelope.payload.replace(`"amountMinor":8800`, `"amountMinor":880`);
+    const tampered = join(broker.dataDir, `tampered.${id}.terminal.json`);
+    writeFileSync(tampered, JSON.stringify(receipt));
+    const refused = await admin(`receipt verify ${tampered} --broker-key ${brokerKey}`).then(
+      () => null,
+      (err: unknown) => err as { code?: number; stderr?: string },
+    );
+    expect(refused?.code).toBe(1);
+    expect(refused?.stderr).toContain("does not verify");
   }, 60_000);
 
   test("declines 66.00 from the keyboard alone: the prompt takes focus on Approve, Shift+Tab reaches Decline (left of it)", async () => {
