@@ -27,6 +27,12 @@ export function requireString(values: Record<string, unknown>, name: string, usa
 
 /** Runs a CLI main and exits with the documented code; errors print one line, never a stack, unless HANDOFF_DEBUG=1. */
 export function runCli(main: (argv: string[]) => Promise<number | void> | number | void): void {
+  // A reader that stops early (`| head`) closes the pipe: stop quietly, as other tools do,
+  // instead of dying on an unhandled EPIPE with a stack trace.
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE") throw err;
+    process.exit(process.exitCode ?? 0);
+  });
   Promise.resolve()
     .then(() => main(process.argv.slice(2)))
     .then(

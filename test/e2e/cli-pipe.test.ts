@@ -1,0 +1,17 @@
+/** The command-line programs stop quietly when the reader of their output goes away (`| head`). */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { expect, it } from "vitest";
+
+const ROOT = join(import.meta.dirname, "../..");
+
+it("exits 0 without an EPIPE stack trace when its stdout is closed before it writes", async () => {
+  const child = spawn(process.execPath, [join(ROOT, "scripts/run.mjs"), "broker/admin", "--help"], { cwd: ROOT });
+  // The reading end goes before the program has started, so its first write meets a closed pipe.
+  child.stdout.destroy();
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  expect(stderr).not.toContain("EPIPE");
+  expect(code).toBe(0);
+}, 30_000);
