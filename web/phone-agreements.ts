@@ -7,7 +7,7 @@
  * change), so an open form keeps what the person typed and where the focus is.
  */
 import type { Limits, Usage } from "../src/core/agreement.ts";
-import { formatAmount, h, sentenceFor, type Session } from "./common.ts";
+import { dayText, formatAmount, h, sentenceFor, two, type Session } from "./common.ts";
 import { LIMIT_HINTS, LIMIT_LABELS, limitsLine, majorText, readLimits, type LimitField } from "./phone-limits.ts";
 
 export interface ReadableAgreement {
@@ -57,15 +57,11 @@ export function readLimitsForm(session: Session, what: string, currency: string,
   return null;
 }
 
-function two(n: number): string {
-  return String(n).padStart(2, "0");
-}
-
 /** A moment for people: "14:05" today, "2025-03-01 14:05" another day (local time). */
 export function whenText(ms: number, nowMs: number = Date.now()): string {
   const d = new Date(ms);
   const time = `${two(d.getHours())}:${two(d.getMinutes())}`;
-  return d.toDateString() === new Date(nowMs).toDateString() ? time : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`;
+  return d.toDateString() === new Date(nowMs).toDateString() ? time : `${dayText(ms)} ${time}`;
 }
 
 /**
