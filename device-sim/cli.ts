@@ -469,13 +469,14 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
   if (verb === "receipt") {
     const file = need("a receipt file (saved with --receipts DIR)");
     let receipt: ReceiptFile;
+    let body: ReturnType<typeof receiptBody>;
     try {
       receipt = JSON.parse(readFileSync(file, "utf8")) as ReceiptFile;
-      receiptBody(receipt);
+      body = receiptBody(receipt);
     } catch (err) {
       throw new OperationError(`${file} is not a receipt file: ${(err as Error).message}`);
     }
-    const { auditIndex, paymentId } = receiptBody(receipt);
+    const { auditIndex, paymentId } = body;
     if (!Number.isSafeInteger(auditIndex)) throw new OperationError(`${file}: its payment_result has no auditIndex (a broker from before the audit log sent it)`);
     const reply = await device.request("audit_inclusion_request", { index: auditIndex });
     if (reply.type === "error") throw new OperationError(failure(reply));

@@ -15,14 +15,13 @@ import { connect as tlsConnect, rootCertificates, type ConnectionOptions, type P
 import type { IClientOptions, MqttClient } from "mqtt";
 import { Signer, verify } from "../src/crypto/ed25519.ts";
 import type { Payload } from "../src/protocol/envelope.ts";
-import { DeviceClient, type DevicePlatform } from "../src/device/client.ts";
+import { DeviceClient, type DeviceClientOptions, type DevicePlatform } from "../src/device/client.ts";
 import type { DeviceKey } from "./keyfile.ts";
 
 export { CONNACK_TEXT, DeviceError, type DeviceEvents, type Received } from "../src/device/client.ts";
 
-export interface DeviceOptions {
-  /** mqtt://, mqtts://, ws:// or wss://host:port[/path]. */
-  readonly url: string;
+/** DeviceClient's options, with the key from a key file instead of an identity, and the TLS trust. */
+export interface DeviceOptions extends Omit<DeviceClientOptions, "identity" | "platform"> {
   /**
    * mqtts and wss: the certificates (PEM) to trust instead of the system's CAs, e.g. the
    * broker's own self-signed tls.crt. The host name is still checked unless a pin is given.
@@ -35,14 +34,6 @@ export interface DeviceOptions {
    */
   readonly fingerprint256?: string;
   readonly key: DeviceKey;
-  /** The broker's Ed25519 public key; messages that do not verify against it are dropped. */
-  readonly brokerPublicKey: Uint8Array;
-  readonly clock?: () => number;
-  /** Reconnect by itself after a drop (default true); ms between tries. */
-  readonly reconnectMs?: number;
-  readonly reconnect?: boolean;
-  readonly connectTimeoutMs?: number;
-  readonly keepaliveS?: number;
 }
 
 const SCHEMES = ["mqtt:", "mqtts:", "ws:", "wss:"];
@@ -189,17 +180,12 @@ export class Device extends DeviceClient {
       pin = normalizeFingerprint(options.fingerprint256);
       if (pin === null) throw new Error(`fingerprint ${options.fingerprint256} is not a SHA-256 fingerprint (64 hex digits, colons optional)`);
     }
-    const signer = new Signer(options.key.pair);
+    const { ca, fingerprint256: _pinned, key, ...client } = options;
+    const signer = new Signer(key.pair);
     super({
-      url: options.url,
-      identity: { deviceId: options.key.deviceId, sign: (b) => signer.sign(b) },
-      brokerPublicKey: options.brokerPublicKey,
-      platform: new NodePlatform(pin, options.ca, options.connectTimeoutMs ?? 10_000),
-      ...(options.clock === undefined ? {} : { clock: options.clock }),
-      ...(options.reconnectMs === undefined ? {} : { reconnectMs: options.reconnectMs }),
-      ...(options.reconnect === undefined ? {} : { reconnect: options.reconnect }),
-      ...(options.connectTimeoutMs === undefined ? {} : { connectTimeoutMs: options.connectTimeoutMs }),
-      ...(options.keepaliveS === undefined ? {} : { keepaliveS: options.keepaliveS }),
+      ...client,
+      identity: { deviceId: key.deviceId, sign: (b) => signer.sign(b) },
+      platform: new NodePlatform(pin, ca, options.connectTimeoutMs ?? 10_000),
     });
   }
 }

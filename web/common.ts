@@ -67,9 +67,31 @@ export function describeError(err: unknown): { code: string | null; text: string
   return { code: null, text: err instanceof Error ? err.message : String(err) };
 }
 
+/** Two digits: two(7) === "07". */
+export function two(n: number): string {
+  return String(n).padStart(2, "0");
+}
+
 export function clockTime(ms: number): string {
   const d = new Date(ms);
-  return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}:${String(d.getSeconds()).padStart(2, "0")}`;
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+}
+
+/** The local day: "2025-03-01". */
+export function dayText(ms: number): string {
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`;
+}
+
+/** "1:58", "0:07": the time left, rounded up to the second. */
+export function countdownText(leftMs: number): string {
+  const s = Math.max(0, Math.ceil(leftMs / 1000));
+  return `${Math.floor(s / 60)}:${two(s % 60)}`;
+}
+
+/** Why an action waits: the page's device is not connected. */
+export function notConnected(): Error {
+  return new Error("not connected to the broker; wait until the state above says Connected");
 }
 
 /** Parameters in the page's URL fragment (#key=…&code=…): never sent to any server. */

@@ -7,7 +7,7 @@
  * change), so an open form keeps what the person typed and where the focus is.
  */
 import type { Limits, Usage } from "../src/core/agreement.ts";
-import { formatAmount, h, sentenceFor, type Session } from "./common.ts";
+import { dayText, formatAmount, h, sentenceFor, two, type Session } from "./common.ts";
 import { LIMIT_HINTS, LIMIT_LABELS, limitsLine, majorText, readLimits, type LimitField } from "./phone-limits.ts";
 
 export interface ReadableAgreement {
@@ -57,15 +57,11 @@ export function readLimitsForm(session: Session, what: string, currency: string,
   return null;
 }
 
-function two(n: number): string {
-  return String(n).padStart(2, "0");
-}
-
 /** A moment for people: "14:05" today, "2025-03-01 14:05" another day (local time). */
 export function whenText(ms: number, nowMs: number = Date.now()): string {
   const d = new Date(ms);
   const time = `${two(d.getHours())}:${two(d.getMinutes())}`;
-  return d.toDateString() === new Date(nowMs).toDateString() ? time : `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`;
+  return d.toDateString() === new Date(nowMs).toDateString() ? time : `${dayText(ms)} ${time}`;
 }
 
 /**
@@ -90,6 +86,33 @@ interface Card {
   readonly limits: HTMLElement;
   readonly usage: HTMLElement;
   readonly editButton: HTMLButtonElement;
+}
+
+/**
+ * A button that shows and hides an inline panel (aria-expanded follows): `open` fills the panel
+ * and names what takes the focus, or returns null to leave it closed. The panel's cancel button
+ * and Escape close it with the focus back on the button. Returns that close.
+ */
+function disclosure(button: HTMLElement, panel: HTMLElement, cancel: HTMLElement, open: () => HTMLElement | null): (focus: boolean) => void {
+  panel.hidden = true;
+  const close = (focus: boolean) => {
+    panel.hidden = true;
+    button.setAttribute("aria-expanded", "false");
+    if (focus) button.focus();
+  };
+  button.addEventListener("click", () => {
+    if (!panel.hidden) return close(false);
+    const first = open();
+    if (first === null) return;
+    panel.hidden = false;
+    button.setAttribute("aria-expanded", "true");
+    first.focus();
+  });
+  cancel.addEventListener("click", () => close(true));
+  panel.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") close(true);
+  });
+  return close;
 }
 
 export class AgreementList {
@@ -166,29 +189,16 @@ export class AgreementList {
     const save = h("button", { text: "Save limits", testid: "edit-save", attrs: { type: "submit" } });
     const cancelEdit = h("button", { text: "Cancel", class: "secondary", testid: "edit-cancel", attrs: { type: "button" } });
     const form = h("form", { class: "agreement-edit-form", testid: "agreement-edit-form", attrs: { novalidate: "" } }, currencyNote, h("div", { class: "limit-fields" }, ...FIELDS.map((f) => limitLabel(f, inputs[f]))), h("div", { class: "row" }, save, cancelEdit));
-    form.hidden = true;
-    const closeEdit = (focus: boolean) => {
-      form.hidden = true;
-      editButton.setAttribute("aria-expanded", "false");
-      if (focus) editButton.focus();
-    };
-    editButton.addEventListener("click", () => {
-      if (!form.hidden) return closeEdit(false);
+    const closeEdit = disclosure(editButton, form, cancelEdit, () => {
       const current = card.item;
-      if (!("limits" in current)) return;
+      if (!("limits" in current)) return null;
       const l = current.limits;
       inputs.autoMax.value = majorText(l.autoConfirmMaxMinor, l.currency);
       inputs.autoDaily.value = majorText(l.autoConfirmDailyMinor, l.currency);
       inputs.max.value = majorText(l.perPaymentMaxMinor, l.currency);
       for (const f of FIELDS) inputs[f].removeAttribute("aria-invalid");
       currencyNote.textContent = `Amounts in ${l.currency}, the currency this terminal was paired in.`;
-      form.hidden = false;
-      editButton.setAttribute("aria-expanded", "true");
-      inputs.autoMax.focus();
-    });
-    cancelEdit.addEventListener("click", () => closeEdit(true));
-    form.addEventListener("keydown", (e) => {
-      if (e.key === "Escape") closeEdit(true);
+      return inputs.autoMax;
     });
     form.addEventListener("submit", (e) => {
       e.preventDefault();
@@ -218,23 +228,10 @@ export class AgreementList {
     const confirm = h("button", { text: "Yes, unbind", class: "danger", testid: "agreement-unbind-confirm", attrs: { type: "button" } });
     const keep = h("button", { text: "Keep it", class: "secondary", testid: "agreement-unbind-cancel", attrs: { type: "button" } });
     const confirmBox = h("div", { class: "unbind-confirm", attrs: { role: "group", "aria-label": "Confirm unbinding" } }, question, h("div", { class: "row" }, confirm, keep));
-    confirmBox.hidden = true;
-    const closeConfirm = (focus: boolean) => {
-      confirmBox.hidden = true;
-      unbindButton.setAttribute("aria-expanded", "false");
-      if (focus) unbindButton.focus();
-    };
-    unbindButton.addEventListener("click", () => {
-      if (!confirmBox.hidden) return closeConfirm(false);
+    disclosure(unbindButton, confirmBox, keep, () => {
       const name = "terminalName" in card.item ? card.item.terminalName : "this terminal";
       question.textContent = `Unbind ${name}? It will no longer be able to ask this phone for payments; pairing again needs a new code.`;
-      confirmBox.hidden = false;
-      unbindButton.setAttribute("aria-expanded", "true");
-      confirm.focus();
-    });
-    keep.addEventListener("click", () => closeConfirm(true));
-    confirmBox.addEventListener("keydown", (e) => {
-      if (e.key === "Escape") closeConfirm(true);
+      return confirm;
     });
     confirm.addEventListener("click", () => {
       const id = card.item.agreementId;

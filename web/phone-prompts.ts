@@ -9,7 +9,7 @@
  * for its own payment.
  */
 import { DeviceError } from "../src/device/client.ts";
-import { formatAmount, h, type Session } from "./common.ts";
+import { countdownText, formatAmount, h, type Session } from "./common.ts";
 import type { DownBody } from "../src/protocol/messages.ts";
 
 /** A payment_prompt as the broker sends it (docs/protocol.md §payment_prompt). */
@@ -44,12 +44,6 @@ const REASON_TEXT: Readonly<Record<string, string>> = {
   insufficient_funds: "not enough money in the wallet",
   unbound: "the terminal is no longer paired with this phone",
 };
-
-/** "1:58", "0:07": the time left, rounded up to the second. */
-export function countdownText(leftMs: number): string {
-  const s = Math.max(0, Math.ceil(leftMs / 1000));
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
-}
 
 /** Answers after which approving again cannot help: the payment or its prompt is over. */
 const FINAL_REFUSALS = new Set(["prompt_expired", "payment_not_pending", "payment_not_found", "dynamic_link_mismatch", "wrong_device_kind"]);

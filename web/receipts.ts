@@ -15,7 +15,7 @@ import { fromBase64 } from "../src/crypto/encoding.ts";
 import { browserPlatform, type DeviceKind } from "../src/device/browser.ts";
 import { receiptBody, receiptFromEnvelope, receiptText, type ReceiptFile } from "../src/device/receipt.ts";
 import type { DownBody } from "../src/protocol/messages.ts";
-import { clockTime, h, StoredList, type Session } from "./common.ts";
+import { clockTime, dayText, h, notConnected, StoredList, type Session } from "./common.ts";
 
 type Inclusion = DownBody<"audit_inclusion">;
 
@@ -26,11 +26,6 @@ interface StoredReceipt {
   readonly envelope: string;
   /** The audit_inclusion answer, once the person asked for the proof. */
   readonly inclusion: Inclusion | null;
-}
-
-function dayTime(ms: number): string {
-  const d = new Date(ms);
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")} ${clockTime(ms)}`;
 }
 
 /** Why a proof the broker sent does not show what it should; null when it does. */
@@ -99,7 +94,7 @@ export class Receipts {
     if (r === undefined) return null;
     const status = h("span", { class: "proof-status muted", testid: "history-proof-status", attrs: { role: "status" } });
     if (r.inclusion !== null) {
-      status.textContent = `In the signed audit log: entry ${r.inclusion.index} of ${r.inclusion.treeSize} (head signed ${dayTime(r.inclusion.head.timestampMs)})`;
+      status.textContent = `In the signed audit log: entry ${r.inclusion.index} of ${r.inclusion.treeSize} (head signed ${dayText(r.inclusion.head.timestampMs)} ${clockTime(r.inclusion.head.timestampMs)})`;
     }
     const receipt = h("button", {
       text: "Receipt",
@@ -135,7 +130,7 @@ export class Receipts {
     if (r === undefined || this.#busy.has(paymentId)) return;
     const what = `Add the audit log's proof to the receipt of ${paymentId}`;
     const { device } = this.session;
-    if (!device.connected) return this.session.showError(what, new Error("not connected to the broker; wait until the state above says Connected"));
+    if (!device.connected) return this.session.showError(what, notConnected());
     const { auditIndex } = receiptBody(this.#file(r));
     if (!Number.isSafeInteger(auditIndex)) return this.session.showError(what, new Error("this result came from a broker without an audit log: it has no auditIndex"));
     this.#busy.add(paymentId);

@@ -2,7 +2,7 @@
  * The terminal page's payment cards and history rows: each card shows one payment's fold
  * (web/terminal-steps.ts) live, its steps with their times, and Cancel while it can be cancelled.
  */
-import { clockTime, formatAmount, h } from "./common.ts";
+import { clockTime, countdownText, dayText, formatAmount, h } from "./common.ts";
 import { canCancel, isFinal, STEPS, stepState, type Step, type StepState, type Tracked } from "./terminal-steps.ts";
 
 const STEP_LABEL: Record<Step, string> = {
@@ -67,11 +67,6 @@ function stepNote(t: Tracked, step: Step, state: StepState): string {
   if (state === "not-reached") return "not reached";
   if (state === "waiting") return step === "prompt_delivered" && t.waitingForPhoneAtMs !== null ? "phone offline: the prompt waits" : "waiting…";
   return "—";
-}
-
-function remaining(ms: number): string {
-  const s = Math.max(0, Math.ceil(ms / 1000));
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
 /** One payment's live card: data-status and the steps follow the payment; Cancel while it can be cancelled. */
@@ -163,7 +158,7 @@ export class PaymentCard {
       return;
     }
     const who = v.status === "awaiting_confirmation" ? "The phone must answer" : "The phone must execute it";
-    this.#deadline.textContent = `${who} by ${clockTime(v.deadlineMs)} (${remaining(v.deadlineMs - nowMs)} left)`;
+    this.#deadline.textContent = `${who} by ${clockTime(v.deadlineMs)} (${countdownText(v.deadlineMs - nowMs)} left)`;
   }
 
   #showCancel(show: boolean): void {
@@ -201,15 +196,13 @@ export function historyItem(t: Tracked): HistoryItem {
 
 /** A history row; `receipt` is the receipt's buttons and proof line (web/receipts.ts), when the page has the receipt. */
 export function historyRow(i: HistoryItem, receipt: HTMLElement | null = null): HTMLLIElement {
-  const d = new Date(i.atMs);
-  const day = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
   return h(
     "li",
     { class: "history-row", testid: "history-item", attrs: { "data-payment-id": i.id, "data-status": i.status } },
     h("span", { class: "status", text: statusText(i.status), attrs: { "data-status": i.status } }),
     h("span", { class: "history-amount", text: formatAmount(i.amountMinor, i.currency) }),
     h("span", { class: "history-merchant", text: i.merchantName }),
-    h("span", { class: "history-when muted", text: `${day} ${clockTime(i.atMs)} · ${i.orderRef}${i.reason !== null && i.reason !== i.status ? ` · ${REASON_TEXT[i.reason] ?? i.reason}` : ""}` }),
+    h("span", { class: "history-when muted", text: `${dayText(i.atMs)} ${clockTime(i.atMs)} · ${i.orderRef}${i.reason !== null && i.reason !== i.status ? ` · ${REASON_TEXT[i.reason] ?? i.reason}` : ""}` }),
     receipt,
   );
 }

@@ -11,7 +11,7 @@ import { CURRENCY_EXPONENTS } from "../src/core/money.ts";
 import { load, save } from "../src/device/browser-store.ts";
 import type { Received } from "../src/device/client.ts";
 import type { DownBody, DownType } from "../src/protocol/messages.ts";
-import { clockTime, field, formatAmount, h, parseAmount, startPage, StoredList } from "./common.ts";
+import { clockTime, countdownText, field, formatAmount, h, notConnected, parseAmount, startPage, StoredList, two } from "./common.ts";
 import { historyItem, historyRow, PaymentCard, type HistoryItem } from "./terminal-payments.ts";
 import { applyAccepted, applyResult, applyState, applyUpdate, fromAccepted, hasGap, isFinal } from "./terminal-steps.ts";
 import { qrSvg } from "./terminal-qr.ts";
@@ -36,13 +36,8 @@ const PRESETS = [
 ] as const;
 const PRESET_CURRENCY = "CNY";
 
-function notConnected(): Error {
-  return new Error("not connected to the broker; wait until the state above says Connected");
-}
-
 function freshOrderRef(): string {
   const d = new Date();
-  const two = (n: number) => String(n).padStart(2, "0");
   return `T${String(d.getFullYear()).slice(2)}${two(d.getMonth() + 1)}${two(d.getDate())}-${two(d.getHours())}${two(d.getMinutes())}${two(d.getSeconds())}-${device.newId().slice(0, 4).toUpperCase()}`;
 }
 
@@ -51,10 +46,6 @@ function bodyOf<T extends DownType>(m: Received, _type: T): DownBody<T> {
   return m.body as unknown as DownBody<T>;
 }
 
-function remaining(ms: number): string {
-  const s = Math.max(0, Math.ceil(ms / 1000));
-  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
-}
 
 // ── the customer: login, bind, pairing code, agreements ─────────────────────────────────────
 
@@ -113,7 +104,7 @@ function tickPairing(nowMs: number): void {
   if (pairing === null) return;
   const left = pairing.expiresLocalMs - nowMs;
   pairingPanel.dataset.expired = String(left <= 0);
-  pairingExpires.textContent = left > 0 ? `Expires in ${remaining(left)}` : "Expired: press Bind for a new code";
+  pairingExpires.textContent = left > 0 ? `Expires in ${countdownText(left)}` : "Expired: press Bind for a new code";
 }
 
 function showPairing(login: string, code: string, ttlMs: number): void {
