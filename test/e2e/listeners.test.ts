@@ -6,6 +6,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
+import type { EventEmitter } from "node:events";
 import { mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { join } from "node:path";
@@ -347,37 +348,30 @@ function peerFingerprint(port: number, ca: string): Promise<string> {
 /** A bare connection to a listener (TLS and WebSocket set up, no MQTT yet). */
 async function rawStream(b: TestBroker, kind: ListenerKind): Promise<{ write(bytes: Buffer): void; closed: Promise<void>; isClosed(): boolean }> {
   const a = b.listeners[kind]!;
-  let isClosed = false;
+  // A socket and a WebSocket emit alike: an opening event, "error" and "close".
+  let conn: { write(bytes: Buffer): void; emitter: EventEmitter; opened: string; destroy(): void };
   if (kind === "tcp" || kind === "tls") {
     const s = kind === "tcp" ? netConnect(a.port, "127.0.0.1") : tlsConnect({ host: "127.0.0.1", port: a.port, ca: b.certificate!.pem });
-    await new Promise<void>((resolve, reject) => {
-      s.once(kind === "tcp" ? "connect" : "secureConnect", () => resolve());
-      s.once("error", reject);
-    });
-    s.on("error", () => {});
-    const closedP = new Promise<void>((resolve) =>
-      s.once("close", () => {
-        isClosed = true;
-        resolve();
-      }),
-    );
-    cleanups.push(() => s.destroy());
-    return { write: (bytes) => s.write(bytes), closed: closedP, isClosed: () => isClosed };
+    conn = { write: (bytes) => s.write(bytes), emitter: s, opened: kind === "tcp" ? "connect" : "secureConnect", destroy: () => s.destroy() };
+  } else {
+    const ws = new WebSocket(a.url, ["mqtt"], kind === "wss" ? { ca: b.certificate!.pem } : {});
+    conn = { write: (bytes) => ws.send(bytes), emitter: ws, opened: "open", destroy: () => ws.terminate() };
   }
-  const ws = new WebSocket(a.url, ["mqtt"], kind === "wss" ? { ca: b.certificate!.pem } : {});
+  const { emitter } = conn;
   await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve());
-    ws.once("error", reject);
+    emitter.once(conn.opened, () => resolve());
+    emitter.once("error", reject);
   });
-  ws.on("error", () => {});
-  const closedP = new Promise<void>((resolve) =>
-    ws.once("close", () => {
+  emitter.on("error", () => {});
+  let isClosed = false;
+  const closed = new Promise<void>((resolve) =>
+    emitter.once("close", () => {
       isClosed = true;
       resolve();
     }),
   );
-  cleanups.push(() => ws.terminate());
-  return { write: (bytes) => ws.send(bytes), closed: closedP, isClosed: () => isClosed };
+  cleanups.push(conn.destroy);
+  return { write: conn.write, closed, isClosed: () => isClosed };
 }
 
 /** `npm start`'s program (compiled, as npm start runs it) as a child process, its JSON log lines kept. */
