@@ -1,7 +1,9 @@
-/** Test helpers: a real broker on port 0 with a temporary data dir, and registered devices. */
+/** Test helpers: a real broker on port 0 with a temporary data dir, registered devices, and the programs run as a person runs them. */
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import pino, { type Logger } from "pino";
 import { startBroker, type BrokerHandle } from "../broker/server.ts";
 import { Device } from "../device-sim/device.ts";
@@ -18,6 +20,37 @@ export interface TestBroker extends BrokerHandle {
   device(key: DeviceKey, opts?: { connect?: boolean; reconnect?: boolean }): Promise<Device>;
   /** Closes every device, the broker, and removes the data dir (unless keepData). */
   stop(opts?: { keepData?: boolean }): Promise<void>;
+}
+
+/** The repository root: where the npm scripts run. */
+export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/** The command line an npm script uses: the compiled program (dist/, built by vitest's global setup) through scripts/run.mjs, no TypeScript loader. */
+function programArgs(entry: string, args: readonly string[]): string[] {
+  return ["--enable-source-maps", join(ROOT, "scripts/run.mjs"), entry, ...args];
+}
+
+/**
+ * Starts a program as its npm script does (`entry` is its source path without .ts, e.g.
+ * "device-sim/cli"), from the repository root, with `env` (default: this process's) and its
+ * stdin, stdout and stderr piped to the test.
+ */
+export function spawnProgram(entry: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv } = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, programArgs(entry, args), { cwd: ROOT, env: opts.env ?? process.env });
+}
+
+/**
+ * Runs a program (as spawnProgram, stdin empty) to its end without blocking this process, whose
+ * event loop may serve the broker: its exit code (null if a signal ended it, as after
+ * `timeoutMs`, default 60 s, so that a hung program does not outlive its test) and what it printed: stdout, stderr, and `output`, the one then the other.
+ */
+export function runProgram(entry: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string; output: string }> {
+  const child = spawn(process.execPath, programArgs(entry, args), { cwd: ROOT, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"], timeout: opts.timeoutMs ?? 60_000 });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr, output: stdout + stderr })));
 }
 
 export function tempDir(prefix = "hp-test-"): string {

@@ -6,7 +6,6 @@
  * and https) that pipe every connection to it. Each front end counts the application bytes it
  * receives, so a refused certificate can be shown to have sent nothing, the token least of all.
  */
-import { execFile } from "node:child_process";
 import { once } from "node:events";
 import { rmSync, writeFileSync } from "node:fs";
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
@@ -21,9 +20,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { runDemo } from "../../device-sim/demo.ts";
 import { Device, certificateFingerprint } from "../../device-sim/device.ts";
 import { writeKeyFile } from "../../device-sim/keyfile.ts";
-import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { runProgram, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 
-const ROOT = join(import.meta.dirname, "../..");
 
 interface FrontEnd {
   readonly url: string;
@@ -221,15 +219,6 @@ describe("Device options", () => {
   });
 });
 
-/** `npm run sim -- …` as a program: exit status and everything it printed. */
-function sim(args: string[]): Promise<{ code: number; output: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", join(ROOT, "device-sim/cli.ts"), ...args], { cwd: ROOT, timeout: 30_000 }, (err, stdout, stderr) =>
-      resolve({ code: err === null ? 0 : typeof err.code === "number" ? err.code : -1, output: stdout + stderr }),
-    );
-  });
-}
-
 describe("the simulator and the demo over TLS", () => {
   it("sim: --url mqtts://… --ca FILE connects and runs a command; a wrong --fingerprint is refused and says why", { timeout: 60_000 }, async () => {
     const front = await tlsFront();
@@ -240,10 +229,10 @@ describe("the simulator and the demo over TLS", () => {
       const caFile = join(dir, "broker.crt");
       writeFileSync(caFile, pems.cert);
       const base = ["phone", "--key", keyFile, "agreements", "--url", front.url, "--data-dir", broker.dataDir];
-      const ok = await sim([...base, "--ca", caFile]);
+      const ok = await runProgram("device-sim/cli", [...base, "--ca", caFile], { timeoutMs: 30_000 });
       expect(ok).toMatchObject({ code: 0, output: expect.stringContaining("no agreements") });
       expect(front.piped).toBe(1);
-      const wrong = await sim([...base, "--fingerprint", certificateFingerprint(otherPems.cert)]);
+      const wrong = await runProgram("device-sim/cli", [...base, "--fingerprint", certificateFingerprint(otherPems.cert)], { timeoutMs: 30_000 });
       expect(wrong.code).toBe(1);
       expect(wrong.output).toContain(`could not connect to ${front.url}: the broker's TLS certificate has SHA-256 fingerprint`);
       expect(front.piped).toBe(1);

@@ -3,9 +3,8 @@
  * links it prints make working devices (their keys are registered, the pages are served on the
  * link's port), it funds alice once per data dir, and Ctrl-C stops it cleanly.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadKeyring, openDataDb } from "../../broker/data-dir.ts";
 import { Device } from "../../device-sim/device.ts";
@@ -15,9 +14,8 @@ import { fromBase64 } from "../../src/crypto/encoding.ts";
 import { deviceIdFor } from "../../src/crypto/ids.ts";
 import { walletBalance } from "../../src/service/ledger.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
-import { tempDir } from "../helpers.ts";
+import { spawnProgram, tempDir } from "../helpers.ts";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const READY = "Press Ctrl-C to stop";
 
 interface Link {
@@ -52,7 +50,7 @@ afterEach(async () => {
 
 describe("npm run demo -- --web", () => {
   it("prints links whose keys are registered devices on the link's port, serves the pages there, and ends with exit 0 on Ctrl-C, its data dir removed", { timeout: 60_000 }, async () => {
-    const proc = spawn(process.execPath, ["--enable-source-maps", "scripts/run.mjs", "device-sim/demo", "--web"], { cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
+    const proc = spawnProgram("device-sim/demo", ["--web"]);
     child = proc;
     let stdout = "";
     let stderr = "";

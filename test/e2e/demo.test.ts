@@ -2,15 +2,12 @@
  * `npm run demo`: the whole story plays to its expected outcomes, in-process and as a program,
  * against its own broker and a running one, and leaves no login or serial in clear on disk.
  */
-import { spawn } from "node:child_process";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { runDemo } from "../../device-sim/demo.ts";
-import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { runProgram, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 interface Summary {
   ok: boolean;
@@ -139,12 +136,7 @@ describe("npm run demo", () => {
     async () => {
       const dataDir = tempDir("hp-demo-test-");
       try {
-        const child = spawn(process.execPath, ["--enable-source-maps", "scripts/run.mjs", "device-sim/demo", "--json", "--data-dir", dataDir], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-        let stdout = "";
-        let stderr = "";
-        child.stdout.on("data", (b: Buffer) => (stdout += b.toString()));
-        child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
-        const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+        const { code, stdout, stderr } = await runProgram("device-sim/demo", ["--json", "--data-dir", dataDir]);
         expect(code, stderr).toBe(0);
         const summary = JSON.parse(stdout.trimEnd().split("\n").at(-1)!) as Summary;
         expectEveryStepAsExpected(summary);

@@ -4,13 +4,13 @@
  * timeout hold on each; the wrong protocol on a port fails cleanly; a disallowed Origin is refused
  * before the upgrade; and a running broker takes new certificate files on SIGHUP.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
+import type { EventEmitter } from "node:events";
 import { mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
-import { fileURLToPath } from "node:url";
 import type { IClientOptions } from "mqtt";
 import { generate } from "selfsigned";
 import { afterEach, describe, expect, it } from "vitest";
@@ -25,11 +25,10 @@ import { upTopic } from "../../src/protocol/topics.ts";
 import { ConfigError, brokerConfig } from "../../src/config.ts";
 import { registerDevice } from "../../src/service/devices.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
-import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { spawnProgram, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 import { RawDevice, closed, rawConnect, sealWith, tokenFor } from "../wire.ts";
 import { onJsonLines } from "../../device-sim/util.ts";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const ALL_ON = { port: 0, tlsPort: 0, wsPort: 0, wssPort: 0 } as const;
 const KINDS: readonly ListenerKind[] = ["tcp", "tls", "ws", "wss"];
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
@@ -349,48 +348,41 @@ function peerFingerprint(port: number, ca: string): Promise<string> {
 /** A bare connection to a listener (TLS and WebSocket set up, no MQTT yet). */
 async function rawStream(b: TestBroker, kind: ListenerKind): Promise<{ write(bytes: Buffer): void; closed: Promise<void>; isClosed(): boolean }> {
   const a = b.listeners[kind]!;
-  let isClosed = false;
+  // A socket and a WebSocket emit alike: an opening event, "error" and "close".
+  let conn: { write(bytes: Buffer): void; emitter: EventEmitter; opened: string; destroy(): void };
   if (kind === "tcp" || kind === "tls") {
     const s = kind === "tcp" ? netConnect(a.port, "127.0.0.1") : tlsConnect({ host: "127.0.0.1", port: a.port, ca: b.certificate!.pem });
-    await new Promise<void>((resolve, reject) => {
-      s.once(kind === "tcp" ? "connect" : "secureConnect", () => resolve());
-      s.once("error", reject);
-    });
-    s.on("error", () => {});
-    const closedP = new Promise<void>((resolve) =>
-      s.once("close", () => {
-        isClosed = true;
-        resolve();
-      }),
-    );
-    cleanups.push(() => s.destroy());
-    return { write: (bytes) => s.write(bytes), closed: closedP, isClosed: () => isClosed };
+    conn = { write: (bytes) => s.write(bytes), emitter: s, opened: kind === "tcp" ? "connect" : "secureConnect", destroy: () => s.destroy() };
+  } else {
+    const ws = new WebSocket(a.url, ["mqtt"], kind === "wss" ? { ca: b.certificate!.pem } : {});
+    conn = { write: (bytes) => ws.send(bytes), emitter: ws, opened: "open", destroy: () => ws.terminate() };
   }
-  const ws = new WebSocket(a.url, ["mqtt"], kind === "wss" ? { ca: b.certificate!.pem } : {});
+  const { emitter } = conn;
   await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve());
-    ws.once("error", reject);
+    emitter.once(conn.opened, () => resolve());
+    emitter.once("error", reject);
   });
-  ws.on("error", () => {});
-  const closedP = new Promise<void>((resolve) =>
-    ws.once("close", () => {
+  emitter.on("error", () => {});
+  let isClosed = false;
+  const closed = new Promise<void>((resolve) =>
+    emitter.once("close", () => {
       isClosed = true;
       resolve();
     }),
   );
-  cleanups.push(() => ws.terminate());
-  return { write: (bytes) => ws.send(bytes), closed: closedP, isClosed: () => isClosed };
+  cleanups.push(conn.destroy);
+  return { write: conn.write, closed, isClosed: () => isClosed };
 }
 
-/** `npm start`'s program (the compiled dist/broker/main.mjs, as npm start runs it) as a child process, its JSON log lines kept. */
+/** `npm start`'s program (compiled, as npm start runs it) as a child process, its JSON log lines kept. */
 function startBrokerProcess(args: string[]) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HANDOFF_")));
-  const child: ChildProcess = spawn(process.execPath, ["--enable-source-maps", join(ROOT, "dist", "broker", "main.mjs"), ...args], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnProgram("broker/main", args, { env });
   const lines: Record<string, unknown>[] = [];
   const waiters: { match: (l: Record<string, unknown>) => boolean; resolve: () => void }[] = [];
   let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  onJsonLines(child.stdout!, (line) => {
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  onJsonLines(child.stdout, (line) => {
     lines.push(line);
     for (const w of waiters.splice(0)) {
       if (w.match(line)) w.resolve();

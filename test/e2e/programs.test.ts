@@ -2,7 +2,6 @@
  * The programs as a person runs them: the broker process (flags, logs, signals, data dir lock),
  * the admin CLI and the simulator's keygen.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -11,27 +10,12 @@ import { TCP_ONLY_FLAGS } from "../../src/config.ts";
 import { Device } from "../../device-sim/device.ts";
 import { readKeyFile } from "../../device-sim/keyfile.ts";
 import { fromBase64 } from "../../src/crypto/encoding.ts";
-import { tempDir } from "../helpers.ts";
+import { runProgram, spawnProgram, tempDir } from "../helpers.ts";
 import { onJsonLines } from "../../device-sim/util.ts";
-
-const ROOT = join(import.meta.dirname, "../..");
-
-/** A program as its npm script starts it: compiled (dist/, built by vitest's global setup), no TypeScript loader. */
-function run(script: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, ["--enable-source-maps", join(ROOT, "scripts/run.mjs"), script.replace(/\.ts$/, ""), ...args], { cwd: ROOT, env: { ...process.env, ...env } });
-}
-
-function finish(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
-}
 
 /** Starts the broker program and resolves once it logs its port. */
 async function startProcess(dataDir: string | null, env: NodeJS.ProcessEnv = {}) {
-  const child = run("broker/main.ts", dataDir === null ? [] : ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir], env);
+  const child = spawnProgram("broker/main", dataDir === null ? [] : ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir], { env: { ...process.env, ...env } });
   const lines: Record<string, unknown>[] = [];
   const port = await new Promise<number>((resolve, reject) => {
     onJsonLines(child.stdout, (obj) => {
@@ -64,7 +48,7 @@ describe("broker program", () => {
 
     const keyFile = join(dataDir, "..", "tv.key");
     const out: string[] = [];
-    const keygen = await finish(run("device-sim/cli.ts", ["keygen", "--out", keyFile, "--kind", "terminal", "--name", "TV", "--register", "--data-dir", dataDir]));
+    const keygen = await runProgram("device-sim/cli", ["keygen", "--out", keyFile, "--kind", "terminal", "--name", "TV", "--register", "--data-dir", dataDir]);
     expect(keygen.code).toBe(0);
     const key = readKeyFile(keyFile);
     expect(keygen.stdout.trim()).toBe(key.deviceId);
@@ -91,7 +75,7 @@ describe("broker program", () => {
   it("refuses to start a second broker on the same data dir, naming the reason", async () => {
     const dataDir = dir();
     const first = await startProcess(dataDir);
-    const second = await finish(run("broker/main.ts", ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir]));
+    const second = await runProgram("broker/main", ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir]);
     expect(second.code).toBe(1);
     expect(second.stderr).toContain("another broker is already running");
     first.child.kill("SIGINT");
@@ -104,7 +88,7 @@ describe("broker program", () => {
     first.child.kill("SIGTERM");
     expect(await first.exited).toBe(0);
     rmSync(join(dataDir, "master.key"));
-    const again = await finish(run("broker/main.ts", ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir]));
+    const again = await runProgram("broker/main", ["--port", "0", ...TCP_ONLY_FLAGS, "--data-dir", dataDir]);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("has a database but no master.key");
     await expect(adminMain(["device", "list", "--data-dir", dataDir], () => {})).rejects.toThrow("no master.key");
@@ -112,12 +96,12 @@ describe("broker program", () => {
   });
 
   it("prints help with every option, and exits 2 on a bad flag or value", async () => {
-    const help = await finish(run("broker/main.ts", ["--help"]));
+    const help = await runProgram("broker/main", ["--help"]);
     expect(help.code).toBe(0);
     for (const flag of ["--host", "--port", "--data-dir", "--log-level", "HANDOFF_MASTER_KEY"]) expect(help.stdout).toContain(flag);
-    const bad = await finish(run("broker/main.ts", ["--bogus"]));
+    const bad = await runProgram("broker/main", ["--bogus"]);
     expect(bad.code).toBe(2);
-    const badPort = await finish(run("broker/main.ts", ["--port", "99999"]));
+    const badPort = await runProgram("broker/main", ["--port", "99999"]);
     expect(badPort.code).toBe(2);
     expect(badPort.stderr).toContain("--port");
     // Three program starts through the TypeScript loader: ~5 s on a loaded 2-core machine.
@@ -209,7 +193,7 @@ describe("admin CLI", () => {
     expect(await admin("device", "list")).toBe(0);
     expect(JSON.parse(out.pop()!)[0].user).toBe("u1");
     const env = { HANDOFF_MASTER_KEY: Buffer.alloc(32, 7).toString("base64") };
-    const res = await finish(run("broker/admin.ts", ["keys", "rotate", "--data-dir", dir()], env));
+    const res = await runProgram("broker/admin", ["keys", "rotate", "--data-dir", dir()], { env: { ...process.env, ...env } });
     expect(res.code).toBe(1);
     expect(res.stderr).toContain("HANDOFF_MASTER_KEY");
   });

@@ -3,7 +3,6 @@
  * (--receipts DIR), adds the broker's inclusion proof on request (receipt FILE), and the admin
  * tool checks the file offline with the broker's public key alone, refusing a changed one.
  */
-import { execFile } from "node:child_process";
 import { readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -11,9 +10,8 @@ import { PhoneAgent } from "../../device-sim/agents.ts";
 import { writeKeyFile } from "../../device-sim/keyfile.ts";
 import { toBase64 } from "../../src/crypto/encoding.ts";
 import { addMerchant, creditWallet } from "../../src/service/ledger.ts";
-import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { runProgram, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 
-const ROOT = join(import.meta.dirname, "../..");
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
 
 let broker: TestBroker | null = null;
@@ -23,15 +21,6 @@ afterEach(async () => {
   broker = null;
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
-
-/** Runs a program without blocking this process, whose event loop serves the broker. */
-function program(entry: string, args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ["--enable-source-maps", join(ROOT, "scripts/run.mjs"), entry, ...args], { cwd: ROOT, timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === "number" ? err.code : null, out: `${stdout}${stderr}` });
-    });
-  });
-}
 
 describe("receipts from the simulator", () => {
   it("saves the signed result of a payment, adds its inclusion proof, and admin receipt verify accepts it with the broker key alone and refuses it once changed", { timeout: 90_000 }, async () => {
@@ -53,15 +42,15 @@ describe("receipts from the simulator", () => {
     const receipts = join(dir, "receipts");
     const device = ["--key", join(dir, "tv.key"), "--url", b.url, "--data-dir", b.dataDir];
     // 88.00 is above the auto limit: prompted, approved by the phone agent, executed.
-    const paid = await program("device-sim/cli", ["terminal", ...device, "pay", "88.00", "CNY", "--login", "alice", "--merchant", "coffee-corner", "--receipts", receipts]);
-    expect(paid.out).toContain("COMPLETED");
+    const paid = await runProgram("device-sim/cli", ["terminal", ...device, "pay", "88.00", "CNY", "--login", "alice", "--merchant", "coffee-corner", "--receipts", receipts]);
+    expect(paid.output).toContain("COMPLETED");
     expect(paid.code).toBe(0);
     const [name] = readdirSync(receipts);
     expect(name).toMatch(/^pay_[a-z2-7]{20}\.terminal\.json$/);
     const file = join(receipts, name!);
 
-    const proved = await program("device-sim/cli", ["terminal", ...device, "receipt", file]);
-    expect(proved.code, proved.out).toBe(0);
+    const proved = await runProgram("device-sim/cli", ["terminal", ...device, "receipt", file]);
+    expect(proved.code, proved.output).toBe(0);
     const receipt = JSON.parse(readFileSync(file, "utf8")) as { envelope: { payload: string }; inclusion?: { index: number } };
     const body = (JSON.parse(receipt.envelope.payload) as { body: { status: string; amountMinor: number; auditIndex: number } }).body;
     expect(body).toMatchObject({ status: "completed", amountMinor: 8800 });
@@ -69,13 +58,13 @@ describe("receipts from the simulator", () => {
 
     // Offline: no data dir, only the broker's public key.
     const key = toBase64(b.publicKey);
-    const ok = await program("broker/admin", ["receipt", "verify", file, "--broker-key", key, "--data-dir", join(dir, "nowhere")]);
-    expect(ok.out).toContain("completed");
-    expect(ok.code, ok.out).toBe(0);
+    const ok = await runProgram("broker/admin", ["receipt", "verify", file, "--broker-key", key, "--data-dir", join(dir, "nowhere")]);
+    expect(ok.output).toContain("completed");
+    expect(ok.code, ok.output).toBe(0);
 
     writeFileSync(file, readFileSync(file, "utf8").replace(/\\"amountMinor\\":8800/, '\\"amountMinor\\":880'));
-    const changed = await program("broker/admin", ["receipt", "verify", file, "--broker-key", key, "--data-dir", join(dir, "nowhere")]);
+    const changed = await runProgram("broker/admin", ["receipt", "verify", file, "--broker-key", key, "--data-dir", join(dir, "nowhere")]);
     expect(changed.code).toBe(1);
-    expect(changed.out).toMatch(/does not verify/);
+    expect(changed.output).toMatch(/does not verify/);
   });
 });

@@ -1,5 +1,5 @@
 /** The interactive simulator driven through stdin, as a person would use it. */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -7,9 +7,8 @@ import { PhoneAgent } from "../../device-sim/agents.ts";
 import type { Device } from "../../device-sim/device.ts";
 import { writeKeyFile, type DeviceKey } from "../../device-sim/keyfile.ts";
 import { addMerchant, creditWallet } from "../../src/service/ledger.ts";
-import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { spawnProgram, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 
-const ROOT = join(import.meta.dirname, "../..");
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
 
 let broker: TestBroker;
@@ -23,7 +22,7 @@ afterEach(async () => {
 
 /** A simulator process whose output can be awaited line by line. */
 function sim(args: string[]) {
-  const child = spawn(process.execPath, ["--enable-source-maps", join(ROOT, "scripts/run.mjs"), "device-sim/cli", ...args, "--url", broker.url, "--data-dir", broker.dataDir], { cwd: ROOT });
+  const child = spawnProgram("device-sim/cli", [...args, "--url", broker.url, "--data-dir", broker.dataDir]);
   children.push(child);
   let output = "";
   const waiters: { text: string; resolve: () => void }[] = [];

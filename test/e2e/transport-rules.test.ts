@@ -4,6 +4,7 @@
  * CONNECT is closed within the connect timeout, however many there are.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import type { DeviceKey } from "../../device-sim/keyfile.ts";
 import { downTopic, upTopic } from "../../src/protocol/topics.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
 import { RawSocket, connectPacket, encode, subscribePacket } from "../raw-mqtt.ts";
@@ -20,6 +21,15 @@ async function open(): Promise<RawSocket> {
   const s = await RawSocket.open(broker.url);
   sockets.push(s);
   return s;
+}
+
+/** A raw connection whose CONNECT, as a newly registered device of `kind`, was accepted. */
+async function connected(kind: "terminal" | "phone"): Promise<{ key: DeviceKey; s: RawSocket }> {
+  const key = broker.register(kind);
+  const s = await open();
+  s.write(connectPacket(key));
+  await s.next("connack");
+  return { key, s };
 }
 
 async function stillServes(): Promise<void> {
@@ -44,10 +54,7 @@ describe("transport rules", () => {
 
   it("closes a connection that publishes with QoS 2, before the message is kept or handled", async () => {
     broker = await startTestBroker();
-    const key = broker.register("terminal");
-    const s = await open();
-    s.write(connectPacket(key));
-    await s.next("connack");
+    const { key, s } = await connected("terminal");
     const { bytes } = sealWith(key.pair, { type: "ping", from: key.deviceId, body: {} });
     s.write(encode({ cmd: "publish", topic: upTopic(key.deviceId), payload: Buffer.from(bytes), qos: 2, messageId: 1, retain: false, dup: false }));
     await s.whenClosed();
@@ -58,10 +65,7 @@ describe("transport rules", () => {
 
   it("delivers with QoS 1 to a device that subscribed with QoS 2 (the minimum of both [MQTT-3.8.4-6])", async () => {
     broker = await startTestBroker();
-    const key = broker.register("phone");
-    const s = await open();
-    s.write(connectPacket(key));
-    await s.next("connack");
+    const { key, s } = await connected("phone");
     s.write(subscribePacket(downTopic(key.deviceId), 2, 1));
     await s.next("suback");
     const { bytes } = sealWith(key.pair, { type: "ping", from: key.deviceId, body: {} });
@@ -71,10 +75,7 @@ describe("transport rules", () => {
 
   it("closes a connection at its 11th SUBSCRIBE or UNSUBSCRIBE, and serves the others meanwhile", async () => {
     broker = await startTestBroker();
-    const key = broker.register("terminal");
-    const s = await open();
-    s.write(connectPacket(key));
-    await s.next("connack");
+    const { key, s } = await connected("terminal");
     for (let i = 1; i <= 10; i++) s.write(i % 2 === 1 ? subscribePacket(downTopic(key.deviceId), 1, i) : encode({ cmd: "unsubscribe", messageId: i, unsubscriptions: [downTopic(key.deviceId)] }));
     await expect.poll(() => s.packets.filter((p) => p.cmd === "suback" || p.cmd === "unsuback").length).toBe(10);
     expect(s.closed).toBe(false);
