@@ -1,12 +1,9 @@
 /** The command-line programs stop quietly when the reader of their output goes away (`| head`). */
-import { spawn } from "node:child_process";
-import { join } from "node:path";
 import { expect, it } from "vitest";
-
-const ROOT = join(import.meta.dirname, "../..");
+import { spawnProgram } from "../helpers.ts";
 
 it("exits 0 without an EPIPE stack trace when its stdout is closed before it writes", async () => {
-  const child = spawn(process.execPath, [join(ROOT, "scripts/run.mjs"), "broker/admin", "--help"], { cwd: ROOT });
+  const child = spawnProgram("broker/admin", ["--help"]);
   // The reading end goes before the program has started, so its first write meets a closed pipe.
   child.stdout.destroy();
   let stderr = "";
