@@ -52,11 +52,6 @@ export interface AuditTrigger {
 
 const utf8 = new TextEncoder();
 
-/** RFC 9162 leaf hash: SHA-256(0x00 ‖ entry). */
-export function leafHashOf(entry: Uint8Array): Uint8Array {
-  return leafHash(entry);
-}
-
 // The append path hashes with node:crypto: ~1.5 µs a leaf against ~4.3 µs for @noble/hashes
 // (measured here, bench/audit-append.ts), on every state change. Same formulas as core/merkle.ts;
 // verifyAudit recomputes with the core's, so a divergence could not go unnoticed.
