@@ -158,11 +158,9 @@ export function verifyInclusion(leaf: Uint8Array, index: number, treeSize: numbe
     if (fn % 2 === 1 || fn === sn) {
       // b. r = HASH(0x01 ‖ p ‖ r); if LSB(fn) is not set, shift until it is or fn = 0.
       r = nodeHash(p, r);
-      if (fn % 2 === 0) {
-        while (fn % 2 === 0 && fn !== 0) {
-          fn /= 2;
-          sn = Math.floor(sn / 2);
-        }
+      while (fn % 2 === 0 && fn !== 0) {
+        fn /= 2;
+        sn = Math.floor(sn / 2);
       }
     } else {
       // c. r = HASH(0x01 ‖ r ‖ p).
@@ -207,11 +205,9 @@ export function verifyConsistency(size1: number, size2: number, root1: Uint8Arra
       // b. fr = HASH(0x01 ‖ c ‖ fr), sr = HASH(0x01 ‖ c ‖ sr); if LSB(fn) is not set, shift until it is or fn = 0.
       fr = nodeHash(c, fr);
       sr = nodeHash(c, sr);
-      if (fn % 2 === 0) {
-        while (fn % 2 === 0 && fn !== 0) {
-          fn /= 2;
-          sn = Math.floor(sn / 2);
-        }
+      while (fn % 2 === 0 && fn !== 0) {
+        fn /= 2;
+        sn = Math.floor(sn / 2);
       }
     } else {
       // Otherwise sr = HASH(0x01 ‖ sr ‖ c).
