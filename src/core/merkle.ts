@@ -253,18 +253,8 @@ function assertSize(n: number, min: number): void {
   if (!Number.isSafeInteger(n) || n < min) throw new Error(`tree size ${n} is not an integer ≥ ${min}`);
 }
 
-// Standard base64 with padding; the core imports nothing from src/crypto, and a head's bytes must
-// be the same in Node and in a page.
-const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+// Standard base64 with padding. btoa is a global in Node and in a page alike, so the core need not
+// import src/crypto/encoding.ts (which it may not) to give a head the same bytes in both.
 function base64(bytes: Uint8Array): string {
-  let out = "";
-  for (let i = 0; i < bytes.length; i += 3) {
-    const a = bytes[i]!;
-    const b = bytes[i + 1];
-    const c = bytes[i + 2];
-    out += B64[a >> 2]! + B64[((a & 3) << 4) | ((b ?? 0) >> 4)]!;
-    out += b === undefined ? "=" : B64[((b & 15) << 2) | ((c ?? 0) >> 6)]!;
-    out += c === undefined ? "=" : B64[c & 63]!;
-  }
-  return out;
+  return btoa(String.fromCharCode(...bytes));
 }
