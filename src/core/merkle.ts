@@ -78,19 +78,29 @@ export function rootOf(leafHashes: readonly Uint8Array[]): Uint8Array {
 export function subtreeFromComplete(complete: CompleteSubtreeHash): SubtreeHash {
   return (start, size) => {
     assertSize(size, 1);
-    const parts: Uint8Array[] = [];
-    let at = start;
-    for (let level = Math.floor(Math.log2(size)) + 1; level >= 0; level--) {
-      const width = 2 ** level;
-      if (width > size - (at - start)) continue;
-      if (at % width !== 0) throw new Error(`subtree [${start}, ${start + size}) is not aligned to the tree`);
-      parts.push(complete(level, at / width));
-      at += width;
-    }
+    const parts = completeSubtrees(start, size, complete);
     let r = parts.pop()!;
     while (parts.length > 0) r = nodeHash(parts.pop()!, r);
     return r;
   };
+}
+
+/**
+ * The complete subtrees that make up the leaves [start, start + size), largest first: those of
+ * size's binary decomposition. With start 0, the right edge an append extends (src/store/audit.ts).
+ */
+export function completeSubtrees(start: number, size: number, complete: CompleteSubtreeHash): Uint8Array[] {
+  assertSize(size, 0);
+  const parts: Uint8Array[] = [];
+  let at = start;
+  for (let level = Math.floor(Math.log2(Math.max(size, 1))) + 1; level >= 0; level--) {
+    const width = 2 ** level;
+    if (width > size - (at - start)) continue;
+    if (at % width !== 0) throw new Error(`subtree [${start}, ${start + size}) is not aligned to the tree`);
+    parts.push(complete(level, at / width));
+    at += width;
+  }
+  return parts;
 }
 
 /** RFC 9162 §2.1.3.1: the inclusion path of leaf `index` in the tree of the first `treeSize` leaves. */
