@@ -78,19 +78,29 @@ export function rootOf(leafHashes: readonly Uint8Array[]): Uint8Array {
 export function subtreeFromComplete(complete: CompleteSubtreeHash): SubtreeHash {
   return (start, size) => {
     assertSize(size, 1);
-    const parts: Uint8Array[] = [];
-    let at = start;
-    for (let level = Math.floor(Math.log2(size)) + 1; level >= 0; level--) {
-      const width = 2 ** level;
-      if (width > size - (at - start)) continue;
-      if (at % width !== 0) throw new Error(`subtree [${start}, ${start + size}) is not aligned to the tree`);
-      parts.push(complete(level, at / width));
-      at += width;
-    }
+    const parts = completeSubtrees(start, size, complete);
     let r = parts.pop()!;
     while (parts.length > 0) r = nodeHash(parts.pop()!, r);
     return r;
   };
+}
+
+/**
+ * The complete subtrees that make up the leaves [start, start + size), largest first: those of
+ * size's binary decomposition. With start 0, the right edge an append extends (src/store/audit.ts).
+ */
+export function completeSubtrees(start: number, size: number, complete: CompleteSubtreeHash): Uint8Array[] {
+  assertSize(size, 0);
+  const parts: Uint8Array[] = [];
+  let at = start;
+  for (let level = Math.floor(Math.log2(Math.max(size, 1))) + 1; level >= 0; level--) {
+    const width = 2 ** level;
+    if (width > size - (at - start)) continue;
+    if (at % width !== 0) throw new Error(`subtree [${start}, ${start + size}) is not aligned to the tree`);
+    parts.push(complete(level, at / width));
+    at += width;
+  }
+  return parts;
 }
 
 /** RFC 9162 §2.1.3.1: the inclusion path of leaf `index` in the tree of the first `treeSize` leaves. */
@@ -158,11 +168,9 @@ export function verifyInclusion(leaf: Uint8Array, index: number, treeSize: numbe
     if (fn % 2 === 1 || fn === sn) {
       // b. r = HASH(0x01 ‖ p ‖ r); if LSB(fn) is not set, shift until it is or fn = 0.
       r = nodeHash(p, r);
-      if (fn % 2 === 0) {
-        while (fn % 2 === 0 && fn !== 0) {
-          fn /= 2;
-          sn = Math.floor(sn / 2);
-        }
+      while (fn % 2 === 0 && fn !== 0) {
+        fn /= 2;
+        sn = Math.floor(sn / 2);
       }
     } else {
       // c. r = HASH(0x01 ‖ r ‖ p).
@@ -207,11 +215,9 @@ export function verifyConsistency(size1: number, size2: number, root1: Uint8Arra
       // b. fr = HASH(0x01 ‖ c ‖ fr), sr = HASH(0x01 ‖ c ‖ sr); if LSB(fn) is not set, shift until it is or fn = 0.
       fr = nodeHash(c, fr);
       sr = nodeHash(c, sr);
-      if (fn % 2 === 0) {
-        while (fn % 2 === 0 && fn !== 0) {
-          fn /= 2;
-          sn = Math.floor(sn / 2);
-        }
+      while (fn % 2 === 0 && fn !== 0) {
+        fn /= 2;
+        sn = Math.floor(sn / 2);
       }
     } else {
       // Otherwise sr = HASH(0x01 ‖ sr ‖ c).
@@ -257,18 +263,8 @@ function assertSize(n: number, min: number): void {
   if (!Number.isSafeInteger(n) || n < min) throw new Error(`tree size ${n} is not an integer ≥ ${min}`);
 }
 
-// Standard base64 with padding; the core imports nothing from src/crypto, and a head's bytes must
-// be the same in Node and in a page.
-const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+// Standard base64 with padding. btoa is a global in Node and in a page alike, so the core need not
+// import src/crypto/encoding.ts (which it may not) to give a head the same bytes in both.
 function base64(bytes: Uint8Array): string {
-  let out = "";
-  for (let i = 0; i < bytes.length; i += 3) {
-    const a = bytes[i]!;
-    const b = bytes[i + 1];
-    const c = bytes[i + 2];
-    out += B64[a >> 2]! + B64[((a & 3) << 4) | ((b ?? 0) >> 4)]!;
-    out += b === undefined ? "=" : B64[((b & 15) << 2) | ((c ?? 0) >> 6)]!;
-    out += c === undefined ? "=" : B64[c & 63]!;
-  }
-  return out;
+  return btoa(String.fromCharCode(...bytes));
 }

@@ -22,7 +22,7 @@
  */
 import { createHash } from "node:crypto";
 import type Database from "better-sqlite3";
-import { consistencyProof as consistencyPath, EMPTY_ROOT, equalBytes, headSignedBytes, inclusionPath, leafHash, nodeHash, subtreeFromComplete, type SubtreeHash } from "../core/merkle.ts";
+import { completeSubtrees, consistencyProof as consistencyPath, EMPTY_ROOT, equalBytes, headSignedBytes, inclusionPath, leafHash, nodeHash, subtreeFromComplete, type CompleteSubtreeHash, type SubtreeHash } from "../core/merkle.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { fromBase64, toBase64 } from "../crypto/encoding.ts";
 import type { Db } from "./db.ts";
@@ -51,11 +51,6 @@ export interface AuditTrigger {
 }
 
 const utf8 = new TextEncoder();
-
-/** RFC 9162 leaf hash: SHA-256(0x00 ‖ entry). */
-export function leafHashOf(entry: Uint8Array): Uint8Array {
-  return leafHash(entry);
-}
 
 // The append path hashes with node:crypto: ~1.5 µs a leaf against ~4.3 µs for @noble/hashes
 // (measured here, bench/audit-append.ts), on every state change. Same formulas as core/merkle.ts;
@@ -92,17 +87,13 @@ function appendState(db: Db): AppendState {
   return s;
 }
 
-/** The complete subtrees of a tree of `size` leaves, largest first, from the stored hashes. */
-function frontierOf(size: number, complete: (level: number, pos: number) => Uint8Array): Uint8Array[] {
-  const frontier: Uint8Array[] = [];
-  let start = 0;
-  for (let level = Math.floor(Math.log2(Math.max(size, 1))) + 1; level >= 0; level--) {
-    const width = 2 ** level;
-    if (start + width > size) continue;
-    frontier.push(complete(level, start / width));
-    start += width;
-  }
-  return frontier;
+/** The stored hash of each complete subtree; a missing one is an error that names the repair. */
+function storedSubtrees(node: Database.Statement): CompleteSubtreeHash {
+  return (level, pos) => {
+    const h = node.get(level, pos) as Uint8Array | undefined;
+    if (h === undefined) throw new Error(`audit log: the hash of subtree (level ${level}, pos ${pos}) is missing; run \`npm run admin -- audit verify\``);
+    return h;
+  };
 }
 
 /**
@@ -116,12 +107,7 @@ export function appendAudit(db: Db, atMs: number, kind: AuditKind, subject: stri
   let edge = s.edge;
   if (edge === null || edge.size !== index || (last !== undefined && !equalBytes(edge.lastLeaf, last[1]))) {
     // Another connection appended, or our last append was rolled back: reload the right edge.
-    const stored = (level: number, pos: number): Uint8Array => {
-      const h = s.node.get(level, pos) as Uint8Array | undefined;
-      if (h === undefined) throw new Error(`audit log: the hash of subtree (level ${level}, pos ${pos}) is missing; run \`npm run admin -- audit verify\``);
-      return h;
-    };
-    edge = { size: index, lastLeaf: last?.[1] ?? EMPTY_ROOT, frontier: frontierOf(index, stored) };
+    edge = { size: index, lastLeaf: last?.[1] ?? EMPTY_ROOT, frontier: completeSubtrees(0, index, storedSubtrees(s.node)) };
   }
   const text = JSON.stringify({ v: 1, index, atMs, kind, ...(subject === null ? {} : { subject }), ...fields });
   const leaf = fastLeafHash(Buffer.from(text, "utf8"));
@@ -208,7 +194,11 @@ export class AuditLog {
       head: db.prepare<[number], HeadRow>("SELECT tree_size, root_hash, timestamp_ms, signature FROM audit_heads WHERE tree_size = ?"),
       insertHead: db.prepare("INSERT INTO audit_heads (tree_size, root_hash, timestamp_ms, signature) VALUES (?, ?, ?, ?)"),
     };
+    this.subtree = subtreeFromComplete(storedSubtrees(this.#s.node));
   }
+
+  /** The hash of leaves [start, start + size), from stored hashes (the shape proofs ask for). */
+  readonly subtree: SubtreeHash;
 
   /** The number of entries (the index the next append gets). */
   size(): number {
@@ -226,15 +216,6 @@ export class AuditLog {
     return this.#s.forSubject.all(id).map(toEntry);
   }
 
-  /** The stored hash of the complete subtree of 2^level leaves at pos. */
-  #complete = (level: number, pos: number): Uint8Array => {
-    const h = this.#s.node.get(level, pos) as Uint8Array | undefined;
-    if (h === undefined) throw new Error(`audit log: the hash of subtree (level ${level}, pos ${pos}) is missing; run \`npm run admin -- audit verify\``);
-    return h;
-  };
-
-  /** The hash of leaves [start, start + size), from stored hashes (the shape proofs ask for). */
-  readonly subtree: SubtreeHash = subtreeFromComplete(this.#complete);
 
   /** The root of the tree of the first `size` entries. */
   root(size: number): Uint8Array {
