@@ -6,12 +6,11 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { OperationError, UsageError } from "../src/cli/args.ts";
-import { leafHash, verifyInclusion } from "../src/core/merkle.ts";
 import { formatAmount } from "../src/core/money.ts";
 import { verify } from "../src/crypto/ed25519.ts";
 import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
-import { BROKER_ID, parseEnvelope } from "../src/protocol/envelope.ts";
-import { AuditLog, verifyAudit, verifyHeadSignature, type AuditProblem, type SignedHead } from "../src/store/audit.ts";
+import { checkReceipt, type ReceiptVerdict } from "../src/device/receipt.ts";
+import { AuditLog, verifyAudit, verifyHeadSignature, type AuditProblem } from "../src/store/audit.ts";
 import type { Db } from "../src/store/db.ts";
 import { DB_FILE, openDataDb, readBrokerPublicKey } from "./data-dir.ts";
 
@@ -125,93 +124,9 @@ function auditHead(ctx: AuditCtx, db: Db): number {
   return signatureValid === false ? 1 : 0;
 }
 
-/** What a valid receipt says (its payment_result body, docs/protocol.md §Receipts). */
-export interface ReceiptFacts {
-  readonly paymentId: string;
-  readonly status: string;
-  readonly amountMinor: number;
-  readonly currency: string;
-  readonly merchantName: string;
-  readonly transferId: string | null;
-  readonly auditIndex: number;
-  readonly atMs: number;
-  /** Present when the file carried an inclusion proof that verified. */
-  readonly inclusion: { readonly treeSize: number; readonly head: SignedHead } | null;
-}
-
-export type ReceiptVerdict = { ok: true; receipt: ReceiptFacts } | { ok: false; reason: string };
-
-/**
- * Checks a receipt file's text with the broker's public key alone: the envelope's signature, that
- * it is the broker's payment_result, and, if the file has "inclusion", that the entry hashes with
- * the path to the signed head's root, the head's signature, and that the entry records this result.
- */
+/** Checks a receipt file's text with the broker's public key alone (src/device/receipt.ts). */
 export function verifyReceipt(fileText: string, brokerPublicKey: Uint8Array): ReceiptVerdict {
-  const fail = (reason: string): ReceiptVerdict => ({ ok: false, reason });
-  let file: Record<string, unknown>;
-  try {
-    const parsed: unknown = JSON.parse(fileText);
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return fail("the file is not a JSON object");
-    file = parsed as Record<string, unknown>;
-  } catch {
-    return fail("the file is not JSON");
-  }
-  if (file.format !== "handoff-pay-receipt/1") return fail(`the file's format is ${JSON.stringify(file.format)}, not "handoff-pay-receipt/1"`);
-  const env = parseEnvelope(new TextEncoder().encode(JSON.stringify(file.envelope ?? null)));
-  if (!env.ok) return fail(`its envelope is not a message: ${env.detail}`);
-  if (!verify(brokerPublicKey, env.msg.payloadBytes, env.msg.signature)) return fail("the envelope's signature does not verify with the broker key");
-  const p = env.msg.payload;
-  if (p.from !== BROKER_ID) return fail(`the message is from ${JSON.stringify(p.from)}, not the broker`);
-  if (p.type !== "payment_result") return fail(`the message is a ${p.type}, not a payment_result`);
-  const b = p.body;
-  const str = (v: unknown) => typeof v === "string";
-  const int = (v: unknown) => Number.isSafeInteger(v);
-  if (!str(b.paymentId) || !str(b.status) || !int(b.amountMinor) || !str(b.currency) || !str(b.merchantName) || !(b.transferId === null || str(b.transferId))) {
-    return fail("its payment_result body lacks paymentId, status, amountMinor, currency, merchantName or transferId");
-  }
-  if (!int(b.auditIndex) || (b.auditIndex as number) < 0 || !int(b.atMs)) return fail("its payment_result has no auditIndex or atMs: it is not a receipt");
-  const facts = {
-    paymentId: b.paymentId as string,
-    status: b.status as string,
-    amountMinor: b.amountMinor as number,
-    currency: b.currency as string,
-    merchantName: b.merchantName as string,
-    transferId: b.transferId as string | null,
-    auditIndex: b.auditIndex as number,
-    atMs: b.atMs as number,
-  };
-  if (file.inclusion === undefined) return { ok: true, receipt: { ...facts, inclusion: null } };
-  const inc = file.inclusion as Record<string, unknown> | null;
-  if (typeof inc !== "object" || inc === null) return fail("its inclusion is not an object");
-  if (inc.index !== facts.auditIndex) return fail(`the inclusion proof is for entry ${JSON.stringify(inc.index)}, the receipt's auditIndex is ${facts.auditIndex}`);
-  const head = inc.head as SignedHead | undefined;
-  if (typeof head !== "object" || head === null || !int(inc.treeSize) || head.treeSize !== inc.treeSize) return fail("the inclusion's head is missing or not for its treeSize");
-  if (!verifyHeadSignature(head, brokerPublicKey)) return fail(`the signed head of ${head.treeSize} entries does not verify with the broker key`);
-  if (typeof inc.entry !== "string") return fail("the inclusion has no entry text");
-  const path = Array.isArray(inc.path) ? inc.path.map((h) => (typeof h === "string" ? fromBase64(h) : null)) : null;
-  if (path === null || path.some((h) => h === null || h.length !== 32)) return fail("the inclusion's path is not a list of base64 SHA-256 hashes");
-  const root = fromBase64(head.rootHash)!;
-  if (!verifyInclusion(leafHash(new TextEncoder().encode(inc.entry)), facts.auditIndex, head.treeSize, path as Uint8Array[], root)) {
-    return fail(`the entry and path do not lead to the signed root of ${head.treeSize} entries: entry ${facts.auditIndex} is not in the signed log as shown`);
-  }
-  let entry: Record<string, unknown>;
-  try {
-    entry = JSON.parse(inc.entry) as Record<string, unknown>;
-  } catch {
-    return fail("the entry text is not JSON");
-  }
-  // The entry that records a result names the payment (as its subject) and the result's facts.
-  const entryPayment = entry.paymentId ?? entry.subject;
-  const mismatches = [
-    entry.index !== facts.auditIndex ? "index" : null,
-    entryPayment !== facts.paymentId || (entry.paymentId !== undefined && entry.subject !== undefined && entry.paymentId !== entry.subject) ? "paymentId" : null,
-    entry.status !== facts.status ? "status" : null,
-    entry.amountMinor !== facts.amountMinor ? "amountMinor" : null,
-    entry.currency !== facts.currency ? "currency" : null,
-    (entry.transferId ?? null) !== facts.transferId ? "transferId" : null,
-  ].filter((m) => m !== null);
-  if (mismatches.length > 0) return fail(`the audit entry ${facts.auditIndex} does not record this result: ${mismatches.join(", ")} differ`);
-  return { ok: true, receipt: { ...facts, inclusion: { treeSize: head.treeSize, head } } };
+  return checkReceipt(fileText, brokerPublicKey, verify);
 }
 
 export function receiptCommand(ctx: AuditCtx, command: string | undefined, rest: string[], usage: string): number {

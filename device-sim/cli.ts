@@ -18,7 +18,8 @@ import { Device, certificateFingerprint, type DeviceOptions, type Received } fro
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
 import { newDeviceKey, readKeyFile, writeKeyFile, type DeviceKey } from "./keyfile.ts";
-import { receiptBody, receiptFromEnvelope, receiptText, type ReceiptFile } from "../src/device/receipt.ts";
+import { checkReceipt, receiptBody, receiptFromEnvelope, receiptText, type ReceiptFile } from "../src/device/receipt.ts";
+import { verify } from "../src/crypto/ed25519.ts";
 
 export const USAGE = `Usage: npm run sim -- <command> [options]
 
@@ -481,7 +482,11 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
     const reply = await device.request("audit_inclusion_request", { index: auditIndex });
     if (reply.type === "error") throw new OperationError(failure(reply));
     const { format, envelope } = receipt;
-    writeFileSync(file, receiptText({ format, envelope, inclusion: reply.body }));
+    const proved = receiptText({ format, envelope, inclusion: reply.body });
+    // The same check as admin receipt verify and the pages: a proof that does not prove is not kept.
+    const verdict = checkReceipt(proved, brokerKey(values), verify);
+    if (!verdict.ok) throw new OperationError(`the broker's answer is not a proof of ${file}: ${verdict.reason}`);
+    writeFileSync(file, proved);
     const head = reply.body.head as { treeSize: number; timestampMs: number };
     out(`proof added to ${file}: ${paymentId} is entry ${auditIndex} of the audit log, under the head of ${head.treeSize} entries signed ${new Date(head.timestampMs).toISOString()}`);
     out(`check it offline with: npm run admin -- receipt verify ${file}`);

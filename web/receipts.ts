@@ -6,14 +6,14 @@
  * `npm run admin -- receipt verify FILE` checks), and, on request, with the broker's proof that
  * its audit entry is in the signed log (audit_inclusion_request → audit_inclusion).
  *
- * The page checks the proof before it says so: the entry hashes with the path to the signed
- * head's root (RFC 9162 §2.1.3.2), the head's signature verifies with the pinned broker key, and
- * the entry is the one the receipt names.
+ * The page checks the proof before it says so, with the same check as `admin receipt verify`
+ * (src/device/receipt.ts checkReceipt): the entry hashes with the path to the signed head's root
+ * (RFC 9162 §2.1.3.2), the head's signature verifies with the pinned broker key, and the entry
+ * records this receipt's result.
  */
-import { headSignedBytes, leafHash, verifyInclusion } from "../src/core/merkle.ts";
 import { fromBase64 } from "../src/crypto/encoding.ts";
 import { browserPlatform, type DeviceKind } from "../src/device/browser.ts";
-import { receiptBody, receiptFromEnvelope, receiptText, type ReceiptFile } from "../src/device/receipt.ts";
+import { checkReceipt, receiptBody, receiptFromEnvelope, receiptText, type ReceiptFile } from "../src/device/receipt.ts";
 import type { DownBody } from "../src/protocol/messages.ts";
 import { clockTime, dayText, h, notConnected, StoredList, type Session } from "./common.ts";
 
@@ -28,18 +28,11 @@ interface StoredReceipt {
   readonly inclusion: Inclusion | null;
 }
 
-/** Why a proof the broker sent does not show what it should; null when it does. */
-function proofProblem(inc: Inclusion, auditIndex: number, paymentId: string, brokerPublicKey: Uint8Array): string | null {
-  const root = fromBase64(inc.head.rootHash);
-  const sig = fromBase64(inc.head.signature);
-  const path = inc.path.map((p) => fromBase64(p));
-  if (inc.index !== auditIndex || inc.treeSize !== inc.head.treeSize) return `the proof is for entry ${inc.index} of ${inc.treeSize}, not for entry ${auditIndex}`;
-  if (root === null || sig === null || path.some((p) => p === null)) return "the proof is not in base64";
-  if (!browserPlatform.verify(brokerPublicKey, headSignedBytes(inc.head.treeSize, root, inc.head.timestampMs), sig)) return "the signed head does not verify with the broker's key";
-  if (!verifyInclusion(leafHash(new TextEncoder().encode(inc.entry)), inc.index, inc.treeSize, path as Uint8Array[], root)) return "the entry and its path do not lead to the signed root";
-  const entry = JSON.parse(inc.entry) as { index?: unknown; subject?: unknown; paymentId?: unknown };
-  if (entry.index !== auditIndex || (entry.paymentId ?? entry.subject) !== paymentId) return `the audit entry ${auditIndex} is not about ${paymentId}`;
-  return null;
+/** Why a proof the broker sent does not prove this receipt (the check every receipt reader uses); null when it does. */
+function proofProblem(envelope: string, inclusion: Inclusion, brokerPublicKey: Uint8Array): string | null {
+  const { format, envelope: env } = receiptFromEnvelope(envelope);
+  const verdict = checkReceipt(receiptText({ format, envelope: env, inclusion }), brokerPublicKey, browserPlatform.verify);
+  return verdict.ok ? null : verdict.reason;
 }
 
 /** A page's receipts: kept as they arrive, offered on each history item (Receipt, Add proof). */
@@ -138,7 +131,7 @@ export class Receipts {
     try {
       const reply = await device.call("audit_inclusion_request", { index: auditIndex });
       const inclusion = reply.body as unknown as Inclusion;
-      const problem = proofProblem(inclusion, auditIndex, paymentId, fromBase64(this.session.config.brokerPublicKey)!);
+      const problem = proofProblem(r.envelope, inclusion, fromBase64(this.session.config.brokerPublicKey)!);
       if (problem !== null) throw new Error(`the broker's answer is not a proof of this receipt: ${problem}`);
       await this.list.put({ ...r, inclusion });
       this.session.clearNotice();
