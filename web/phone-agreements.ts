@@ -8,7 +8,8 @@
  */
 import type { Limits, Usage } from "../src/core/agreement.ts";
 import { dayText, formatAmount, h, sentenceFor, two, type Session } from "./common.ts";
-import { LIMIT_HINTS, LIMIT_LABELS, limitsLine, majorText, readLimits, type LimitField } from "./phone-limits.ts";
+import { LIMIT_HINTS, LIMIT_LABELS, limitsLine, readLimits, type LimitField } from "./phone-limits.ts";
+import { plainAmount } from "../src/core/money.ts";
 
 export interface ReadableAgreement {
   readonly agreementId: string;
@@ -193,9 +194,9 @@ export class AgreementList {
       const current = card.item;
       if (!("limits" in current)) return null;
       const l = current.limits;
-      inputs.autoMax.value = majorText(l.autoConfirmMaxMinor, l.currency);
-      inputs.autoDaily.value = majorText(l.autoConfirmDailyMinor, l.currency);
-      inputs.max.value = majorText(l.perPaymentMaxMinor, l.currency);
+      inputs.autoMax.value = plainAmount(l.autoConfirmMaxMinor, l.currency);
+      inputs.autoDaily.value = plainAmount(l.autoConfirmDailyMinor, l.currency);
+      inputs.max.value = plainAmount(l.perPaymentMaxMinor, l.currency);
       for (const f of FIELDS) inputs[f].removeAttribute("aria-invalid");
       currencyNote.textContent = `Amounts in ${l.currency}, the currency this terminal was paired in.`;
       return inputs.autoMax;

@@ -28,13 +28,6 @@ export const DEFAULT_LIMIT_TEXT: Readonly<Record<LimitField, string>> = { autoMa
 
 export const CURRENCIES: readonly string[] = Object.keys(CURRENCY_EXPONENTS).sort();
 
-/** Minor units as a person types them, without symbol or grouping: majorText(5000, "CNY") === "50.00". */
-export function majorText(minor: number, currency: string): string {
-  const exp = CURRENCY_EXPONENTS[currency] ?? 2;
-  const digits = String(minor).padStart(exp + 1, "0");
-  return exp === 0 ? digits : `${digits.slice(0, digits.length - exp)}.${digits.slice(digits.length - exp)}`;
-}
-
 /** How an amount is written in this currency, for a message: "like 50.00 (CNY has 2 decimals)". */
 function amountShape(currency: string): string {
   const exp = CURRENCY_EXPONENTS[currency] ?? 2;

@@ -38,13 +38,26 @@ export function parseAmount(text: string, currency: string): number | null {
   return isAmountMinor(minor) ? minor : null;
 }
 
+/** Whole and fractional digits of a non-negative amount: (12805, 2) → ["128", "05"]. */
+function splitMinor(minor: number, exp: number): [whole: string, fraction: string] {
+  const digits = String(minor).padStart(exp + 1, "0");
+  return [digits.slice(0, digits.length - exp), digits.slice(digits.length - exp)];
+}
+
+/** Minor units as a person types them, the inverse of parseAmount: plainAmount(5000, "CNY") === "50.00". */
+export function plainAmount(minor: number, currency: string): string {
+  const exp = CURRENCY_EXPONENTS[currency] ?? 2;
+  const [whole, fraction] = splitMinor(minor, exp);
+  return exp === 0 ? whole : `${whole}.${fraction}`;
+}
+
 /** Formats minor units for people: formatAmount(12800, "CNY") === "¥128.00". */
 export function formatAmount(minor: number, currency: string): string {
   const exp = CURRENCY_EXPONENTS[currency] ?? 2;
   const negative = minor < 0;
-  const digits = String(Math.abs(minor)).padStart(exp + 1, "0");
-  const whole = digits.slice(0, digits.length - exp).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-  const body = exp === 0 ? whole : `${whole}.${digits.slice(digits.length - exp)}`;
+  const [digits, fraction] = splitMinor(Math.abs(minor), exp);
+  const whole = digits.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  const body = exp === 0 ? whole : `${whole}.${fraction}`;
   const symbol = CURRENCY_SYMBOLS[currency];
   return `${negative ? "-" : ""}${symbol ?? ""}${body}${symbol === undefined ? ` ${currency}` : ""}`;
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { limitsProblem } from "../../src/core/agreement.ts";
-import { majorText, readLimits } from "../../web/phone-limits.ts";
+import { plainAmount } from "../../src/core/money.ts";
+import { readLimits } from "../../web/phone-limits.ts";
 
 describe("readLimits", () => {
   it("reads the pair form's defaults as exact minor units", () => {
@@ -50,7 +51,7 @@ describe("readLimits", () => {
   });
 });
 
-describe("majorText", () => {
+describe("plainAmount (src/core/money.ts), the inverse of parseAmount", () => {
   it.each([
     [5000, "CNY", "50.00"],
     [5, "CNY", "0.05"],
@@ -59,8 +60,8 @@ describe("majorText", () => {
     [500, "JPY", "500"],
     [1001, "KWD", "1.001"],
   ])("writes %i %s as %s, which readLimits reads back", (minor, currency, text) => {
-    expect(majorText(minor, currency)).toBe(text);
-    const r = readLimits(currency, { autoMax: text, autoDaily: text, max: majorText(Math.max(minor, 1), currency) });
+    expect(plainAmount(minor, currency)).toBe(text);
+    const r = readLimits(currency, { autoMax: text, autoDaily: text, max: plainAmount(Math.max(minor, 1), currency) });
     expect(r.ok && r.limits.autoConfirmMaxMinor).toBe(minor);
   });
 });
