@@ -16,6 +16,7 @@ import { BROKER_ID, parseEnvelope, type Parsed, type Payload } from "../protocol
 import { ERROR_CODES, type ErrorCode } from "../protocol/errors.ts";
 import { EPHEMERAL_DOWN_TYPES, isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
 import type { Db } from "../store/db.ts";
+import { isPgStorageFault } from "../store/pg.ts";
 import { DeviceRepo, type DeviceRow } from "../store/devices.ts";
 import { OutboxRepo, type OutboxRow } from "../store/outbox.ts";
 import { ReplayRepo } from "../store/replay.ts";
@@ -523,7 +524,7 @@ export class Inbox {
 /** SQLite errors that mean the database, not the message, is at fault. */
 export function isStorageFault(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === "string" && /^SQLITE_(FULL|IOERR|READONLY|BUSY|LOCKED|CANTOPEN|CORRUPT|NOTADB|PROTOCOL)/.test(code);
+  return typeof code === "string" && (/^SQLITE_(FULL|IOERR|READONLY|BUSY|LOCKED|CANTOPEN|CORRUPT|NOTADB|PROTOCOL)/.test(code) || isPgStorageFault(code));
 }
 
 function bodyProblem(error: { issues: readonly { path: readonly PropertyKey[]; message: string }[] }): string {

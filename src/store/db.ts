@@ -7,8 +7,20 @@
  */
 import Database from "better-sqlite3";
 import { MIGRATIONS } from "./migrations.ts";
+import { PG_MIGRATIONS } from "./migrations-pg.ts";
+import { PgDatabase, WRITE_LOCK, type PgOpenOptions } from "./pg.ts";
 
-export type Db = Database.Database;
+/**
+ * The store seam: what the repositories and services use of a database. better-sqlite3's own
+ * type, narrowed to the part both stores implement; on PostgreSQL it is a PgDatabase
+ * (src/store/pg.ts), whose statements, transactions and savepoints behave the same way.
+ */
+export type Db = Pick<Database.Database, "prepare" | "exec" | "transaction" | "open" | "name" | "close" | "inTransaction" | "pragma">;
+
+/** Which store a Db is: most code never asks; the few statements that differ do. */
+export function isPostgres(db: Db): boolean {
+  return (db as unknown) instanceof PgDatabase;
+}
 
 export interface OpenOptions {
   readonly busyTimeoutMs?: number;
@@ -23,6 +35,32 @@ export interface OpenOptions {
 
 export function openDatabase(file: string, options: OpenOptions = {}): Db {
   const db = new Database(file, { readonly: options.readonly ?? false });
+  openedSqlite(db, options);
+  return db;
+}
+
+/**
+ * A PostgreSQL database by URL, its schema brought up to date (nodes starting together migrate
+ * one at a time, under the write lock). Commits are durable when COMMIT returns.
+ */
+export function openPostgres(url: string, options: PgOpenOptions & { readonly readonly?: boolean } = {}): Db {
+  const pg = new PgDatabase(url, options);
+  const db = pg as unknown as Db;
+  try {
+    if (options.readonly === true) {
+      pg.exec("SET default_transaction_read_only = on");
+      const known = pg.prepare("SELECT to_regclass('schema_migrations') AS t").get() as { t: string | null };
+      if (known.t === null) throw new Error(`${pg.name} has no Handoff Pay schema: start a broker with --database ${pg.name} once to create it`);
+      checkNotNewer(schemaVersion(db), PG_MIGRATIONS.length);
+    } else migrate(db, PG_MIGRATIONS, `; SELECT pg_advisory_xact_lock(${WRITE_LOCK})`);
+  } catch (err) {
+    pg.close();
+    throw err;
+  }
+  return db;
+}
+
+function openedSqlite(db: Database.Database, options: OpenOptions): void {
   db.pragma(`busy_timeout = ${Math.trunc(options.busyTimeoutMs ?? 5000)}`);
   if (!options.readonly) {
     db.pragma("journal_mode = WAL");
@@ -33,9 +71,8 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
     db.pragma("foreign_keys = ON");
     // Freed pages are overwritten with zeros, so an unbound agreement leaves no bytes behind.
     db.pragma("secure_delete = ON");
-    migrate(db);
+    migrate(db, MIGRATIONS);
   }
-  return db;
 }
 
 export function schemaVersion(db: Db): number {
@@ -43,16 +80,22 @@ export function schemaVersion(db: Db): number {
   return row.v ?? 0;
 }
 
-function migrate(db: Db): void {
-  db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)");
-  const current = schemaVersion(db);
-  const newest = MIGRATIONS.length;
+function checkNotNewer(current: number, newest: number): void {
   if (current > newest) {
     throw new Error(`database schema version ${current} is newer than this program knows (${newest}); upgrade the program`);
   }
-  for (let version = current + 1; version <= newest; version++) {
+}
+
+function migrate(db: Db, migrations: readonly string[], lock = ""): void {
+  // On PostgreSQL the check and the create run under the write lock: a second node starting at
+  // the same moment waits, then finds the schema made.
+  db.exec(`BEGIN${lock}; CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL); COMMIT`);
+  checkNotNewer(schemaVersion(db), migrations.length);
+  for (let version = schemaVersion(db) + 1; version <= migrations.length; version++) {
     db.transaction(() => {
-      db.exec(MIGRATIONS[version - 1]!);
+      // Read again under the lock: another node may have applied it meanwhile.
+      if (schemaVersion(db) >= version) return;
+      db.exec(migrations[version - 1]!);
       db.prepare("INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)").run(version, Date.now());
     }).immediate();
   }

@@ -59,7 +59,7 @@ export class LedgerRepo {
 
   constructor(db: Db) {
     this.#getAccount = db.prepare<[string], { id: string; kind: AccountKind; currency: string; balance_minor: number }>("SELECT * FROM accounts WHERE id = ?");
-    this.#insertAccount = db.prepare("INSERT OR IGNORE INTO accounts (id, kind, owner, currency, balance_minor, created_ms) VALUES (?, ?, ?, ?, 0, ?)");
+    this.#insertAccount = db.prepare("INSERT INTO accounts (id, kind, owner, currency, balance_minor, created_ms) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING");
     this.#move = db.prepare("UPDATE accounts SET balance_minor = balance_minor + ? WHERE id = ?");
     this.#insertTransfer = db.prepare(
       "INSERT INTO transfers (id, payment_id, kind, debit_account, credit_account, amount_minor, currency, reference, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -5,7 +5,7 @@
  * written; undelivered rows are sent again
  * when the device subscribes to its down topic (after every connect).
  */
-import type { Db } from "./db.ts";
+import { isPostgres, type Db } from "./db.ts";
 
 export interface OutboxRow {
   readonly seq: number;
@@ -25,7 +25,7 @@ interface Raw {
 const fromRaw = (r: Raw): OutboxRow => ({ seq: r.seq, deviceId: r.device_id, msgId: r.msg_id, bytes: r.bytes });
 
 export class OutboxRepo {
-  readonly #insert;
+  readonly #insert: (...args: unknown[]) => number;
   readonly #undelivered;
   readonly #replies;
   readonly #delivered;
@@ -35,12 +35,20 @@ export class OutboxRepo {
   readonly #purgeExpired;
 
   constructor(db: Db) {
-    this.#insert = db.prepare("INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?)");
+    const insert = "INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?)";
+    // SQLite hands back the new rowid for free; PostgreSQL returns the identity it assigned.
+    if (isPostgres(db)) {
+      const returning = db.prepare<unknown[], { seq: number }>(`${insert} RETURNING seq`);
+      this.#insert = (...args: unknown[]) => returning.get(...args)!.seq;
+    } else {
+      const plain = db.prepare(insert);
+      this.#insert = (...args: unknown[]) => Number(plain.run(...args).lastInsertRowid);
+    }
     this.#undelivered = db.prepare<[string, number, number, number], Raw>(
       "SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND seq > ? AND (expires_ms IS NULL OR expires_ms > ?) ORDER BY seq LIMIT ?",
     );
     this.#backlog = db.prepare<[string, number, number], { n: number }>(
-      "SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?) LIMIT ?)",
+      "SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE device_id = ? AND delivered_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?) LIMIT ?) AS w",
     );
     this.#purgeExpired = db.prepare(
       "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE expires_ms IS NOT NULL AND expires_ms < ? ORDER BY expires_ms LIMIT ?)",
@@ -55,8 +63,8 @@ export class OutboxRepo {
 
   /** `expiresMs`: an answer that is not sent again, and is deleted, from then on (null: kept until delivered). */
   add(row: { deviceId: string; msgId: string; re: string | null; bytes: Uint8Array; createdMs: number; expiresMs?: number | null }): OutboxRow {
-    const info = this.#insert.run(row.deviceId, row.msgId, row.re, row.bytes, row.createdMs, row.expiresMs ?? null);
-    return { seq: Number(info.lastInsertRowid), deviceId: row.deviceId, msgId: row.msgId, bytes: row.bytes };
+    const seq = this.#insert(row.deviceId, row.msgId, row.re, row.bytes, row.createdMs, row.expiresMs ?? null);
+    return { seq, deviceId: row.deviceId, msgId: row.msgId, bytes: row.bytes };
   }
 
   /** A device's undelivered, unexpired messages at `nowMs`, oldest first: those after `afterSeq`, at most `limit`. */

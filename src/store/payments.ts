@@ -59,7 +59,7 @@ export class PaymentRepo {
     this.#events = db.prepare<[string, number], { seq: number; kind: string; body: string; at_ms: number }>(
       "SELECT seq, kind, body, at_ms FROM payment_events WHERE payment_id = ? AND seq > ? ORDER BY seq",
     );
-    this.#arm = db.prepare("INSERT OR REPLACE INTO deadlines (payment_id, which, due_ms) VALUES (?, ?, ?)");
+    this.#arm = db.prepare("INSERT INTO deadlines (payment_id, which, due_ms) VALUES (?, ?, ?) ON CONFLICT (payment_id, which) DO UPDATE SET due_ms = excluded.due_ms");
     this.#disarm = db.prepare("DELETE FROM deadlines WHERE payment_id = ?");
     this.#due = db.prepare<[number, number], { payment_id: string; which: "prompt" | "task"; due_ms: number }>(
       "SELECT payment_id, which, due_ms FROM deadlines WHERE due_ms <= ? ORDER BY due_ms LIMIT ?",
