@@ -150,6 +150,19 @@ export class Delivery {
     if (qos !== null) this.#fill(conn);
   }
 
+  /**
+   * Another node committed outbox rows for this device (broker/cluster.ts): read the outbox past
+   * the cursor, as after a receipt.
+   */
+  stored(deviceId: string): void {
+    const client = this.#clients[deviceId];
+    const conn = client === undefined ? undefined : this.#conns.get(client);
+    if (conn === undefined) return; // its resend pass, when it subscribes, reads them
+    conn.behind = true;
+    if (conn.reading) conn.missed = true;
+    else this.#fill(conn);
+  }
+
   /** A receipt written for a device (a PUBACK or a signed `ack`): its window slot is free. */
   receipted(deviceId: string, msgId: string): void {
     const client = this.#clients[deviceId];

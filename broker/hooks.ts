@@ -27,6 +27,17 @@ export interface HookOptions {
   readonly onSubscriptionsChanged: (client: Client) => void;
   /** Counts connects accepted and refused by reason (broker/metrics.ts); none when absent. */
   readonly metrics?: Metrics;
+  /** Connects per device (default: a limiter of CONNECT_BURST, one per CONNECT_REFILL_MS, of its own). */
+  readonly connects?: RateLimiter;
+  /** Several nodes: brings a device's limits from the node it was on before it is accepted here. */
+  readonly seedLimits?: (deviceId: string) => Promise<void>;
+  /** A device's connection closed. */
+  readonly onDisconnected?: (deviceId: string) => void;
+}
+
+/** The connect budget of one device (docs/protocol.md §Limits). */
+export function connectLimiter(): RateLimiter {
+  return new RateLimiter(1000 / CONNECT_REFILL_MS, CONNECT_BURST);
 }
 
 export function installHooks(aedes: Aedes, o: HookOptions): void {
@@ -57,22 +68,24 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
   // token row and a session each time; an authenticated device gets CONNECT_BURST at once, then
   // one every CONNECT_REFILL_MS. Only authenticated attempts count, so nobody can spend another
   // device's budget.
-  const connects = new RateLimiter(1000 / CONNECT_REFILL_MS, CONNECT_BURST);
+  const connects = o.connects ?? connectLimiter();
   /** Devices refused for connecting too often since their last accepted connect: logged once each. */
   const throttled = new Set<string>();
 
+  type ConnectCallback = Parameters<Aedes["authenticate"]>[3];
+  const refuser = (client: Client, callback: ConnectCallback) => (reason: ConnectRefusal) => {
+    const refusal = CONNECT_REFUSALS[reason];
+    metrics.connectRefused(reason);
+    // A reconnect loop would otherwise write a log line per attempt: the first refusal says it.
+    const repeated = reason === "too_many_connects" && throttled.has(client.id);
+    if (reason === "too_many_connects") throttled.add(client.id);
+    if (!repeated) log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote: remoteOf(client) }, `connection refused: ${refusal.detail}`);
+    const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
+    callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
+  };
+
   aedes.authenticate = (client, username, password, callback) => {
-    const remote = remoteOf(client);
-    const refuse = (reason: ConnectRefusal) => {
-      const refusal = CONNECT_REFUSALS[reason];
-      metrics.connectRefused(reason);
-      // A reconnect loop would otherwise write a log line per attempt: the first refusal says it.
-      const repeated = reason === "too_many_connects" && throttled.has(client.id);
-      if (reason === "too_many_connects") throttled.add(client.id);
-      if (!repeated) log.warn({ clientId: client.id.slice(0, 64), reason, returnCode: refusal.returnCode, remote }, `connection refused: ${refusal.detail}`);
-      const err = Object.assign(new Error(refusal.detail), { returnCode: refusal.returnCode });
-      callback(err as Error & { returnCode: 2 | 3 | 4 | 5 }, false);
-    };
+    const refuse = refuser(client, callback);
     let checked: CheckedConnect;
     try {
       checked = authenticator.check(client.id, username, password, o.clock());
@@ -81,6 +94,16 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
       return refuse("unavailable");
     }
     if (!checked.ok) return refuse(checked.reason);
+    const ok = checked;
+    const admit = () => admitChecked(client, ok, callback);
+    // Several nodes: the device's budgets come along from the node it was on (broker/cluster.ts).
+    if (o.seedLimits === undefined) admit();
+    else o.seedLimits(ok.device.id).then(admit, admit);
+  };
+
+  const admitChecked = (client: Client, checked: Extract<CheckedConnect, { ok: true }>, callback: ConnectCallback) => {
+    const refuse = refuser(client, callback);
+    const remote = remoteOf(client);
     const device = checked.device;
     if (!connects.take(device.id, o.clock())) return refuse("too_many_connects");
     // The token is consumed in the next group commit, with the messages of that turn: a storm of
@@ -130,7 +153,10 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
     if (client !== null) o.onSubscriptionsChanged(client);
   });
 
-  aedes.on("clientDisconnect", (client) => log.info({ device: client.id }, "disconnected"));
+  aedes.on("clientDisconnect", (client) => {
+    log.info({ device: client.id }, "disconnected");
+    o.onDisconnected?.(client.id);
+  });
   const errorLogged = new WeakSet<Client>();
   aedes.on("clientError", (client, err) => {
     // A refused CONNECT was already logged, with its reason, by authenticate; and one line per

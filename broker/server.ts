@@ -34,9 +34,12 @@ import { Checkpointer } from "../src/store/checkpointer.ts";
 import { WalSync } from "../src/store/wal-sync.ts";
 import { AdminFeed } from "./admin-feed.ts";
 import { AuditHeads } from "./audit-heads.ts";
+import { hostname } from "node:os";
+import { ClusterLink, clusterEmitter, HEARTBEAT_MS, redactRedis, redisOf, SharedLimits } from "./cluster.ts";
+import { openPostgres } from "../src/store/db.ts";
 import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
 import { Deadlines } from "./deadlines.ts";
-import { installHooks } from "./hooks.ts";
+import { connectLimiter, installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
 import { loadCertificate, readCertificate, type Certificate } from "./certs.ts";
 import { pagesHandler } from "./pages.ts";
@@ -97,6 +100,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const clock = deps.clock ?? Date.now;
   const dataDir = ensureDataDir(config.dataDir, (msg, detail) => log.warn(detail, msg));
   const lock = lockDataDir(dataDir);
+  const postgres = config.database !== "";
+  const nodeId = config.nodeId !== "" ? config.nodeId : `${hostname()}-${process.pid}`;
   let db: Db;
   let keyring: Keyring;
   let signer: Signer;
@@ -106,8 +111,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const loaded = loadKeyring(dataDir, deps.masterKeyEnv, (msg) => log.warn(msg));
     keyring = loaded.keyring;
     if (loaded.source === "created") log.info({ dataDir }, "created master key file master.key (mode 0600)");
-    // Commits are synced off the event loop (WalSync), and nothing leaves before its sync.
-    db = openDataDb(dataDir, { durability: "caller" }, (msg, detail) => log.warn(detail, msg));
+    // SQLite: commits are synced off the event loop (WalSync), and nothing leaves before its sync.
+    // PostgreSQL: a COMMIT returns once it is durable (src/store/pg.ts).
+    db = postgres
+      ? openPostgres(config.database, { applicationName: `handoff-pay ${nodeId}` })
+      : openDataDb(dataDir, { durability: "caller" }, (msg, detail) => log.warn(detail, msg));
     const identity = loadBrokerIdentity(dataDir);
     signer = new Signer(identity);
     publicKey = identity.publicKey;
@@ -116,8 +124,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     throw err;
   }
 
+  // Several nodes: Aedes routes through Redis, and the nodes hear each other (broker/cluster.ts).
+  const mq = config.cluster === "" ? undefined : clusterEmitter({ url: config.cluster, nodeId, log });
   const aedes = await Aedes.createBroker({
-    id: "handoff-pay",
+    id: mq === undefined ? "handoff-pay" : nodeId,
+    ...(mq === undefined ? {} : { mq }),
     connectTimeout: config.connectTimeoutMs,
     // Keepalive is clamped in preConnect instead: Aedes' own limit refuses with CONNACK 6,
     // which MQTT 3.1.1 does not define.
@@ -125,7 +136,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     drainTimeout: config.drainTimeoutMs,
     maxTopicLevels: config.maxTopicLevels,
     maxClientsIdLength: 64,
-    heartbeatInterval: 3_600_000,
+    heartbeatInterval: mq === undefined ? 3_600_000 : HEARTBEAT_MS,
   });
   const clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
 
@@ -135,24 +146,35 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     outboxBacklog: outboxBacklogReader(db),
   });
 
-  const walSync = new WalSync(`${db.name}-wal`, (err) => {
-    log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
-    inbox.abandon();
-    void close().then(() => deps.onFatal?.(err));
-  }, undefined, (ms) => metrics.diskSync(ms));
+  const walSync = postgres
+    ? null
+    : new WalSync(`${db.name}-wal`, (err) => {
+        log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
+        inbox.abandon();
+        void close().then(() => deps.onFatal?.(err));
+      }, undefined, (ms) => metrics.diskSync(ms));
   // Checkpoints too run off the event loop (a worker thread with its own connection).
-  const checkpointer = new Checkpointer(db, log);
+  const checkpointer = postgres ? null : new Checkpointer(db, log);
+  const messageLimiter = new RateLimiter(config.deviceRatePerSec, config.deviceBurst);
+  const connects = connectLimiter();
+  // Several nodes: a device's budgets move with it (broker/cluster.ts).
+  const sharedLimits = mq === undefined ? null : new SharedLimits(redisOf(mq), { messages: messageLimiter, connects }, clock, log);
   const inbox: Inbox = new Inbox({
     db,
     signer,
     log,
     clock,
     freshnessMs: config.freshnessMs,
-    publish: (deviceId, bytes, row) => delivery.publish(deviceId, bytes, row),
+    publish: (deviceId, bytes, row) => {
+      // A device held by another node: that node reads the row from the outbox when told.
+      if (cluster !== null && clients[deviceId] === undefined) {
+        if (row !== null) cluster.stored(deviceId);
+      } else delivery.publish(deviceId, bytes, row);
+    },
     onReceipt: (deviceId, msgId) => delivery.receipted(deviceId, msgId),
-    rateLimiter: new RateLimiter(config.deviceRatePerSec, config.deviceBurst),
+    rateLimiter: messageLimiter,
     maxBacklog: config.deviceBacklog,
-    durable: walSync,
+    ...(walSync === null ? {} : { durable: walSync }),
     metrics,
   });
   const outbox = new OutboxRepo(db);
@@ -161,10 +183,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     log,
     undelivered: (deviceId, afterSeq, limit) => outbox.undelivered(deviceId, clock(), limit, afterSeq),
     delivered: (deviceId, msgId) => inbox.delivered(deviceId, msgId),
-    afterDurable: (fn) => walSync.afterDurable(fn),
+    afterDurable: (fn) => (walSync === null ? fn() : walSync.afterDurable(fn)),
     stallTimeoutMs: config.drainTimeoutMs,
     metrics,
   });
+  const cluster = mq === undefined ? null : new ClusterLink(aedes, mq, { nodeId, log, onStored: (deviceId) => delivery.stored(deviceId) });
   const payments = new Payments(db, {
     keyring: () => keyring,
     log,
@@ -172,7 +195,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     maxConsecutiveAuto: config.maxConsecutiveAuto,
     maxLivePerTerminal: PAYMENT_DEFAULTS.maxLivePerTerminal,
     maxPromptsPerPhone: PAYMENT_DEFAULTS.maxPromptsPerPhone,
-    isOnline: (deviceId) => clients[deviceId] !== undefined,
+    isOnline: (deviceId) => (cluster === null ? clients[deviceId] !== undefined : cluster.isOnline(deviceId)),
     metrics,
   });
   registerBinding(inbox, db, {
@@ -195,6 +218,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     authenticator: new ConnectAuthenticator(db, config.freshnessMs),
     onSubscriptionsChanged: (client) => delivery.subscriptionsChanged(client),
     metrics,
+    connects,
+    ...(sharedLimits === null ? {} : { seedLimits: (deviceId: string) => sharedLimits.seed(deviceId), onDisconnected: (deviceId: string) => sharedLimits.flush(deviceId) }),
   });
 
   let listeners: Listeners;
@@ -223,8 +248,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     );
   } catch (err) {
     await new Promise<void>((r) => aedes.close(() => r()));
-    await checkpointer.close();
-    walSync.close();
+    await checkpointer?.close();
+    walSync?.close();
     db.close();
     lock.release();
     throw err;
@@ -277,6 +302,9 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       port: main.port,
       listeners: Object.fromEntries(Object.entries(addresses).map(([k, a]) => [k, a.url])),
       dataDir,
+      database: postgres ? db.name : "sqlite",
+      node: nodeId,
+      cluster: mq === undefined ? null : redactRedis(config.cluster),
       brokerPublicKey: toBase64(publicKey),
       keyVersions: keyring.versions,
       undeliveredOutbox: outbox.countUndelivered(),
@@ -299,14 +327,16 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       await inbox.idle();
       await new Promise<void>((r) => aedes.close(() => r()));
       await inbox.idle();
+      cluster?.close();
+      sharedLimits?.close();
       // The last head covers every entry written, so a receipt from before the stop is provable.
-      if (!walSync.failed) {
+      if (walSync?.failed !== true) {
         auditHeads.step();
         await inbox.idle();
       }
       await listenerClosed;
-      await checkpointer.close();
-      walSync.close();
+      await checkpointer?.close();
+      walSync?.close();
       db.close();
       lock.release();
       log.info("broker stopped");
@@ -338,7 +368,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
         registry: metrics.registry,
         notReady: () => [
           ...(db.open ? [] : ["database closed"]),
-          ...(walSync.failed ? ["disk sync failed"] : []),
+          ...(walSync?.failed === true ? ["disk sync failed"] : []),
           ...listeners.notListening().map((kind) => `MQTT listener (${kind}) not listening`),
         ],
       });

@@ -32,6 +32,9 @@ export const brokerConfigSchema = z.strictObject({
   metricsHost: z.string().min(1),
   metricsPort: listenerPort,
   dataDir: z.string().min(1),
+  database: z.union([z.literal(""), z.string().regex(/^postgres(ql)?:\/\/\S+$/i, "a PostgreSQL URL, postgres://user@host:port/database (or empty for the data dir's SQLite file)")]),
+  cluster: z.union([z.literal(""), z.string().regex(/^rediss?:\/\/\S+$/i, "a Redis URL, redis://host:port (or empty for a single node)")]),
+  nodeId: z.union([z.literal(""), z.string().regex(/^[A-Za-z0-9_.-]{1,40}$/, "1-40 letters, digits, '_', '.' or '-'")]),
   logLevel: z.enum(LOG_LEVELS),
   maxPacketBytes: int(1024, 16 * 1024 * 1024),
   freshnessMs: int(1000, 3_600_000),
@@ -74,6 +77,9 @@ export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "metricsHost", flag: "metrics-host", env: "HANDOFF_METRICS_HOST", def: "127.0.0.1", help: "address of the operator endpoints (/healthz, /readyz, /metrics)" },
   { key: "metricsPort", flag: "metrics-port", env: "HANDOFF_METRICS_PORT", def: "9464", help: "port of the operator endpoints; 0 picks a free port, off turns them off" },
   { key: "dataDir", flag: "data-dir", env: "HANDOFF_DATA_DIR", def: "./data", help: "database, broker identity and master key file" },
+  { key: "database", flag: "database", env: "HANDOFF_DATABASE_URL", def: "", help: "postgres://… to keep state in PostgreSQL (several nodes may share it); empty: SQLite in the data dir" },
+  { key: "cluster", flag: "cluster", env: "HANDOFF_CLUSTER_URL", def: "", help: "redis://… to route messages between nodes sharing --database; empty: a single node" },
+  { key: "nodeId", flag: "node-id", env: "HANDOFF_NODE_ID", def: "", help: "this node's name in a cluster (logs, metrics, pg_stat_activity); empty: host name and pid" },
   { key: "logLevel", flag: "log-level", env: "HANDOFF_LOG_LEVEL", def: "info", help: LOG_LEVELS.join(" | ") },
   { key: "maxPacketBytes", flag: "max-packet-bytes", env: "HANDOFF_MAX_PACKET_BYTES", def: "65536", help: "largest MQTT packet accepted; a larger one drops the connection" },
   { key: "freshnessMs", flag: "freshness-ms", env: "HANDOFF_FRESHNESS_MS", def: "120000", help: "accepted clock difference for messages and connect tokens" },
@@ -135,6 +141,9 @@ export function brokerConfig(flags: Record<string, unknown>, env: NodeJS.Process
   const c = parsed.data;
   if (c.port === "off" && c.tlsPort === "off" && c.wsPort === "off" && c.wssPort === "off") {
     throw new ConfigError("invalid configuration:\n  every MQTT listener is off (--port, --tls-port, --ws-port, --wss-port): turn one on");
+  }
+  if (c.cluster !== "" && c.database === "") {
+    throw new ConfigError("invalid configuration:\n  --cluster needs --database postgres://…: the nodes of a cluster share one PostgreSQL database (SQLite is one node's own file)");
   }
   if ((c.tlsCert === "") !== (c.tlsKey === "")) {
     throw new ConfigError("invalid configuration:\n  --tls-cert and --tls-key go together: give both, or neither for a self-signed certificate in the data dir");

@@ -82,7 +82,8 @@ export async function startTestBroker(
   onFatal?: (err: Error) => void,
   deps: TestBrokerDeps = {},
 ): Promise<TestBroker> {
-  const config = brokerConfig({}, {}, { port: 0, ...TCP_ONLY, dataDir, logLevel: "silent", ...overrides });
+  const database = overrides.database ?? (await testDatabase(dataDir));
+  const config = brokerConfig({}, {}, { port: 0, ...TCP_ONLY, dataDir, logLevel: "silent", database, ...overrides });
   const log = deps.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
   const handle = await startBroker(config, {
     log,
@@ -120,4 +121,33 @@ export async function startTestBroker(
       if (!opts.keepData) rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+const databases = new Map<string, string>();
+/** With HANDOFF_TEST_PG, the PostgreSQL database of a data dir (one per dir: a restart finds its data); else "" (SQLite). */
+async function testDatabase(dataDir: string): Promise<string> {
+  const server = process.env.HANDOFF_TEST_PG;
+  if (server === undefined || server === "") return "";
+  let url = databases.get(dataDir);
+  if (url === undefined) {
+    url = await freshDatabase(server);
+    databases.set(dataDir, url);
+  }
+  return url;
+}
+
+/** A new, empty database in the PostgreSQL server at `serverUrl` (HANDOFF_TEST_PG runs the broker tests on PostgreSQL). */
+export async function freshDatabase(serverUrl: string): Promise<string> {
+  const { default: pg } = await import("pg");
+  const name = `t_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
+  const c = new pg.Client({ connectionString: serverUrl });
+  await c.connect();
+  try {
+    await c.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await c.end();
+  }
+  const u = new URL(serverUrl);
+  u.pathname = `/${name}`;
+  return u.toString();
 }

@@ -1,0 +1,162 @@
+/**
+ * Two broker nodes on one PostgreSQL database, routing through one Redis: what a device sees is
+ * what it sees on one node, wherever its peer is connected (docs/operations.md §Several nodes).
+ */
+import { copyFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import type { Device, Received } from "../../device-sim/device.ts";
+import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
+import { registerDevice } from "../../src/service/devices.ts";
+import { toBase64 } from "../../src/crypto/encoding.ts";
+import { newDeviceKey, type DeviceKey } from "../../device-sim/keyfile.ts";
+import { Device as NodeDevice } from "../../device-sim/device.ts";
+import { LedgerRepo } from "../../src/store/ledger.ts";
+import { revokeDevice } from "../../src/service/devices.ts";
+import { freshDatabase, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { rawConnect, tokenFor } from "../wire.ts";
+
+async function clusterServices(): Promise<{ database: string; cluster: string }> {
+  return { database: await freshDatabase(process.env.HANDOFF_TEST_PG!), cluster: process.env.HANDOFF_TEST_REDIS! };
+}
+
+const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
+
+let nodes: TestBroker[] = [];
+const devices: Device[] = [];
+afterEach(async () => {
+  await Promise.all(devices.splice(0).map((d) => d.close()));
+  for (const n of nodes.splice(0)) await n.stop();
+});
+
+/** Two nodes sharing the database, Redis, the master key and the broker identity. */
+async function twoNodes(overrides: Parameters<typeof startTestBroker>[0] = {}): Promise<[TestBroker, TestBroker]> {
+  const { database, cluster } = await clusterServices();
+  const a = await startTestBroker({ database, cluster, nodeId: "node-a", ...overrides });
+  nodes.push(a);
+  const dirB = tempDir();
+  for (const f of ["master.key", "broker.key", "broker.pub"]) copyFileSync(join(a.dataDir, f), join(dirB, f));
+  const b = await startTestBroker({ database, cluster, nodeId: "node-b", ...overrides }, dirB);
+  nodes.push(b);
+  return [a, b];
+}
+
+async function on(node: TestBroker, key: DeviceKey, reconnect = false): Promise<Device> {
+  const d = new NodeDevice({ url: node.url, key, brokerPublicKey: node.publicKey, reconnect });
+  devices.push(d);
+  await d.connect();
+  return d;
+}
+
+function register(node: TestBroker, kind: "terminal" | "phone", userId?: string): DeviceKey {
+  const key = newDeviceKey(kind);
+  const res = registerDevice(node.db, node.keyring, { kind, name: `test ${kind}`, publicKey: toBase64(key.pair.publicKey), ...(userId ? { userId } : {}) }, Date.now());
+  if (!res.ok) throw new Error(res.error);
+  return key;
+}
+
+async function boundPair(a: TestBroker, b: TestBroker, funds = 50_000) {
+  const userId = `user-${Math.random().toString(36).slice(2, 8)}`;
+  const login = `${userId}@tv`;
+  addMerchant(a.db, { id: "coffee-corner", name: "Coffee Corner" }, Date.now());
+  expect(creditWallet(a.db, a.keyring, { userId, amountMinor: funds, currency: "CNY" }, Date.now()).ok).toBe(true);
+  const terminal = await on(a, register(a, "terminal"));
+  const phoneKey = register(a, "phone", userId);
+  const phone = await on(b, phoneKey);
+  const code = (await terminal.call("bind_request", { login, terminal: { model: "TV", serial: "SN1", displayName: "Living room TV" } })).body.code;
+  const agreementId = (await phone.call("bind_confirm", { code, limits: LIMITS })).body.agreementId as string;
+  let seq = 0;
+  const pay = (amountMinor: number) =>
+    terminal.request("pay_request", { login, merchantId: "coffee-corner", amountMinor, currency: "CNY", orderRef: `o-${++seq}`, idempotencyKey: `k-${seq}-${Math.random()}` });
+  return { userId, login, terminal, phone, phoneKey, agreementId, pay };
+}
+
+describe("two nodes", { timeout: 30_000 }, () => {
+  it("binds a terminal on one node to a phone on the other, and pays both ways of confirming", async () => {
+    const [a, b] = await twoNodes();
+    const w = await boundPair(a, b);
+    // Auto-confirmed: the task reaches the phone on node B, the result the terminal on node A.
+    const task = w.phone.next("payment_task");
+    const result = w.terminal.next("payment_result");
+    const accepted = await w.pay(1280);
+    expect(accepted.body).toMatchObject({ status: "executing", mode: "auto" });
+    const t = (await task).body as { paymentId: string; amountMinor: number; currency: string; payee: string };
+    const executed = await w.phone.call("payment_execute", { paymentId: t.paymentId, amountMinor: t.amountMinor, currency: t.currency, payee: t.payee });
+    expect(executed.body).toMatchObject({ status: "completed" });
+    expect((await result).body).toMatchObject({ paymentId: accepted.body.paymentId, status: "completed" });
+    // Prompted: the phone approves on B; the terminal on A follows every step.
+    const prompt = w.phone.next("payment_prompt");
+    const result2 = w.terminal.next("payment_result");
+    await w.pay(9000);
+    const p = (await prompt).body as { paymentId: string; amountMinor: number; currency: string; merchantName: string; terminalName: string };
+    const task2 = await w.phone.call("payment_approve", { paymentId: p.paymentId, amountMinor: p.amountMinor, currency: p.currency, merchantName: p.merchantName, terminalName: p.terminalName });
+    const t2 = task2.body as { paymentId: string; amountMinor: number; currency: string; payee: string };
+    await w.phone.call("payment_execute", { paymentId: t2.paymentId, amountMinor: t2.amountMinor, currency: t2.currency, payee: t2.payee });
+    expect((await result2).body).toMatchObject({ paymentId: p.paymentId, status: "completed" });
+    expect(walletBalance(b.db, b.keyring, w.userId, "CNY")).toBe(50_000 - 1280 - 9000);
+    for (const [currency, sum] of new LedgerRepo(a.db).sums()) expect(sum, currency).toBe(0);
+  });
+
+  it("accepts a connect token once, whichever node sees it first", async () => {
+    const [a, b] = await twoNodes();
+    const key = register(a, "terminal");
+    const token = tokenFor(key.deviceId, key.pair);
+    const first = await rawConnect(a.url, { clientId: key.deviceId, username: key.deviceId, password: token });
+    expect(first.accepted).toBe(true);
+    if (first.accepted) first.client.end(true);
+    // The same CONNECT (id and token) at node B: refused, the token is spent (CONNACK 4).
+    const replay = await rawConnect(b.url, { clientId: key.deviceId, username: key.deviceId, password: token });
+    expect(replay).toMatchObject({ accepted: false, code: 4 });
+  });
+
+  it("holds a device's message rate limit when it moves to the other node", async () => {
+    const [a, b] = await twoNodes({ deviceBurst: 5, deviceRatePerSec: 1 });
+    const key = register(a, "terminal");
+    const onA = await on(a, key);
+    const answers: string[] = [];
+    for (let i = 0; i < 6; i++) answers.push((await onA.request("ping", {})).type);
+    expect(answers).toEqual(["pong", "pong", "pong", "pong", "pong", "error"]);
+    await onA.close();
+    // At node B at once: the bucket it left on node A came along, nearly empty.
+    const onB = await on(b, key);
+    const first = await onB.request("ping", {});
+    const second = await onB.request("ping", {});
+    expect([first.type, second.type]).toContain("error");
+    expect((await onB.request("ping", {})).body).toMatchObject({ code: "rate_limited" });
+  });
+
+  it("disconnects a revoked device wherever it is connected", async () => {
+    const [a, b] = await twoNodes();
+    const key = register(a, "terminal");
+    await on(b, key);
+    const heldByB = () => (b.aedes as unknown as { clients: Record<string, unknown> }).clients[key.deviceId] !== undefined;
+    expect(heldByB()).toBe(true);
+    // Revoked through node A's connection to the database: node B closes the connection it holds.
+    expect(revokeDevice(a.db, key.deviceId, Date.now()).ok).toBe(true);
+    await expect.poll(heldByB, { timeout: 5000 }).toBe(false);
+  });
+
+  it("resends what waited for a device from the node it reconnects to, and fires each deadline once", async () => {
+    const [a, b] = await twoNodes({ promptTtlMs: 1500 });
+    const w = await boundPair(a, b);
+    // The phone goes away; a prompt is stored for it by node A's handling of the pay request.
+    await w.phone.close();
+    const accepted = await w.pay(9000);
+    expect(accepted.body).toMatchObject({ status: "awaiting_confirmation" });
+    // It comes back to node A this time: the prompt is resent from there.
+    const back = new NodeDevice({ url: a.url, key: w.phoneKey, brokerPublicKey: a.publicKey, reconnect: false });
+    devices.push(back);
+    const prompt = back.next("payment_prompt");
+    await back.connect();
+    expect((await prompt).body).toMatchObject({ paymentId: accepted.body.paymentId });
+    // Nobody answers: both nodes poll deadlines, the payment expires once.
+    const updates: Received[] = [];
+    w.terminal.on("message", (m) => m.type === "payment_result" && updates.push(m));
+    await expect.poll(() => updates.length, { timeout: 10_000 }).toBe(1);
+    expect(updates[0]!.body).toMatchObject({ status: "expired" });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(updates.length).toBe(1);
+    const events = a.db.prepare("SELECT count(*) AS n FROM payment_events WHERE payment_id = ? AND kind = 'expired'").get(accepted.body.paymentId) as { n: number };
+    expect(events.n).toBe(1);
+  });
+});
