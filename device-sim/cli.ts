@@ -343,6 +343,8 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
     } catch (err) {
       throw new OperationError(`could not connect to ${url}: ${(err as Error).message}`);
     }
+    // Of several nodes, say which one serves (a one-shot command prints nothing else on connect).
+    if (urls.length > 1) say(`connected to ${device.currentUrl}`);
     device.on("connect", (at) => say(`reconnected to ${at}`));
     try {
       return await oneShot(kind, device, action, values, key);
