@@ -1,7 +1,8 @@
 /**
  * A device given several broker URLs, the nodes of one cluster (issue 17; docs/protocol.md
- * §Connecting, "Several broker addresses"): it connects to the first that answers, moves to the next by itself
- * when its connection is lost, and stops at a refusal that another node would repeat.
+ * §Connecting, "Several broker addresses"): it connects to the first that answers, moves to the
+ * next by itself when its connection is lost, and stops at a refusal that another node would
+ * repeat.
  *
  * The nodes here are two in-process brokers with the same identity key and master key (copied
  * from the first data dir before the second starts) and the same device registered in each: what
