@@ -14,7 +14,7 @@ import { registerDevice } from "../src/service/devices.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerCertificate, readBrokerPublicKey } from "../broker/data-dir.ts";
 import { PhoneAgent, pay, type PromptAnswer } from "./agents.ts";
 import { STEP_TEXT, acceptedText, codeBox, limitsText } from "./present.ts";
-import { Device, certificateFingerprint, type DeviceOptions, type Received } from "./device.ts";
+import { Device, certificateFingerprint, parseUrlList, type DeviceOptions, type Received } from "./device.ts";
 import type { Limits } from "../src/core/agreement.ts";
 import { CURRENCY_EXPONENTS, formatAmount, isCurrency, parseAmount } from "../src/core/money.ts";
 import { newDeviceKey, readKeyFile, writeKeyFile, type DeviceKey } from "./keyfile.ts";
@@ -72,17 +72,20 @@ Options:
   --user USER_ID           keygen --register --kind phone: the user whose wallet the
                            phone's payments debit (phones need it)
   --key FILE               terminal, phone: the device's key file (from keygen)
-  --url URL                terminal, phone: broker URL, mqtt://, mqtts:// (TLS), ws:// or
+  --url URL[,URL...]       terminal, phone: broker URL, mqtt://, mqtts:// (TLS), ws:// or
                            wss:// (MQTT over WebSocket) host:port (env HANDOFF_URL, default
-                           mqtt://127.0.0.1:1883)
+                           mqtt://127.0.0.1:1883). Several, separated by commas, are the nodes
+                           of one cluster: the device tries the first, and after a failure or a
+                           lost connection the next, in turn, printing the one it connected to
   --ca FILE                terminal, phone with mqtts:// or wss://: trust the broker certificate
                            or CA in FILE (PEM) instead of the system's CAs; the host name must
-                           match it
+                           match it. With several URLs, for each mqtts:// and wss:// one
   --fingerprint SHA256     terminal, phone with mqtts:// or wss://: accept only the broker
                            certificate with this SHA-256 fingerprint (AB:CD:…, as the broker
-                           logs it at start). With neither --ca nor --fingerprint, the
-                           certificate in <data-dir>/tls.crt is trusted, if there is one, and
-                           otherwise the system's CAs
+                           logs it at start); with several URLs, from each mqtts:// and wss://
+                           one. With neither --ca nor --fingerprint, the certificate in
+                           <data-dir>/tls.crt is trusted, if there is one, and otherwise the
+                           system's CAs
   --broker-key BASE64      terminal, phone: the broker public key to pin (default: read
                            <data-dir>/broker.pub)
   --data-dir DIR           the broker's data dir: where broker.pub and tls.crt are, and where
@@ -112,6 +115,7 @@ Examples:
   npm run sim -- phone --key phone.key --url mqtt://127.0.0.1:1883
   npm run sim -- phone --key phone.key --url mqtts://127.0.0.1:8883 --ca data/tls.crt
   npm run sim -- phone --key phone.key --url wss://broker.example:8443 --fingerprint AB:CD:…
+  npm run sim -- phone --key phone.key --url mqtt://node-a:1883,mqtt://node-b:1883
   npm run sim -- terminal --key tv.key bind --login alice
   npm run sim -- phone --key phone.key pair BCDF-GHJK --auto-max 50 --max 500
   npm run sim -- phone --key phone.key agreements
@@ -218,14 +222,30 @@ function brokerKey(values: Values): Uint8Array {
 }
 
 /**
+ * The broker URLs of --url (or HANDOFF_URL): one, or several separated by commas; a malformed
+ * list or URL is a usage error.
+ */
+export function brokerUrlsFlag(text: string): string[] {
+  try {
+    const urls = parseUrlList(text);
+    for (const url of urls) if (!URL.canParse(url)) throw new Error(`broker URL ${url} is not a URL (mqtt://, mqtts://, ws:// or wss://host:port)`);
+    return urls;
+  } catch (err) {
+    throw new UsageError(`--url: ${(err as Error).message}`);
+  }
+}
+
+/**
  * What a device trusts of the broker's TLS certificate (mqtts://, wss://): --ca, --fingerprint,
  * or else the certificate in the data dir, trusted exactly (whatever host names it lists); with
- * none of them, the system's CAs. Plain mqtt:// and ws:// take none.
+ * none of them, the system's CAs. Plain mqtt:// and ws:// take none. With several URLs, the
+ * trust is for each mqtts:// and wss:// one.
  */
-export function brokerTrust(url: string, flags: { ca?: string | undefined; fingerprint?: string | undefined }, dataDir: string): Pick<DeviceOptions, "ca" | "fingerprint256"> {
-  const secure = /^(mqtts|wss):/i.test(url);
+export function brokerTrust(url: string | readonly string[], flags: { ca?: string | undefined; fingerprint?: string | undefined }, dataDir: string): Pick<DeviceOptions, "ca" | "fingerprint256"> {
+  const urls = typeof url === "string" ? [url] : url;
+  const secure = urls.some((u) => /^(mqtts|wss):/i.test(u));
   if (!secure) {
-    if (flags.ca !== undefined || flags.fingerprint !== undefined) throw new UsageError(`--ca and --fingerprint are for mqtts:// and wss:// URLs, not ${url}`);
+    if (flags.ca !== undefined || flags.fingerprint !== undefined) throw new UsageError(`--ca and --fingerprint are for mqtts:// and wss:// URLs, not ${urls.join(", ")}`);
     return {};
   }
   const trust: { ca?: string; fingerprint256?: string } = {};
@@ -277,12 +297,13 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
     throw new OperationError((err as Error).message);
   }
   if (key.kind !== undefined && key.kind !== kind) process.stderr.write(`warning: ${keyFile} was made for a ${key.kind}\n`);
-  const url = values.url ?? defaultBrokerUrl();
-  const trust = brokerTrust(url, values, values["data-dir"] ?? defaultDataDir());
+  const urls = brokerUrlsFlag(values.url ?? defaultBrokerUrl());
+  const url = urls.join(", ");
+  const trust = brokerTrust(urls, values, values["data-dir"] ?? defaultDataDir());
   const brokerPublicKey = brokerKey(values);
   let device: Device;
   try {
-    device = new Device({ url, key, brokerPublicKey, ...trust });
+    device = new Device({ url: urls, key, brokerPublicKey, ...trust });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
@@ -306,8 +327,8 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
   });
   device.on("rejected", (reason) => say(`dropped a message: ${reason}`));
   device.on("offline", () => say("offline; reconnecting…"));
-  device.on("connect", () => say(`connected to ${url} as ${kind} ${device.id}; type help for commands`));
-  device.on("error", (err) => say(`connection error: ${err.message}`));
+  device.on("connect", (at) => say(`connected to ${at} as ${kind} ${device.id}; type help for commands`));
+  device.on("error", (err) => say(`connection error${urls.length > 1 ? ` (${device.currentUrl})` : ""}: ${err.message}`));
   const refused = new Promise<number>((resolve) =>
     device.on("refused", (code, text) => {
       say(`the broker refused this device (CONNACK ${code}): ${text}`);
@@ -322,6 +343,9 @@ async function runDevice(kind: "terminal" | "phone", values: Values, action: str
     } catch (err) {
       throw new OperationError(`could not connect to ${url}: ${(err as Error).message}`);
     }
+    // Of several nodes, say which one serves (a one-shot command prints nothing else on connect).
+    if (urls.length > 1) say(`connected to ${device.currentUrl}`);
+    device.on("connect", (at) => say(`reconnected to ${at}`));
     try {
       return await oneShot(kind, device, action, values, key);
     } finally {

@@ -19,7 +19,7 @@ import { TCP_ONLY, brokerConfig, masterKeyFromEnv } from "../src/config.ts";
 import { formatAmount } from "../src/core/money.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import type { Db } from "../src/store/db.ts";
-import { brokerTrust } from "./cli.ts";
+import { brokerTrust, brokerUrlsFlag } from "./cli.ts";
 import { WEB_CREDIT, WEB_MERCHANT, WEB_PHONE, WEB_TERMINAL, runWebDemo } from "./demo-web.ts";
 import { ScenarioError, loadScenario, runScenario, type Balances, type Scenario, type ScenarioEvent, type ScenarioReport } from "./scenario.ts";
 
@@ -52,7 +52,8 @@ Options:
   --data-dir DIR     keep the broker's data in DIR (created if missing) instead of a temporary
                      dir; with --url, the data dir of the running broker (required)
   --url URL          play against a broker that is already running, e.g. mqtt://127.0.0.1:1883
-                     (or mqtts://, ws://, wss://).
+                     (or mqtts://, ws://, wss://); several, separated by commas, are the nodes
+                     of one cluster, tried in turn.
                      Devices, merchants and wallet credits are then written into the database in
                      --data-dir directly, as "npm run admin" does, and devices pin the key in
                      <data-dir>/broker.pub. That broker keeps its own settings: the scenario's
@@ -62,7 +63,7 @@ Options:
                      step is reported as skipped, with the reason (a skipped step does not fail
                      the run). Start that broker with --prompt-ttl-ms 1500 to see the expiry.
   --ca FILE          with an mqtts:// or wss:// --url: trust the broker certificate or CA in FILE
-                     (PEM) instead of the system's CAs
+                     (PEM) instead of the system's CAs (for each such URL of a list)
   --fingerprint SHA256
                      with an mqtts:// or wss:// --url: accept only the broker certificate with
                      this SHA-256 fingerprint. With neither, <data-dir>/tls.crt is trusted if
@@ -139,6 +140,8 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
   let values;
   let scenario: Scenario;
   let maxPromptWaitMs = DEFAULT_MAX_WAIT_MS;
+  /** --url: the running broker's URLs (several for the nodes of one cluster). */
+  let urls: string[] = [];
   try {
     ({ values } = parseFlags(argv, FLAGS, USAGE));
     if (values.help) {
@@ -165,7 +168,8 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
     if (values.url !== undefined && values["data-dir"] === undefined) {
       throw new UsageError("--url needs --data-dir: the running broker's data dir, where the demo registers its devices and reads broker.pub");
     }
-    if ((values.ca !== undefined || values.fingerprint !== undefined) && !/^(mqtts|wss):/i.test(values.url ?? "")) {
+    if (values.url !== undefined) urls = brokerUrlsFlag(values.url);
+    if ((values.ca !== undefined || values.fingerprint !== undefined) && !urls.some((u) => /^(mqtts|wss):/i.test(u))) {
       throw new UsageError("--ca and --fingerprint are for an mqtts:// or wss:// --url (the demo's own broker listens on plain TCP)");
     }
     if (values.url !== undefined && values["log-level"] !== undefined) throw new UsageError("--log-level is for the broker the demo starts; with --url, see that broker's own log");
@@ -201,13 +205,13 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
   let failure: string | null = null;
   let where = { url: values.url ?? "", dataDir: values["data-dir"] ?? "", kept: true };
   try {
-    let target: { url: string; brokerPublicKey: Uint8Array; db: Db; keyring: Keyring; trust?: ReturnType<typeof brokerTrust> };
+    let target: { url: string | readonly string[]; brokerPublicKey: Uint8Array; db: Db; keyring: Keyring; trust?: ReturnType<typeof brokerTrust> };
     if (values.url !== undefined) {
       const dataDir = resolve(values["data-dir"]!);
-      const trust = brokerTrust(values.url, values, dataDir);
+      const trust = brokerTrust(urls, values, dataDir);
       const opened = openRunningBrokerData(dataDir);
       ownDb = opened.db;
-      target = { url: values.url, trust, ...opened };
+      target = { url: urls, trust, ...opened };
       where = { url: values.url, dataDir, kept: true };
       show.start({ url: values.url, dataDir, kept: true, running: true, scenario });
     } else {

@@ -20,7 +20,10 @@ import type { DeviceKey } from "./keyfile.ts";
 
 export { CONNACK_TEXT, DeviceError, type DeviceEvents, type Received } from "../src/device/client.ts";
 
-/** DeviceClient's options, with the key from a key file instead of an identity, and the TLS trust. */
+/**
+ * DeviceClient's options, with the key from a key file instead of an identity, and the TLS trust
+ * (for every mqtts:// and wss:// URL, when `url` lists several).
+ */
 export interface DeviceOptions extends Omit<DeviceClientOptions, "identity" | "platform"> {
   /**
    * mqtts and wss: the certificates (PEM) to trust instead of the system's CAs, e.g. the
@@ -48,6 +51,16 @@ export function normalizeFingerprint(text: string): string | null {
 /** The SHA-256 fingerprint of a PEM certificate, as X509Certificate prints it. */
 export function certificateFingerprint(pem: string | Buffer): string {
   return new X509Certificate(pem).fingerprint256;
+}
+
+/**
+ * The broker URLs in a --url flag or HANDOFF_URL: one, or several separated by commas (the nodes
+ * of one cluster, tried in turn). Spaces around each are ignored; an empty one is an error.
+ */
+export function parseUrlList(text: string): string[] {
+  const urls = text.split(",").map((u) => u.trim());
+  if (urls.some((u) => u === "")) throw new Error(`broker URL list ${JSON.stringify(text)} has an empty entry: separate URLs with single commas`);
+  return urls;
 }
 
 /** The broker's certificate is not the pinned one. */
@@ -164,16 +177,22 @@ class NodePlatform implements DevicePlatform {
 /** A device in Node, with its key from a key file (device-sim/keyfile.ts). */
 export class Device extends DeviceClient {
   constructor(options: DeviceOptions) {
-    let scheme: string;
-    try {
-      scheme = new URL(options.url).protocol;
-    } catch {
-      throw new Error(`broker URL ${options.url} is not a URL (mqtt://, mqtts://, ws:// or wss://host:port)`);
+    const urls = typeof options.url === "string" ? [options.url] : options.url;
+    if (urls.length === 0) throw new Error("no broker URL: give at least one (mqtt://, mqtts://, ws:// or wss://host:port)");
+    let secure = false;
+    for (const url of urls) {
+      let scheme: string;
+      try {
+        scheme = new URL(url).protocol;
+      } catch {
+        throw new Error(`broker URL ${url} is not a URL (mqtt://, mqtts://, ws:// or wss://host:port)`);
+      }
+      if (!SCHEMES.includes(scheme)) throw new Error(`broker URL ${url}: the scheme must be mqtt://, mqtts://, ws:// or wss://`);
+      if (scheme === "mqtts:" || scheme === "wss:") secure = true;
     }
-    if (!SCHEMES.includes(scheme)) throw new Error(`broker URL ${options.url}: the scheme must be mqtt://, mqtts://, ws:// or wss://`);
-    const secure = scheme === "mqtts:" || scheme === "wss:";
+    // With several URLs, the trust applies to each mqtts:// and wss:// one.
     if (!secure && (options.ca !== undefined || options.fingerprint256 !== undefined)) {
-      throw new Error(`broker URL ${options.url} is not TLS: a CA or fingerprint applies only to mqtts:// and wss://`);
+      throw new Error(`broker URL ${urls.join(", ")} is not TLS: a CA or fingerprint applies only to mqtts:// and wss://`);
     }
     let pin: string | null = null;
     if (options.fingerprint256 !== undefined) {

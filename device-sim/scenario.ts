@@ -316,7 +316,8 @@ function crossCheck(s: Scenario): { path: Path; message: string }[] {
 
 /** Where a scenario runs: a broker's address and key, and its database for the operator's part. */
 export interface ScenarioTarget {
-  readonly url: string;
+  /** The broker's URL, or the URLs of the nodes of one cluster (tried in turn). */
+  readonly url: string | readonly string[];
   readonly brokerPublicKey: Uint8Array;
   /** mqtts:// and wss://: what the devices trust of the broker's TLS certificate. */
   readonly trust?: Pick<DeviceOptions, "ca" | "fingerprint256">;
@@ -612,7 +613,7 @@ export async function runScenario(s: Scenario, target: ScenarioTarget, onEvent: 
       );
     }
     await Promise.all(actors.map((a) => a.device.connect()));
-    setup(`${actors.length} devices connected to ${target.url}`);
+    setup(`${actors.length} devices connected to ${[...new Set(actors.map((a) => a.device.currentUrl))].join(", ")}`);
     for (const m of s.merchants) {
       const existing = ledger.merchant(m.id);
       if (existing === null) {

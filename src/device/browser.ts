@@ -11,7 +11,7 @@
 import nacl from "tweetnacl";
 import { fromBase64, toBase64 } from "../crypto/encoding.ts";
 import { deviceIdFor } from "../crypto/ids.ts";
-import { DeviceClient, type DevicePlatform } from "./client.ts";
+import { DeviceClient, brokerUrls, type DevicePlatform } from "./client.ts";
 
 export type DeviceKind = "terminal" | "phone";
 
@@ -50,8 +50,11 @@ export const browserPlatform: DevicePlatform = {
 };
 
 export interface BrowserDeviceOptions {
-  /** ws:// or wss://host:port/path: a page uses the origin it was served from. */
-  readonly url: string;
+  /**
+   * ws:// or wss://host:port/path: a page uses the origin it was served from. Or several (the
+   * nodes of one cluster), tried in turn after a failure or a drop.
+   */
+  readonly url: string | readonly string[];
   readonly key: BrowserKey;
   /** The broker's Ed25519 public key, base64 or bytes (the page pins it; see pinnedBrokerKey). */
   readonly brokerPublicKey: Uint8Array | string;
@@ -63,8 +66,10 @@ export class BrowserDevice extends DeviceClient {
   readonly key: BrowserKey;
 
   constructor(o: BrowserDeviceOptions) {
-    const scheme = new URL(o.url).protocol;
-    if (scheme !== "ws:" && scheme !== "wss:") throw new Error(`a page reaches the broker over WebSocket (ws:// or wss://), not ${scheme}`);
+    for (const url of brokerUrls(o.url)) {
+      const scheme = new URL(url).protocol;
+      if (scheme !== "ws:" && scheme !== "wss:") throw new Error(`a page reaches the broker over WebSocket (ws:// or wss://), not ${scheme}`);
+    }
     const brokerKey = typeof o.brokerPublicKey === "string" ? fromBase64(o.brokerPublicKey) : o.brokerPublicKey;
     if (brokerKey === null || brokerKey.length !== 32) throw new Error("the broker public key must be 32 bytes of base64");
     const secretKey = new Uint8Array(64);

@@ -2,10 +2,11 @@
  * The device side of the protocol, once, for every device this project ships: the Node
  * simulator, the demo, the tests (device-sim/device.ts) and the browser pages (src/device/browser.ts).
  *
- * It connects with a fresh signed token (a new one on every reconnect), subscribes to its own
+ * It connects with a fresh signed token (a new one on every attempt), subscribes to its own
  * down topic, signs every message it sends, checks every message it receives against the pinned
  * broker key, drops duplicates by message id, and matches replies to requests by `re`
- * (docs/protocol.md §Connecting, §Envelope, §Delivery).
+ * (docs/protocol.md §Connecting, §Envelope, §Delivery). Given several broker URLs (the nodes of
+ * one cluster), each attempt after a failure or a drop goes to the next URL in the list.
  *
  * What differs between Node and a browser comes in through a DevicePlatform: how the connection
  * is secured (Node: TLS options and certificate pins; a browser: its own TLS), how signatures are
@@ -26,7 +27,7 @@ export interface DevicePlatform {
   verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean;
   /** n bytes from a cryptographically secure generator. */
   randomBytes(n: number): Uint8Array;
-  /** Options MQTT.js needs to reach the broker securely (TLS trust); called before each connect. */
+  /** Options MQTT.js needs to reach the broker at `url` securely (TLS trust); called before each attempt. */
   transportOptions?(url: URL): Promise<IClientOptions>;
   /** Called on every (re)connection, before the subscription (Node turns Nagle off here). */
   onConnected?(client: MqttClient): void;
@@ -41,8 +42,11 @@ export interface DeviceIdentity {
 }
 
 export interface DeviceClientOptions {
-  /** mqtt://, mqtts://, ws:// or wss://host:port[/path], as the platform allows. */
-  readonly url: string;
+  /**
+   * mqtt://, mqtts://, ws:// or wss://host:port[/path], as the platform allows; or several, the
+   * nodes of one cluster, tried in turn (the first first, then the next after each failure or drop).
+   */
+  readonly url: string | readonly string[];
   readonly identity: DeviceIdentity;
   /** The broker's Ed25519 public key; messages that do not verify against it are dropped. */
   readonly brokerPublicKey: Uint8Array;
@@ -83,11 +87,17 @@ export interface DeviceEvents {
    */
   envelope: [Received, string];
   rejected: [reason: string];
-  connect: [];
-  /** The broker refused the CONNECT (code = CONNACK return code); the device stops reconnecting. */
+  /** Connected and subscribed, to this URL (one of `urls`; `currentUrl` says it too). */
+  connect: [url: string];
+  /**
+   * The broker refused the CONNECT (code = CONNACK return code); the device stops reconnecting.
+   * With several URLs, code 3 (broker unavailable) is not final: the next URL is tried instead.
+   */
   refused: [code: number, message: string];
+  /** An established connection was lost (only when the client reconnects by itself). */
   offline: [];
-  reconnecting: [];
+  /** An automatic reconnect attempt starts, to this URL. */
+  reconnecting: [url: string];
   error: [Error];
 }
 
@@ -105,6 +115,40 @@ export const CONNACK_TEXT: Record<number, string> = {
 
 type Timer = ReturnType<typeof setTimeout>;
 
+/**
+ * One connect() until close() or a refusal: the MQTT.js stores and message ids that every
+ * attempt's client shares, so that a QoS 1 message not yet acknowledged is sent again on the
+ * next connection, whichever node it reaches.
+ */
+interface Session {
+  readonly incomingStore: InstanceType<typeof mqtt.Store>;
+  readonly outgoingStore: InstanceType<typeof mqtt.Store>;
+  readonly messageIdProvider: InstanceType<typeof mqtt.DefaultMessageIdProvider>;
+  timer: Timer | null;
+  /** Closed, refused, or its first connect() failed: no further attempt. */
+  over: boolean;
+}
+
+/** How one attempt ended: connected, or closed without connecting (`refusal`: its CONNACK code). */
+type Attempt = { ok: true } | { ok: false; error: Error; refusal: number | null };
+
+/**
+ * The broker URLs of a client's `url` option: at least one, each a URL (its scheme is the
+ * platform's to check). Throws an Error that names the URL that is not one.
+ */
+export function brokerUrls(url: string | readonly string[]): readonly string[] {
+  const urls = typeof url === "string" ? [url] : [...url];
+  if (urls.length === 0) throw new Error("no broker URL: give at least one");
+  for (const u of urls) {
+    try {
+      new URL(u);
+    } catch {
+      throw new Error(`broker URL ${JSON.stringify(u)} is not a URL (scheme://host:port, e.g. mqtt://127.0.0.1:1883)`);
+    }
+  }
+  return urls;
+}
+
 const utf8 = new TextDecoder();
 
 /** A random version-4 UUID from the platform's generator (crypto.randomUUID needs a secure context in a page). */
@@ -118,21 +162,33 @@ export function uuidFrom(bytes: Uint8Array): string {
 
 export class DeviceClient extends Emitter<DeviceEvents> {
   readonly id: string;
+  /** The broker URLs, in the order they are tried. */
+  readonly urls: readonly string[];
   readonly #o: DeviceClientOptions;
   readonly #clock: () => number;
   readonly #waiters = new Map<string, { resolve: (m: Received) => void; reject: (e: Error) => void; timer: Timer }>();
   readonly #seen = new Set<string>();
+  /** The client of the current (or last) attempt: a message sent while offline waits in its session's store. */
   #client: MqttClient | null = null;
+  #session: Session | null = null;
+  /** Index in `urls` of the current (or last) attempt; -1 before the first. */
+  #at = -1;
 
   constructor(options: DeviceClientOptions) {
     super();
     this.#o = options;
     this.id = options.identity.deviceId;
+    this.urls = brokerUrls(options.url);
     this.#clock = options.clock ?? Date.now;
   }
 
   get connected(): boolean {
     return this.#client?.connected === true;
+  }
+
+  /** The URL the device is connected to, or is trying or last tried (the first before any attempt). */
+  get currentUrl(): string {
+    return this.urls[Math.max(0, this.#at)]!;
   }
 
   /** A new message id. */
@@ -145,60 +201,156 @@ export class DeviceClient extends Emitter<DeviceEvents> {
     return makeToken(this.id, tsMs, nonce, (b) => this.#o.identity.sign(b));
   }
 
-  /** Connects and subscribes; rejects with the broker's refusal (CONNACK code) if it refuses. */
+  /**
+   * Connects and subscribes, trying each URL once, from the one after the last tried (the first
+   * on the first call). Rejects with the broker's refusal (CONNACK code) if one refuses for good;
+   * if none can be reached, with that error (one URL) or an error naming each URL's failure.
+   * Once connected, a drop is followed by attempts to the next URLs in turn, every reconnectMs.
+   */
   async connect(): Promise<void> {
+    this.#endSession();
+    const session: Session = {
+      incomingStore: new mqtt.Store(),
+      outgoingStore: new mqtt.Store(),
+      messageIdProvider: new mqtt.DefaultMessageIdProvider(),
+      timer: null,
+      over: false,
+    };
+    this.#session = session;
+    const failures: string[] = [];
+    let last: Error = new Error("device closed");
+    for (let i = 0; i < this.urls.length; i++) {
+      const url = this.#next();
+      const attempt = await this.#attempt(session, url);
+      if (attempt.ok) return;
+      last = attempt.error;
+      // Refused for good (that refusal is the answer), or closed meanwhile.
+      if (session.over) throw last;
+      failures.push(`${url} (${attempt.error.message})`);
+    }
+    session.over = true;
+    // Nothing is connected: a send now fails at once instead of waiting for a connection.
+    if (this.#session === session) this.#client = null;
+    if (failures.length === 1) throw last;
+    throw new Error(`no broker could be reached: ${failures.join("; ")}`, { cause: last });
+  }
+
+  /** Moves to the next URL (the first on the first attempt) and returns it. */
+  #next(): string {
+    this.#at = (this.#at + 1) % this.urls.length;
+    return this.urls[this.#at]!;
+  }
+
+  /**
+   * One connection attempt to `url` with a fresh token: resolves once subscribed, or when the
+   * connection closed without that. A final refusal ends the session and emits `refused`; a
+   * later drop of a connection it made starts the reconnects.
+   */
+  async #attempt(session: Session, url: string): Promise<Attempt> {
     const { platform } = this.#o;
     const explain = (err: Error) => platform.explainError?.(err) ?? err;
-    const transport = (await platform.transportOptions?.(new URL(this.#o.url))) ?? {};
-    const client = mqtt.connect(this.#o.url, {
+    let transport: IClientOptions;
+    try {
+      transport = (await platform.transportOptions?.(new URL(url))) ?? {};
+    } catch (err) {
+      const error = explain(err as Error);
+      if (this.listenerCount("error") > 0) this.emit("error", error);
+      return { ok: false, error, refusal: null };
+    }
+    if (session.over) return { ok: false, error: new Error("device closed"), refusal: null };
+    const client = mqtt.connect(url, {
       ...transport,
       clientId: this.id,
       username: this.id,
+      // A token is single-use: every attempt makes a new one.
       password: this.token(),
       protocolVersion: 4,
       clean: true,
       keepalive: this.#o.keepaliveS ?? 30,
-      reconnectPeriod: this.#o.reconnect === false ? 0 : (this.#o.reconnectMs ?? 1000),
+      // This class reconnects, to the next URL, with a new client that shares the session's stores.
+      reconnectPeriod: 0,
       connectTimeout: this.#o.connectTimeoutMs ?? 10_000,
+      incomingStore: session.incomingStore,
+      outgoingStore: session.outgoingStore,
+      messageIdProvider: session.messageIdProvider,
     });
     this.#client = client;
-    client.on("reconnect", () => {
-      // A token is single-use: every attempt needs a new one.
-      client.options.password = this.token();
-      this.emit("reconnecting");
-    });
-    client.on("offline", () => this.emit("offline"));
-    client.on("message", (topic, payload) => this.#receive(topic, payload));
-    client.on("connect", () => {
-      platform.onConnected?.(client);
-      client.subscribe(downTopic(this.id), { qos: 1 }, (err, granted) => {
-        if (err || granted?.[0]?.qos === 128) this.emit("error", err ?? new Error("subscription to the down topic was refused"));
-        else this.emit("connect");
+    return new Promise<Attempt>((resolve) => {
+      let connected = false;
+      let error: Error | null = null;
+      let refusal: number | null = null;
+      client.on("message", (topic, payload) => this.#receive(topic, payload));
+      client.on("connect", () => {
+        platform.onConnected?.(client);
+        client.subscribe(downTopic(this.id), { qos: 1 }, (err, granted) => {
+          if (err || granted?.[0]?.qos === 128) {
+            if (this.listenerCount("error") > 0) this.emit("error", err ?? new Error("subscription to the down topic was refused"));
+            return;
+          }
+          if (!connected) {
+            connected = true;
+            resolve({ ok: true });
+          }
+          this.emit("connect", url);
+        });
       });
-    });
-    return new Promise((resolve, reject) => {
-      const onConnect = () => {
-        client.off("error", onError);
-        resolve();
-      };
-      const onError = (err: Error) => {
-        this.off("connect", onConnect);
-        client.end(true);
-        reject(explain(err));
-      };
-      this.once("connect", onConnect);
-      client.once("error", onError);
       client.on("error", (err) => {
         const code = (err as { code?: unknown }).code;
         if (typeof code === "number" && code >= 1 && code <= 5) {
-          // A refusal will not change by retrying with the same key: stop, and say so once.
-          client.end(true);
-          this.emit("refused", code, CONNACK_TEXT[code] ?? err.message);
-          return;
+          refusal = code;
+          error = err;
+          // Code 3 (broker unavailable) at one of several nodes: the next may serve; say so.
+          if (code === 3 && this.urls.length > 1 && this.listenerCount("error") > 0) this.emit("error", new Error(`${url} refused the connection (CONNACK 3): ${CONNACK_TEXT[3]}`));
+          return; // the close follows
         }
-        if (this.listenerCount("error") > 0) this.emit("error", explain(err));
+        error = explain(err);
+        if (this.listenerCount("error") > 0) this.emit("error", error);
+      });
+      client.on("close", () => {
+        if (connected) return this.#dropped(session, client);
+        const failed: Attempt = { ok: false, error: error ?? new Error(`${url} closed the connection without a CONNACK`), refusal };
+        if (refusal !== null && (refusal !== 3 || this.urls.length === 1) && !session.over) {
+          // A refusal will not change by retrying with the same key, at any node: stop, and say so once.
+          session.over = true;
+          client.end(true);
+          this.emit("refused", refusal, CONNACK_TEXT[refusal] ?? failed.error.message);
+        }
+        resolve(failed);
       });
     });
+  }
+
+  /** The connection of `client` was lost: reconnect, to the next URL, unless that is off or over. */
+  #dropped(session: Session, client: MqttClient): void {
+    if (session.over || this.#session !== session || this.#client !== client || this.#o.reconnect === false) return;
+    this.emit("offline");
+    this.#retry(session);
+  }
+
+  /** The next attempt, after reconnectMs; and after it fails, the one after. */
+  #retry(session: Session): void {
+    session.timer = setTimeout(() => {
+      session.timer = null;
+      if (session.over) return;
+      const url = this.#next();
+      this.emit("reconnecting", url);
+      void this.#attempt(session, url).then((attempt) => {
+        if (!attempt.ok && !session.over) this.#retry(session);
+      });
+    }, this.#o.reconnectMs ?? 1000);
+  }
+
+  /** Ends the current session: no further attempt, and its client is closed at once. */
+  #endSession(): void {
+    const session = this.#session;
+    if (session === null) return;
+    session.over = true;
+    if (session.timer !== null) clearTimeout(session.timer);
+    session.timer = null;
+    this.#session = null;
+    const client = this.#client;
+    this.#client = null;
+    client?.end(true);
   }
 
   /** Builds, signs and publishes a message; returns its id. */
@@ -271,6 +423,13 @@ export class DeviceClient extends Emitter<DeviceEvents> {
       w.reject(new Error("device closed"));
     }
     this.#waiters.clear();
+    const session = this.#session;
+    if (session !== null) {
+      session.over = true;
+      if (session.timer !== null) clearTimeout(session.timer);
+      session.timer = null;
+    }
+    this.#session = null;
     const client = this.#client;
     this.#client = null;
     // A graceful end lets the last PUBACKs (receipts) reach the broker; otherwise it would resend those messages.
