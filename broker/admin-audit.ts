@@ -11,7 +11,7 @@ import { verify } from "../src/crypto/ed25519.ts";
 import { fromBase64, toBase64 } from "../src/crypto/encoding.ts";
 import { checkReceipt, type ReceiptVerdict } from "../src/device/receipt.ts";
 import { AuditLog, verifyAudit, verifyHeadSignature, type AuditProblem } from "../src/store/audit.ts";
-import type { Db } from "../src/store/db.ts";
+import { openPostgres, type Db } from "../src/store/db.ts";
 import { DB_FILE, openDataDb, readBrokerPublicKey } from "./data-dir.ts";
 
 export const AUDIT_USAGE = `  audit verify [--broker-key BASE64]
@@ -31,6 +31,8 @@ export const AUDIT_FLAGS = {
 
 interface AuditCtx {
   readonly dataDir: string;
+  /** A PostgreSQL URL: the log is read there instead of the data dir's SQLite file. */
+  readonly database?: string | undefined;
   readonly json: boolean;
   readonly out: (line: string) => void;
   readonly values: Record<string, unknown>;
@@ -38,7 +40,7 @@ interface AuditCtx {
 
 export function auditCommand(ctx: AuditCtx, command: string | undefined, rest: string[], usage: string): number {
   if (rest.length > 0) throw new UsageError(`audit ${command ?? ""} takes no argument "${rest.join(" ")}"\n\n${usage}`);
-  const db = openLog(ctx.dataDir);
+  const db = openLog(ctx.dataDir, ctx.database);
   try {
     switch (command) {
       case "verify":
@@ -55,7 +57,8 @@ export function auditCommand(ctx: AuditCtx, command: string | undefined, rest: s
   }
 }
 
-function openLog(dataDir: string): Db {
+function openLog(dataDir: string, database: string | undefined): Db {
+  if (database !== undefined) return openPostgres(database, { applicationName: "handoff-pay admin", readonly: true });
   if (!existsSync(join(resolve(dataDir), DB_FILE))) throw new OperationError(`no database in ${resolve(dataDir)} (is --data-dir right?)`);
   // Read-only: inspecting the log never writes to it, and needs no running broker.
   return openDataDb(dataDir, { readonly: true });

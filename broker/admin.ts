@@ -13,7 +13,7 @@ import type { Keyring } from "../src/crypto/keyring.ts";
 import { adminTrigger, type Trigger } from "../src/service/audit-trail.ts";
 import { deviceUserId, registerDevice, revokeDevice } from "../src/service/devices.ts";
 import { appendAudit } from "../src/store/audit.ts";
-import type { Db } from "../src/store/db.ts";
+import { openPostgres, type Db } from "../src/store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../src/store/devices.ts";
 import { keyUsage, keysChanged, removalProblem, reseal } from "../src/service/keys.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
@@ -22,6 +22,7 @@ import { CURRENCY_EXPONENTS, formatAmount, parseAmount } from "../src/core/money
 import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo, type AgreementRow } from "../src/store/binding.ts";
 import { SELF_SIGNED_CERT_FILE } from "./certs.ts";
+import { isPostgresUrl } from "../src/store/pg.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey, saveKeyring } from "./data-dir.ts";
 import { AUDIT_FLAGS, AUDIT_USAGE, auditCommand, receiptCommand } from "./admin-audit.ts";
 
@@ -56,7 +57,11 @@ Commands:
 ${AUDIT_USAGE}
 
 Options for every command:
-  --data-dir DIR    the broker's data dir (env HANDOFF_DATA_DIR, default ./data)
+  --data-dir DIR    the broker's data dir (env HANDOFF_DATA_DIR, default ./data): its keys,
+                    and its SQLite database unless --database names another
+  --database URL    postgres://… : the PostgreSQL database the broker nodes share (env
+                    HANDOFF_DATABASE_URL); the master key still comes from --data-dir or
+                    HANDOFF_MASTER_KEY
   --json            machine-readable output
   -h, --help        this help
 
@@ -71,6 +76,7 @@ Examples:
 
 const FLAGS = {
   "data-dir": { type: "string" },
+  database: { type: "string" },
   json: { type: "boolean" },
   kind: { type: "string" },
   name: { type: "string" },
@@ -104,7 +110,7 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
   // The audit log's commands only read, and a receipt needs no data dir at all: neither creates one.
   if (positionals[0] === "audit" || positionals[0] === "receipt") {
     const [auditGroup, auditSub, ...auditRest] = positionals;
-    const auditCtx = { dataDir: values["data-dir"] ?? defaultDataDir(), json: values.json === true, out, values };
+    const auditCtx = { dataDir: values["data-dir"] ?? defaultDataDir(), database: databaseUrl(values.database), json: values.json === true, out, values };
     return auditGroup === "audit" ? auditCommand(auditCtx, auditSub, auditRest, USAGE) : receiptCommand(auditCtx, auditSub, auditRest, USAGE);
   }
   const dataDir = ensureDataDir(values["data-dir"] ?? defaultDataDir());
@@ -136,7 +142,8 @@ export async function adminMain(argv: string[], out: (line: string) => void = (l
   if (!["device", "keys", "agreement", "merchant", "ledger"].includes(group ?? "")) throw new UsageError(`unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
   const masterKeyEnv = masterKeyFromEnv();
   const { keyring } = loadKeyring(dataDir, masterKeyEnv, (msg) => process.stderr.write(`warning: ${msg}\n`));
-  const db = openDataDb(dataDir);
+  const database = databaseUrl(values.database);
+  const db = database === undefined ? openDataDb(dataDir) : openPostgres(database, { applicationName: "handoff-pay admin" });
   const ctx: Ctx = { db, keyring, dataDir, json: values.json === true, out };
   try {
     if (group === "keys") return keysCommand(ctx, command, rest, values, masterKeyEnv !== undefined);
@@ -444,3 +451,11 @@ function agreementCommand(ctx: Ctx, command: string | undefined, rest: string[],
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) runCli(adminMain);
+
+/** --database, else HANDOFF_DATABASE_URL: a PostgreSQL URL, or undefined for the data dir's SQLite file. */
+export function databaseUrl(flag: unknown, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const value = typeof flag === "string" ? flag : env.HANDOFF_DATABASE_URL;
+  if (value === undefined || value === "") return undefined;
+  if (!isPostgresUrl(value)) throw new UsageError(`--database must be a PostgreSQL URL (postgres://user@host:port/database), not "${value}"`);
+  return value;
+}

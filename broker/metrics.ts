@@ -154,6 +154,6 @@ export const BACKLOG_COUNT_CAP = 100_000;
 
 /** Reads the outbox backlog for the gauge (null once the database is closed). */
 export function outboxBacklogReader(db: Db): () => number | null {
-  const count = db.prepare<[number], { n: number }>("SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE delivered_ms IS NULL LIMIT ?)");
+  const count = db.prepare<[number], { n: number }>("SELECT count(*) AS n FROM (SELECT 1 FROM outbox WHERE delivered_ms IS NULL LIMIT ?) AS w");
   return () => (db.open ? (count.get(BACKLOG_COUNT_CAP)?.n ?? 0) : null);
 }

@@ -37,7 +37,8 @@ import { AuditHeads } from "./audit-heads.ts";
 import { hostname } from "node:os";
 import { ClusterLink, clusterEmitter, HEARTBEAT_MS, redactRedis, redisOf, SharedLimits } from "./cluster.ts";
 import { openPostgres } from "../src/store/db.ts";
-import { ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
+import { checkNodeKeys } from "../src/service/keys.ts";
+import { DataDirError, ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
 import { Deadlines } from "./deadlines.ts";
 import { connectLimiter, installHooks } from "./hooks.ts";
 import { Housekeeping } from "./housekeeping.ts";
@@ -119,6 +120,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const identity = loadBrokerIdentity(dataDir);
     signer = new Signer(identity);
     publicKey = identity.publicKey;
+    const keyProblem = checkNodeKeys(db, keyring, publicKey, clock());
+    if (keyProblem !== null) {
+      db.close();
+      throw new DataDirError(keyProblem);
+    }
   } catch (err) {
     lock.release();
     throw err;

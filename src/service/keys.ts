@@ -121,3 +121,31 @@ function resealColumn(db: Db, keyring: Keyring, table: "devices" | "pairings", c
   }).immediate();
   return changed;
 }
+
+/**
+ * Whether this node's keys are the ones the database's data was made under: its broker identity
+ * (recorded by the first start) and its master key (it opens a phone's sealed user id). Several
+ * nodes share one database, each with its own data dir: a node given a fresh key file by mistake
+ * would sign what every device refuses, or seal what no other node can open. Returns the problem,
+ * or null; records the identity on the first start.
+ */
+export function checkNodeKeys(db: Db, keyring: Keyring, brokerPublicKey: Uint8Array, nowMs: number): string | null {
+  return db
+    .transaction((): string | null => {
+      const row = db.prepare<[], { public_key: Buffer }>("SELECT public_key FROM broker_identity WHERE id = 1").get();
+      if (row === undefined) db.prepare("INSERT INTO broker_identity (id, public_key, created_ms) VALUES (1, ?, ?)").run(brokerPublicKey, nowMs);
+      else if (!Buffer.from(brokerPublicKey).equals(row.public_key)) {
+        return `this node's broker key (${Buffer.from(brokerPublicKey).toString("base64")}) is not the one the database's devices pin (${row.public_key.toString("base64")}): give the node the cluster's broker.key (copy it from another node's data dir)`;
+      }
+      const phone = db.prepare<[], { id: string }>("SELECT id FROM devices WHERE user_sealed IS NOT NULL ORDER BY created_ms, id LIMIT 1").get();
+      if (phone !== undefined) {
+        const device = new DeviceRepo(db).get(phone.id);
+        const opened = device?.userSealed == null ? null : keyring.open(device.userSealed);
+        if (opened === null || !opened.ok) {
+          return "this node's master key does not open the database's sealed data (a phone's user id): give the node the cluster's master key (master.key from another node's data dir, or the same HANDOFF_MASTER_KEY)";
+        }
+      }
+      return null;
+    })
+    .immediate();
+}

@@ -206,4 +206,12 @@ export const PG_MIGRATIONS: readonly string[] = [
     signature     BYTEA NOT NULL
   );
   `,
+  // 8: the broker identity the data was made under (one row).
+  `
+  CREATE TABLE broker_identity (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    public_key  BYTEA NOT NULL CHECK (octet_length(public_key) = 32),
+    created_ms  BIGINT NOT NULL
+  );
+  `,
 ];

@@ -206,4 +206,13 @@ export const MIGRATIONS: readonly string[] = [
     signature     BLOB NOT NULL
   );
   `,
+  // 8: the broker identity the data was made under (one row): a node started with another
+  // broker.key — whose messages every device would refuse — is stopped at start instead.
+  `
+  CREATE TABLE broker_identity (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    public_key  BLOB NOT NULL CHECK (length(public_key) = 32),
+    created_ms  INTEGER NOT NULL
+  );
+  `,
 ];

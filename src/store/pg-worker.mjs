@@ -30,16 +30,30 @@ function failure(err) {
   return { error: { message: String(err && err.message ? err.message : err), code: err && err.code, detail: err && err.detail, constraint: err && err.constraint } };
 }
 
-const client = new pg.Client({ connectionString: url, application_name: applicationName });
-// A broken connection fails the statement waiting on it (and every later one): the broker's
-// thread treats that as a storage fault. Without this listener the error would kill the worker.
+let client;
+// A broken connection fails the statement waiting on it: the broker's thread treats that as a
+// storage fault and the batch fails whole. Without this listener the error would kill the worker.
 let broken = null;
-client.on("error", (err) => {
-  broken = err;
-});
+
+async function connect() {
+  const c = new pg.Client({ connectionString: url, application_name: applicationName });
+  c.on("error", (err) => {
+    broken = err;
+  });
+  c.on("end", () => {
+    broken ??= new Error("the server closed the connection");
+  });
+  await c.connect();
+  // Idle in a transaction for 30 s (a frozen node), the session ends and releases the write lock;
+  // a wait for the lock gives up after 20 s.
+  await c.query("SET idle_in_transaction_session_timeout = '30s'; SET lock_timeout = '20s'");
+  client = c;
+  broken = null;
+  names.clear();
+}
 
 try {
-  await client.connect();
+  await connect();
   answer({ ready: true });
 } catch (err) {
   answer(failure(err));
@@ -51,7 +65,18 @@ port.on("message", async (m) => {
     port.close();
     return;
   }
-  if (broken !== null) return answer(failure(Object.assign(new Error(`the PostgreSQL connection broke: ${broken.message}`), { code: "08006" })));
+  if (broken !== null) {
+    // Inside a transaction the connection's work is lost with it: that transaction fails. A
+    // statement outside one (the next BEGIN, a read) connects again first (PostgreSQL restarted,
+    // or a standby was promoted behind the same address).
+    if (m.inTransaction) return answer(failure(Object.assign(new Error(`the PostgreSQL connection broke: ${broken.message}`), { code: "08006" })));
+    try {
+      await client.end().catch(() => {});
+      await connect();
+    } catch (err) {
+      return answer(failure(Object.assign(new Error(`PostgreSQL is unreachable: ${err.message}`), { code: "08001" })));
+    }
+  }
   try {
     if (m.params === undefined) {
       // Text without parameters may hold several statements (BEGIN; SELECT pg_advisory_xact_lock…):

@@ -209,9 +209,6 @@ export class PgDatabase {
       this.#stop();
       throw new PgError(`could not connect to PostgreSQL at ${this.name}: ${ready.error.message}`, ready.error.code ?? "08001");
     }
-    // A node that stops mid-transaction (frozen, or cut off) must not hold the write lock for
-    // ever: its session ends after 30 s idle in a transaction, and a wait for the lock gives up.
-    this.exec("SET idle_in_transaction_session_timeout = '30s'; SET lock_timeout = '20s'");
   }
 
   get open(): boolean {
@@ -225,7 +222,7 @@ export class PgDatabase {
   /** One statement (or, without params, several separated by `;`), waited for. */
   query(text: string, params?: unknown[]): Answer {
     if (!this.#open) throw new PgError("the database connection is closed", "HP000");
-    this.#port.postMessage({ sql: text, params });
+    this.#port.postMessage({ sql: text, params, inTransaction: this.#depth > 0 });
     const a = this.#wait();
     if (a.error !== undefined) throw new PgError(a.error.message, a.error.code ?? "HP001", a.error.constraint);
     return a;

@@ -22,7 +22,7 @@ async function clusterServices(): Promise<{ database: string; cluster: string }>
 
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
 
-let nodes: TestBroker[] = [];
+const nodes: TestBroker[] = [];
 const devices: Device[] = [];
 afterEach(async () => {
   await Promise.all(devices.splice(0).map((d) => d.close()));
@@ -123,6 +123,19 @@ describe("two nodes", { timeout: 30_000 }, () => {
     const second = await onB.request("ping", {});
     expect([first.type, second.type]).toContain("error");
     expect((await onB.request("ping", {})).body).toMatchObject({ code: "rate_limited" });
+  });
+
+  it("refuses to start a node whose broker key or master key is not the cluster's, saying which", async () => {
+    const { database, cluster } = await clusterServices();
+    const a = await startTestBroker({ database, cluster, nodeId: "node-a" });
+    nodes.push(a);
+    register(a, "phone", "alice");
+    // A fresh data dir: a new broker key and a new master key.
+    await expect(startTestBroker({ database, cluster, nodeId: "node-b" })).rejects.toThrow(/broker key .* is not the one the database's devices pin/);
+    // The cluster's broker key, but its own master key.
+    const dir = tempDir();
+    for (const f of ["broker.key", "broker.pub"]) copyFileSync(join(a.dataDir, f), join(dir, f));
+    await expect(startTestBroker({ database, cluster, nodeId: "node-b" }, dir)).rejects.toThrow(/master key does not open/);
   });
 
   it("disconnects a revoked device wherever it is connected", async () => {
