@@ -7,7 +7,7 @@ import { X509Certificate } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { masterKeyFromEnv, defaultDataDir } from "../src/config.ts";
-import { OperationError, UsageError, parseFlags, requireString, runCli } from "../src/cli/args.ts";
+import { OperationError, UsageError, databaseUrl, parseFlags, requireString, runCli } from "../src/cli/args.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
 import { adminTrigger, type Trigger } from "../src/service/audit-trail.ts";
@@ -22,7 +22,6 @@ import { CURRENCY_EXPONENTS, formatAmount, parseAmount } from "../src/core/money
 import { openAgreement } from "../src/service/sealing.ts";
 import { AgreementRepo, type AgreementRow } from "../src/store/binding.ts";
 import { SELF_SIGNED_CERT_FILE } from "./certs.ts";
-import { isPostgresUrl } from "../src/store/pg.ts";
 import { ensureDataDir, loadKeyring, openDataDb, readBrokerPublicKey, saveKeyring } from "./data-dir.ts";
 import { AUDIT_FLAGS, AUDIT_USAGE, auditCommand, receiptCommand } from "./admin-audit.ts";
 
@@ -451,11 +450,3 @@ function agreementCommand(ctx: Ctx, command: string | undefined, rest: string[],
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) runCli(adminMain);
-
-/** --database, else HANDOFF_DATABASE_URL: a PostgreSQL URL, or undefined for the data dir's SQLite file. */
-export function databaseUrl(flag: unknown, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const value = typeof flag === "string" ? flag : env.HANDOFF_DATABASE_URL;
-  if (value === undefined || value === "") return undefined;
-  if (!isPostgresUrl(value)) throw new UsageError(`--database must be a PostgreSQL URL (postgres://user@host:port/database), not "${value}"`);
-  return value;
-}

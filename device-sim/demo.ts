@@ -14,11 +14,12 @@ import { fileURLToPath } from "node:url";
 import pino from "pino";
 import { loadKeyring, openDataDb, readBrokerPublicKey, MASTER_KEY_FILE } from "../broker/data-dir.ts";
 import { startBroker, type BrokerHandle } from "../broker/server.ts";
-import { UsageError, parseFlags } from "../src/cli/args.ts";
+import { UsageError, databaseUrl, parseFlags } from "../src/cli/args.ts";
 import { TCP_ONLY, brokerConfig, masterKeyFromEnv } from "../src/config.ts";
 import { formatAmount } from "../src/core/money.ts";
 import type { Keyring } from "../src/crypto/keyring.ts";
-import type { Db } from "../src/store/db.ts";
+import { openPostgres, type Db } from "../src/store/db.ts";
+import { redactUrl } from "../src/store/pg.ts";
 import { brokerTrust, brokerUrlsFlag } from "./cli.ts";
 import { WEB_CREDIT, WEB_MERCHANT, WEB_PHONE, WEB_TERMINAL, runWebDemo } from "./demo-web.ts";
 import { ScenarioError, loadScenario, runScenario, type Balances, type Scenario, type ScenarioEvent, type ScenarioReport } from "./scenario.ts";
@@ -62,6 +63,10 @@ Options:
                      --max-wait-ms away; otherwise the terminal cancels that payment and the
                      step is reported as skipped, with the reason (a skipped step does not fail
                      the run). Start that broker with --prompt-ttl-ms 1500 to see the expiry.
+  --database URL     with --url: the PostgreSQL database of the running broker or cluster
+                     (postgres://user@host:port/db, or HANDOFF_DATABASE_URL), where the demo
+                     registers its devices instead of <data-dir>/handoff.db; --data-dir is then
+                     the data dir of any node (for broker.pub and master.key)
   --ca FILE          with an mqtts:// or wss:// --url: trust the broker certificate or CA in FILE
                      (PEM) instead of the system's CAs (for each such URL of a list)
   --fingerprint SHA256
@@ -98,13 +103,16 @@ Examples:
   npm run demo -- --data-dir /tmp/hp-demo && npm run admin -- --data-dir /tmp/hp-demo ledger balance
   npm run demo -- --web --ws-port 18080                                       (then open the two links)
   npm start -- --port 18830 --data-dir ./demo-data --prompt-ttl-ms 1500      (in one shell)
-  npm run demo -- --url mqtt://127.0.0.1:18830 --data-dir ./demo-data         (in another)`;
+  npm run demo -- --url mqtt://127.0.0.1:18830 --data-dir ./demo-data         (in another)
+  npm run cluster                                      (in one shell: prints the line to try)
+  npm run demo -- --url mqtt://127.0.0.1:41001,mqtt://127.0.0.1:41002 --data-dir /tmp/hp-cluster-x/node-1 --database postgres://postgres@127.0.0.1:41000/handoff`;
 
 const FLAGS = {
   scenario: { type: "string" },
   json: { type: "boolean" },
   "data-dir": { type: "string" },
   url: { type: "string" },
+  database: { type: "string" },
   ca: { type: "string" },
   fingerprint: { type: "string" },
   "max-wait-ms": { type: "string" },
@@ -114,7 +122,7 @@ const FLAGS = {
 } as const;
 
 /** The scenario options --web does not take. */
-const NOT_WITH_WEB = ["scenario", "json", "url", "ca", "fingerprint", "max-wait-ms"] as const;
+const NOT_WITH_WEB = ["scenario", "json", "url", "database", "ca", "fingerprint", "max-wait-ms"] as const;
 
 export interface DemoIo {
   out(line: string): void;
@@ -142,6 +150,7 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
   let maxPromptWaitMs = DEFAULT_MAX_WAIT_MS;
   /** --url: the running broker's URLs (several for the nodes of one cluster). */
   let urls: string[] = [];
+  let database: string | undefined;
   try {
     ({ values } = parseFlags(argv, FLAGS, USAGE));
     if (values.help) {
@@ -169,6 +178,8 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
       throw new UsageError("--url needs --data-dir: the running broker's data dir, where the demo registers its devices and reads broker.pub");
     }
     if (values.url !== undefined) urls = brokerUrlsFlag(values.url);
+    if (values.database !== undefined && values.url === undefined) throw new UsageError("--database is for --url: the database of the running broker (the demo's own broker keeps SQLite)");
+    database = values.url === undefined ? undefined : databaseUrl(values.database);
     if ((values.ca !== undefined || values.fingerprint !== undefined) && !urls.some((u) => /^(mqtts|wss):/i.test(u))) {
       throw new UsageError("--ca and --fingerprint are for an mqtts:// or wss:// --url (the demo's own broker listens on plain TCP)");
     }
@@ -209,7 +220,7 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
     if (values.url !== undefined) {
       const dataDir = resolve(values["data-dir"]!);
       const trust = brokerTrust(urls, values, dataDir);
-      const opened = openRunningBrokerData(dataDir);
+      const opened = openRunningBrokerData(dataDir, database);
       ownDb = opened.db;
       target = { url: urls, trust, ...opened };
       where = { url: values.url, dataDir, kept: true };
@@ -234,7 +245,7 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
   }
 
   if (report === null) {
-    const hint = values.url !== undefined ? ` (is a broker running at ${values.url} with data dir ${values["data-dir"]}?)` : "";
+    const hint = values.url !== undefined ? ` (is a broker running at ${values.url} with data dir ${values["data-dir"]}${database === undefined ? "" : ` and database ${redactUrl(database)}`}?)` : "";
     io.err(`demo: ${failure ?? "no report"}${hint}`);
     if (json) io.out(JSON.stringify({ ok: false, error: failure, steps: [], balances: null, login: null, terminalSerial: null }));
     return 1;
@@ -267,7 +278,7 @@ function stopSignal(io: DemoIo): Promise<void> {
 }
 
 /** The data of a broker that is already running: its database, keyring and public key. */
-function openRunningBrokerData(dataDir: string): { db: Db; keyring: Keyring; brokerPublicKey: Uint8Array } {
+function openRunningBrokerData(dataDir: string, database: string | undefined): { db: Db; keyring: Keyring; brokerPublicKey: Uint8Array } {
   if (!existsSync(dataDir)) throw new Error(`data dir ${dataDir} does not exist`);
   const brokerPublicKey = readBrokerPublicKey(dataDir);
   if (brokerPublicKey === null || brokerPublicKey.length !== 32) throw new Error(`no broker.pub in ${dataDir}: is it the data dir of the running broker?`);
@@ -277,7 +288,8 @@ function openRunningBrokerData(dataDir: string): { db: Db; keyring: Keyring; bro
     throw new Error(`no ${MASTER_KEY_FILE} in ${dataDir} and HANDOFF_MASTER_KEY is not set: the demo needs the broker's master key`);
   }
   const { keyring } = loadKeyring(dataDir, masterKeyEnv);
-  return { db: openDataDb(dataDir), keyring, brokerPublicKey };
+  const db = database === undefined ? openDataDb(dataDir) : openPostgres(database, { applicationName: "handoff-pay demo" });
+  return { db, keyring, brokerPublicKey };
 }
 
 interface StartInfo {

@@ -35,6 +35,7 @@ export const ENTRIES = [
   "device-sim/demo.ts", // npm run demo
   "device-sim/chaos.ts", // npm run test:chaos
   "device-sim/abuse.ts", // npm run test:abuse
+  "device-sim/cluster.ts", // npm run cluster
   "bench/run.ts", // npm run bench
   "bench/load.ts", // the bench's load generator
   "bench/bare-aedes.ts", // the bench's bound: Aedes alone

@@ -12,6 +12,7 @@ import { TCP_ONLY, brokerConfig, type BrokerConfig } from "../src/config.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { openDatabase, type Db } from "../src/store/db.ts";
+import { freshPostgresDatabase } from "./services.ts";
 
 export interface TestBroker extends BrokerHandle {
   /** Registers a device and returns its key. */
@@ -124,30 +125,18 @@ export async function startTestBroker(
 }
 
 const databases = new Map<string, string>();
-/** With HANDOFF_TEST_PG, the PostgreSQL database of a data dir (one per dir: a restart finds its data); else "" (SQLite). */
+/**
+ * With HANDOFF_TEST_PG=1, the PostgreSQL database of a data dir on the run's shared server (one
+ * per dir: a restart finds its data), so `HANDOFF_TEST_PG=1 npx vitest run test/e2e` plays the
+ * broker's tests on PostgreSQL; else "" (SQLite).
+ */
 async function testDatabase(dataDir: string): Promise<string> {
-  const server = process.env.HANDOFF_TEST_PG;
-  if (server === undefined || server === "") return "";
+  const flag = process.env.HANDOFF_TEST_PG;
+  if (flag === undefined || flag === "" || flag === "0") return "";
   let url = databases.get(dataDir);
   if (url === undefined) {
-    url = await freshDatabase(server);
+    url = await freshPostgresDatabase();
     databases.set(dataDir, url);
   }
   return url;
-}
-
-/** A new, empty database in the PostgreSQL server at `serverUrl` (HANDOFF_TEST_PG runs the broker tests on PostgreSQL). */
-export async function freshDatabase(serverUrl: string): Promise<string> {
-  const { default: pg } = await import("pg");
-  const name = `t_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
-  const c = new pg.Client({ connectionString: serverUrl });
-  await c.connect();
-  try {
-    await c.query(`CREATE DATABASE ${name}`);
-  } finally {
-    await c.end();
-  }
-  const u = new URL(serverUrl);
-  u.pathname = `/${name}`;
-  return u.toString();
 }

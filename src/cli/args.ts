@@ -5,6 +5,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { debugEnabled } from "../config.ts";
+import { isPostgresUrl } from "../store/pg.ts";
 
 export class UsageError extends Error {}
 export class OperationError extends Error {}
@@ -53,4 +54,12 @@ export function runCli(main: (argv: string[]) => Promise<number | void> | number
         }
       },
     );
+}
+
+/** --database, else HANDOFF_DATABASE_URL: a PostgreSQL URL, or undefined for the data dir's SQLite file. */
+export function databaseUrl(flag: unknown, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const value = typeof flag === "string" ? flag : env.HANDOFF_DATABASE_URL;
+  if (value === undefined || value === "") return undefined;
+  if (!isPostgresUrl(value)) throw new UsageError(`--database must be a PostgreSQL URL (postgres://user@host:port/database), not "${value}"`);
+  return value;
 }

@@ -4,7 +4,7 @@
  */
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Device, Received } from "../../device-sim/device.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
 import { registerDevice } from "../../src/service/devices.ts";
@@ -13,11 +13,23 @@ import { newDeviceKey, type DeviceKey } from "../../device-sim/keyfile.ts";
 import { Device as NodeDevice } from "../../device-sim/device.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
 import { revokeDevice } from "../../src/service/devices.ts";
-import { freshDatabase, startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { startRedis, type RedisService } from "../../device-sim/services.ts";
+import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { freshPostgresDatabase } from "../services.ts";
 import { rawConnect, tokenFor } from "../wire.ts";
 
+// A Redis of this file's own: pub/sub channels are global to a server, and nodes of another
+// file's tests must not hear these nodes' presence and notices. Each test gets its own database.
+let redis: RedisService;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis.stop();
+});
+
 async function clusterServices(): Promise<{ database: string; cluster: string }> {
-  return { database: await freshDatabase(process.env.HANDOFF_TEST_PG!), cluster: process.env.HANDOFF_TEST_REDIS! };
+  return { database: await freshPostgresDatabase(), cluster: redis.url };
 }
 
 const LIMITS = { currency: "CNY", autoConfirmMaxMinor: 5000, autoConfirmDailyMinor: 20000, perPaymentMaxMinor: 100000 };
