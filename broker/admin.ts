@@ -13,7 +13,7 @@ import type { Keyring } from "../src/crypto/keyring.ts";
 import { adminTrigger, type Trigger } from "../src/service/audit-trail.ts";
 import { deviceUserId, registerDevice, revokeDevice } from "../src/service/devices.ts";
 import { appendAudit } from "../src/store/audit.ts";
-import { openPostgres, type Db } from "../src/store/db.ts";
+import { isPostgres, openPostgres, type Db } from "../src/store/db.ts";
 import { DeviceRepo, type DeviceRow } from "../src/store/devices.ts";
 import { keyUsage, keysChanged, removalProblem, reseal } from "../src/service/keys.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
@@ -258,6 +258,15 @@ function deviceRevoke(ctx: Ctx, id: string): number {
 function keysCommand(ctx: Ctx, command: string | undefined, rest: string[], values: Record<string, unknown>, fromEnv: boolean): number {
   const fileOnly = () => {
     if (fromEnv) throw new OperationError("the master key comes from HANDOFF_MASTER_KEY: change the variable (1:<b64>,2:<b64>; the highest version is current) and restart the broker");
+    // Each node of a cluster reads the key file of its own data dir: a rotation written into one
+    // would leave the others unable to open what that node then seals.
+    const nodes = brokerNodesConnected(ctx.db);
+    if (nodes.length > 1) {
+      throw new OperationError(
+        `${nodes.length} broker nodes share this database (${nodes.join(", ")}), and each reads the master key of its own data dir: ` +
+          "change the keys of a cluster as docs/operations.md §Several nodes says (the same key file or HANDOFF_MASTER_KEY on every node, then restart them)",
+      );
+    }
   };
   switch (command) {
     case "list": {
@@ -450,3 +459,10 @@ function agreementCommand(ctx: Ctx, command: string | undefined, rest: string[],
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) runCli(adminMain);
+
+/** The broker nodes connected to this PostgreSQL database (by their application_name), or [] on SQLite. */
+function brokerNodesConnected(db: Db): string[] {
+  if (!isPostgres(db)) return [];
+  const names = db.prepare("SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'handoff-pay node %'").pluck().all() as string[];
+  return names.map((n) => n.slice("handoff-pay node ".length)).sort();
+}

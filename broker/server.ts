@@ -115,7 +115,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     // SQLite: commits are synced off the event loop (WalSync), and nothing leaves before its sync.
     // PostgreSQL: a COMMIT returns once it is durable (src/store/pg.ts).
     db = postgres
-      ? openPostgres(config.database, { applicationName: `handoff-pay ${nodeId}` })
+      ? openPostgres(config.database, { applicationName: `handoff-pay node ${nodeId}` })
       : openDataDb(dataDir, { durability: "caller" }, (msg, detail) => log.warn(detail, msg));
     const identity = loadBrokerIdentity(dataDir);
     signer = new Signer(identity);

@@ -162,7 +162,7 @@ export function brokerHelp(): string {
   return [
     "Usage: npm start -- [options]",
     "",
-    "Starts the Handoff Pay broker: MQTT over TCP, TLS, WebSocket and WebSocket over TLS, data in an\nembedded SQLite database. Every listener it opens logs its URL; SIGHUP reloads the TLS certificate.",
+    "Starts the Handoff Pay broker: MQTT over TCP, TLS, WebSocket and WebSocket over TLS, data in an\nembedded SQLite database, or in PostgreSQL with --database, where several nodes routing through\nRedis (--cluster) may share it. Every listener it opens logs its URL; SIGHUP reloads the TLS\ncertificate.",
     "",
     "Options:",
     ...rows,
@@ -178,6 +178,9 @@ export function brokerHelp(): string {
     "  HANDOFF_PORT=0 npm start            # a free port; the log line says which",
     "  npm start -- --port off --ws-port off --tls-cert /etc/handoff/tls.crt --tls-key /etc/handoff/tls.key",
     "                                      # production: TLS and WebSocket over TLS only",
+    "  npm start -- --database postgres://handoff@db1/handoff --cluster redis://redis1:6379 --node-id node-1",
+    "                                      # one node of several (docs/operations.md §Several nodes)",
+    "  npm run cluster                     # PostgreSQL, Redis and two nodes on this machine, to try",
   ].join("\n");
 }
 

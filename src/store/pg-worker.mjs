@@ -47,6 +47,11 @@ async function connect() {
   // Idle in a transaction for 30 s (a frozen node), the session ends and releases the write lock;
   // a wait for the lock gives up after 20 s.
   await c.query("SET idle_in_transaction_session_timeout = '30s'; SET lock_timeout = '20s'");
+  // Nothing leaves the broker before its commit is durable: a server set to synchronous_commit=off
+  // would answer COMMIT before its WAL is flushed, so this session turns it back on. Stronger
+  // settings (remote_write, on with synchronous_standby_names, remote_apply) are kept.
+  const sync = await c.query("SHOW synchronous_commit");
+  if (sync.rows[0]?.synchronous_commit === "off") await c.query("SET synchronous_commit = on");
   client = c;
   broken = null;
   names.clear();

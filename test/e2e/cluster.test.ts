@@ -2,8 +2,9 @@
  * Two broker nodes on one PostgreSQL database, routing through one Redis: what a device sees is
  * what it sees on one node, wherever its peer is connected (docs/operations.md §Several nodes).
  */
-import { copyFileSync } from "node:fs";
+import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { adminMain } from "../../broker/admin.ts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Device, Received } from "../../device-sim/device.ts";
 import { addMerchant, creditWallet, walletBalance } from "../../src/service/ledger.ts";
@@ -42,7 +43,7 @@ afterEach(async () => {
 });
 
 /** Two nodes sharing the database, Redis, the master key and the broker identity. */
-async function twoNodes(overrides: Parameters<typeof startTestBroker>[0] = {}): Promise<[TestBroker, TestBroker]> {
+async function twoNodes(overrides: Parameters<typeof startTestBroker>[0] = {}): Promise<[TestBroker, TestBroker, string]> {
   const { database, cluster } = await clusterServices();
   const a = await startTestBroker({ database, cluster, nodeId: "node-a", ...overrides });
   nodes.push(a);
@@ -50,7 +51,7 @@ async function twoNodes(overrides: Parameters<typeof startTestBroker>[0] = {}): 
   for (const f of ["master.key", "broker.key", "broker.pub"]) copyFileSync(join(a.dataDir, f), join(dirB, f));
   const b = await startTestBroker({ database, cluster, nodeId: "node-b", ...overrides }, dirB);
   nodes.push(b);
-  return [a, b];
+  return [a, b, database];
 }
 
 async function on(node: TestBroker, key: DeviceKey, reconnect = false): Promise<Device> {
@@ -109,6 +110,36 @@ describe("two nodes", { timeout: 30_000 }, () => {
     for (const [currency, sum] of new LedgerRepo(a.db).sums()) expect(sum, currency).toBe(0);
   });
 
+  it("serializes a cancel on one node against the execution on the other: one outcome per payment, told alike to both", async () => {
+    const [a, b] = await twoNodes({ maxConsecutiveAuto: 100 });
+    const w = await boundPair(a, b);
+    const outcomes: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const task = w.phone.next("payment_task");
+      const accepted = await w.pay(100 + i);
+      const t = (await task).body as { paymentId: string; amountMinor: number; currency: string; payee: string };
+      // The same instant on both nodes: the phone (on B) executes, the terminal (on A) cancels.
+      const [executed, cancelled] = await Promise.all([
+        w.phone.request("payment_execute", { paymentId: t.paymentId, amountMinor: t.amountMinor, currency: t.currency, payee: t.payee }),
+        w.terminal.request("payment_cancel", { paymentId: accepted.body.paymentId }),
+      ]);
+      // Whichever committed first decided; the other heard that decision, or that it came too late.
+      const row = a.db.prepare("SELECT status FROM payments WHERE id = ?").pluck().get(t.paymentId) as string;
+      expect(["completed", "cancelled"]).toContain(row);
+      for (const reply of [executed, cancelled]) {
+        const body = reply.body as { status?: string; code?: string; detail?: string };
+        if (reply.type === "error") expect(`${body.code}: ${body.detail}`).toMatch(new RegExp(`^payment_not_pending: .*${row}`));
+        else expect(body.status).toBe(row);
+      }
+      const transfers = a.db.prepare("SELECT count(*) FROM transfers WHERE payment_id = ?").pluck().get(t.paymentId);
+      expect(transfers).toBe(row === "completed" ? 1 : 0);
+      outcomes.push(row);
+    }
+    const spent = outcomes.reduce((sum, o, i) => sum + (o === "completed" ? 100 + i : 0), 0);
+    expect(walletBalance(a.db, a.keyring, w.userId, "CNY")).toBe(50_000 - spent);
+    for (const [currency, sum] of new LedgerRepo(a.db).sums()) expect(sum, currency).toBe(0);
+  });
+
   it("accepts a connect token once, whichever node sees it first", async () => {
     const [a, b] = await twoNodes();
     const key = register(a, "terminal");
@@ -148,6 +179,19 @@ describe("two nodes", { timeout: 30_000 }, () => {
     const dir = tempDir();
     for (const f of ["broker.key", "broker.pub"]) copyFileSync(join(a.dataDir, f), join(dir, f));
     await expect(startTestBroker({ database, cluster, nodeId: "node-b" }, dir)).rejects.toThrow(/master key does not open/);
+  });
+
+  it("refuses a master key rotation written into one node's key file while other nodes share the database", async () => {
+    const [a, b, database] = await twoNodes();
+    const out: string[] = [];
+    await expect(adminMain(["keys", "rotate", "--data-dir", a.dataDir, "--database", database], (l) => out.push(l))).rejects.toThrow(/2 broker nodes share this database \(node-a, node-b\)/);
+    expect(readFileSync(join(a.dataDir, "master.key"), "utf8")).toBe(readFileSync(join(b.dataDir, "master.key"), "utf8"));
+    // With one node left, the file is the only copy in use, and the rotation goes ahead.
+    await b.stop();
+    nodes.splice(nodes.indexOf(b), 1);
+    const rotate = () => adminMain(["keys", "rotate", "--data-dir", a.dataDir, "--database", database], (l) => out.push(l)).then(String, (err: Error) => err.message);
+    await expect.poll(rotate, { timeout: 5000 }).toBe("0");
+    expect(out.join("\n")).toContain("added master key version 2");
   });
 
   it("disconnects a revoked device wherever it is connected", async () => {

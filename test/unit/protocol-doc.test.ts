@@ -451,7 +451,7 @@ describe("docs/protocol.md §Limits", () => {
   });
 
   it("covers every broker option except the ones only an operator sees", () => {
-    const operatorOnly = ["host", "port", "tls-port", "ws-port", "wss-port", "tls-cert", "tls-key", "ws-origin", "metrics-host", "metrics-port", "data-dir", "log-level", "purge-every-ms", "audit-head-every-ms"];
+    const operatorOnly = ["host", "port", "tls-port", "ws-port", "wss-port", "tls-cert", "tls-key", "ws-origin", "metrics-host", "metrics-port", "data-dir", "database", "cluster", "node-id", "log-level", "purge-every-ms", "audit-head-every-ms"];
     const deviceFacing = BROKER_OPTIONS.map((o) => o.flag).filter((f) => !operatorOnly.includes(f));
     expect(rows.map((r) => r.flag).sort()).toEqual(deviceFacing.sort());
   });

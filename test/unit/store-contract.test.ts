@@ -4,7 +4,7 @@
  * same answers. What the services rely on — statements, types, transactions and savepoints,
  * the schema, the repositories' rules — holds on both, or a test here fails.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Signer, generateKeyPair } from "../../src/crypto/ed25519.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
@@ -244,6 +244,23 @@ describe("PostgreSQL across connections", () => {
       db.close();
     }
   }, 30_000);
+
+  it("commits durably even where the server is set to synchronous_commit=off", async () => {
+    const url = await freshPostgresDatabase();
+    const name = new URL(url).pathname.slice(1);
+    const admin = openPostgres(url);
+    admin.prepare(`ALTER DATABASE "${name}" SET synchronous_commit = off`).run();
+    admin.close();
+    // A new session there starts with off; the broker's connection turns it back on.
+    const db = openPostgres(url);
+    try {
+      expect(db.prepare("SHOW synchronous_commit").pluck().get()).toBe("on");
+      const psql = spawnSync("psql", [url, "-Atc", "SHOW synchronous_commit"], { encoding: "utf8" });
+      expect(psql.stdout.trim()).toBe("off");
+    } finally {
+      db.close();
+    }
+  });
 
   it("translates placeholders outside literals only", () => {
     expect(toPgPlaceholders("SELECT '?', ? FROM t WHERE a = ? AND b = 'it''s ?'").text).toBe("SELECT '?', $1 FROM t WHERE a = $2 AND b = 'it''s ?'");
