@@ -27,6 +27,42 @@ import type { Bucket, RateLimiter } from "../src/service/rate-limit.ts";
 /** Aedes' heartbeat between nodes in a cluster (a single node beats once an hour: nobody listens). */
 export const HEARTBEAT_MS = 2_000;
 const STORED = "$HP/stored";
+/** How long a stopping node waits for Redis to take what it still sends (its QUIT among them). */
+const CLOSE_GRACE_MS = 2_000;
+const REDIS_DOWN = Symbol("redisDown");
+
+/**
+ * Called when the node starts to stop. With Redis away, everything sent to it waits for its return
+ * (Aedes' disconnect notices, the emitter's QUIT), and the stop with it: past a grace period, none
+ * when Redis is known to be away, the connections are dropped, and what waits fails at once.
+ */
+export function releaseRedis(mq: Emitter): void {
+  type Internals = { subConn: { disconnect(): void }; pubConn: { disconnect(): void }; closing: boolean; _close(cb: () => void): void; [REDIS_DOWN]?: () => boolean };
+  const m = mq as unknown as Internals;
+  const close = mq.close.bind(mq);
+  // The emitter's own close QUITs both connections and waits for their "end", which a connection
+  // between two reconnect attempts never emits (ioredis): then it is dropped and closed here.
+  const abandon = (finish: () => void) => {
+    m.closing = true;
+    m.subConn.disconnect();
+    m.pubConn.disconnect();
+    m._close(finish);
+  };
+  mq.close = (cb?: () => void) => {
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      cb?.();
+    };
+    if (m[REDIS_DOWN]?.() === true) abandon(finish);
+    else {
+      close(finish);
+      setTimeout(() => done || abandon(finish), CLOSE_GRACE_MS).unref();
+    }
+    return mq;
+  };
+}
 const PRESENCE = "$HP/presence";
 
 type Emitter = ReturnType<typeof MQEmitterRedis>;
@@ -65,6 +101,7 @@ export function clusterEmitter(options: ClusterOptions): Emitter {
     if (down) options.log.info({ redis: redactRedis(options.url) }, "cluster: Redis reachable again");
     down = false;
   });
+  (mq as unknown as { [REDIS_DOWN]: () => boolean })[REDIS_DOWN] = () => down;
   return mq;
 }
 
@@ -123,6 +160,28 @@ export class ClusterLink {
       if (node === undefined || node === this.#nodeId) return;
       this.#nodes.set(node, Date.now());
       for (const id of ids) if (id !== "" && this.#clients[id] === undefined) this.#remote.set(id, node);
+    });
+    // Back from a Redis outage: notices published meanwhile were lost (pub/sub keeps nothing), so
+    // once subscribed again (the PING is answered after the re-SUBSCRIBE ioredis sends first),
+    // every device held here reads its outbox, and the others hear who is here.
+    const sub = (mq as unknown as { subConn: import("node:events").EventEmitter & { ping(): Promise<unknown> } }).subConn;
+    let lost = false;
+    sub.on("close", () => {
+      lost = !this.#closed;
+    });
+    sub.on("ready", () => {
+      if (!lost) return;
+      lost = false;
+      sub.ping().then(
+        () => {
+          if (this.#closed) return;
+          const held = Object.keys(this.#clients);
+          this.#log.info({ devices: held.length }, "cluster: resubscribed after a Redis outage; the devices held here read their outboxes");
+          for (const deviceId of held) options.onStored(deviceId);
+          this.#emit(PRESENCE, `${this.#nodeId}\n${held.join("\n")}`);
+        },
+        () => {},
+      );
     });
   }
 

@@ -35,7 +35,7 @@ import { WalSync } from "../src/store/wal-sync.ts";
 import { AdminFeed } from "./admin-feed.ts";
 import { AuditHeads } from "./audit-heads.ts";
 import { hostname } from "node:os";
-import { ClusterLink, clusterEmitter, HEARTBEAT_MS, redactRedis, redisOf, SharedLimits } from "./cluster.ts";
+import { ClusterLink, clusterEmitter, HEARTBEAT_MS, redactRedis, redisOf, releaseRedis, SharedLimits } from "./cluster.ts";
 import { openPostgres } from "../src/store/db.ts";
 import { checkNodeKeys } from "../src/service/keys.ts";
 import { DataDirError, ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
@@ -328,6 +328,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       deadlines.stop();
       housekeeping.stop();
       adminFeed.stop();
+      if (mq !== undefined) releaseRedis(mq);
       // Stop accepting first; the listener's close completes once Aedes has closed every client.
       const listenerClosed = listeners.close();
       await inbox.idle();

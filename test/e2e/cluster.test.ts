@@ -14,7 +14,10 @@ import { newDeviceKey, type DeviceKey } from "../../device-sim/keyfile.ts";
 import { Device as NodeDevice } from "../../device-sim/device.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
 import { revokeDevice } from "../../src/service/devices.ts";
-import { startRedis, type RedisService } from "../../device-sim/services.ts";
+import { findRedisServer, startRedis, type RedisService } from "../../device-sim/services.ts";
+import { freePort } from "../../device-sim/broker-process.ts";
+import { spawn } from "node:child_process";
+import { connect } from "node:net";
 import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
 import { freshPostgresDatabase } from "../services.ts";
 import { rawConnect, tokenFor } from "../wire.ts";
@@ -140,6 +143,35 @@ describe("two nodes", { timeout: 30_000 }, () => {
     for (const [currency, sum] of new LedgerRepo(a.db).sums()) expect(sum, currency).toBe(0);
   });
 
+  it("keeps a message for a device on the other node while Redis is down, and delivers it when Redis is back", async () => {
+    // A Redis of this test's own on a fixed port, so that it can come back where the nodes look.
+    const port = await freePort();
+    const startOwnRedis = async () => {
+      const child = spawn(findRedisServer(), ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+      await expect.poll(() => accepts(port), { timeout: 10_000 }).toBe(true);
+      return child;
+    };
+    let own = await startOwnRedis();
+    try {
+      const [a, b] = await twoNodes({ cluster: `redis://127.0.0.1:${port}` });
+      const w = await boundPair(a, b);
+      own.kill("SIGKILL");
+      await new Promise((r) => own.once("exit", r));
+      // The terminal (node A) pays; the task for the phone (node B) is committed but cannot be announced.
+      const heard: string[] = [];
+      w.phone.on("message", (m: Received) => heard.push(m.type));
+      const task = w.phone.next("payment_task", 20_000);
+      const accepted = await w.pay(700);
+      expect(accepted.body).toMatchObject({ status: "executing" });
+      await new Promise((r) => setTimeout(r, 500));
+      expect(heard).not.toContain("payment_task");
+      own = await startOwnRedis();
+      expect((await task).body).toMatchObject({ paymentId: accepted.body.paymentId });
+    } finally {
+      own.kill("SIGKILL");
+    }
+  }, 40_000);
+
   it("accepts a connect token once, whichever node sees it first", async () => {
     const [a, b] = await twoNodes();
     const key = register(a, "terminal");
@@ -229,3 +261,16 @@ describe("two nodes", { timeout: 30_000 }, () => {
     expect(events.n).toBe(1);
   });
 });
+
+/** True if something accepts TCP connections on 127.0.0.1:port. */
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ port, host: "127.0.0.1" });
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
