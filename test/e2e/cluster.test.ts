@@ -89,7 +89,7 @@ async function boundPair(a: TestBroker, b: TestBroker, funds = 50_000) {
 
 describe("two nodes", { timeout: 30_000 }, () => {
   it("binds a terminal on one node to a phone on the other, and pays both ways of confirming", async () => {
-    const [a, b] = await twoNodes();
+    const [a, b, database] = await twoNodes();
     const w = await boundPair(a, b);
     // Auto-confirmed: the task reaches the phone on node B, the result the terminal on node A.
     const task = w.phone.next("payment_task");
@@ -111,6 +111,11 @@ describe("two nodes", { timeout: 30_000 }, () => {
     expect((await result2).body).toMatchObject({ paymentId: p.paymentId, status: "completed" });
     expect(walletBalance(b.db, b.keyring, w.userId, "CNY")).toBe(50_000 - 1280 - 9000);
     for (const [currency, sum] of new LedgerRepo(a.db).sums()) expect(sum, currency).toBe(0);
+    // The admin tool reads the same store: the wallet, and an audit log that verifies.
+    const out: string[] = [];
+    expect(await adminMain(["ledger", "balance", "--user", w.userId, "--json", "--data-dir", b.dataDir, "--database", database], (l) => out.push(l))).toBe(0);
+    expect(out.join("\n")).toContain(String(50_000 - 1280 - 9000));
+    expect(await adminMain(["audit", "verify", "--data-dir", b.dataDir, "--database", database], (l) => out.push(l))).toBe(0);
   });
 
   it("serializes a cancel on one node against the execution on the other: one outcome per payment, told alike to both", async () => {
