@@ -22,6 +22,7 @@ import type { Aedes } from "aedes";
 import MQEmitterRedis from "mqemitter-redis";
 import type { Logger } from "pino";
 import { errorSummary } from "../src/service/inbox.ts";
+import { redactUrl } from "../src/store/pg.ts";
 import type { Bucket, RateLimiter } from "../src/service/rate-limit.ts";
 
 /** Aedes' heartbeat between nodes in a cluster (a single node beats once an hour: nobody listens). */
@@ -94,11 +95,11 @@ export function clusterEmitter(options: ClusterOptions): Emitter {
   // The emitter's connection events (on `state`, which its typings leave out).
   const state = (mq as unknown as { state: import("node:events").EventEmitter }).state;
   state.on("error", (err: Error) => {
-    if (!down) options.log.error({ err: errorSummary(err), redis: redactRedis(options.url) }, "cluster: Redis unreachable; messages for devices on other nodes wait in the outbox until Redis is back or the device reconnects");
+    if (!down) options.log.error({ err: errorSummary(err), redis: redactUrl(options.url) }, "cluster: Redis unreachable; messages for devices on other nodes wait in the outbox until Redis is back or the device reconnects");
     down = true;
   });
   state.on("pubConnect", () => {
-    if (down) options.log.info({ redis: redactRedis(options.url) }, "cluster: Redis reachable again");
+    if (down) options.log.info({ redis: redactUrl(options.url) }, "cluster: Redis reachable again");
     down = false;
   });
   (mq as unknown as { [REDIS_DOWN]: () => boolean })[REDIS_DOWN] = () => down;
@@ -233,16 +234,6 @@ function nodeOf(topic: string): string {
   return topic.split("/")[1] ?? "";
 }
 
-/** redis://user:secret@host → redis://user@host. */
-export function redactRedis(url: string): string {
-  try {
-    const u = new URL(url);
-    u.password = "";
-    return u.toString();
-  } catch {
-    return "redis://(unparsable URL)";
-  }
-}
 
 /** What SharedLimits uses of the emitter's Redis connection (ioredis). */
 interface RedisLike {

@@ -35,8 +35,9 @@ import { WalSync } from "../src/store/wal-sync.ts";
 import { AdminFeed } from "./admin-feed.ts";
 import { AuditHeads } from "./audit-heads.ts";
 import { hostname } from "node:os";
-import { ClusterLink, clusterEmitter, HEARTBEAT_MS, redactRedis, redisOf, releaseRedis, SharedLimits } from "./cluster.ts";
+import { ClusterLink, clusterEmitter, HEARTBEAT_MS, redisOf, releaseRedis, SharedLimits } from "./cluster.ts";
 import { openPostgres } from "../src/store/db.ts";
+import { redactUrl } from "../src/store/pg.ts";
 import { checkNodeKeys } from "../src/service/keys.ts";
 import { DataDirError, ensureDataDir, loadBrokerIdentity, loadKeyring, lockDataDir, openDataDb } from "./data-dir.ts";
 import { Deadlines } from "./deadlines.ts";
@@ -310,7 +311,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       dataDir,
       database: postgres ? db.name : "sqlite",
       node: nodeId,
-      cluster: mq === undefined ? null : redactRedis(config.cluster),
+      cluster: mq === undefined ? null : redactUrl(config.cluster),
       brokerPublicKey: toBase64(publicKey),
       keyVersions: keyring.versions,
       undeliveredOutbox: outbox.countUndelivered(),

@@ -1,6 +1,7 @@
 /** Test helpers: a real broker on port 0 with a temporary data dir, registered devices, and the programs run as a person runs them. */
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -139,4 +140,16 @@ async function testDatabase(dataDir: string): Promise<string> {
     databases.set(dataDir, url);
   }
   return url;
+}
+
+/** True if something accepts TCP connections on 127.0.0.1:port. */
+export function acceptsTcp(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ port, host: "127.0.0.1" });
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
 }

@@ -320,14 +320,14 @@ export class PgDatabase {
   }
 }
 
-/** postgres://user:secret@host/db → postgres://user@host/db (a password never reaches a log). */
+/** postgres://user:secret@host/db → postgres://user@host/db, and so for redis:// (a password never reaches a log). */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     u.password = "";
     return u.toString();
   } catch {
-    return "postgres://(unparsable URL)";
+    return "(unparsable URL)";
   }
 }
 

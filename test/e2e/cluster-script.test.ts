@@ -5,7 +5,6 @@
  * everything is stopped and every temporary dir removed.
  */
 import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
-import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadBrokerIdentity, loadKeyring } from "../../broker/data-dir.ts";
@@ -14,23 +13,13 @@ import { UsageError } from "../../src/cli/args.ts";
 import { parseBrokerCli } from "../../src/config.ts";
 import { toBase64 } from "../../src/crypto/encoding.ts";
 import { runDemo } from "../../device-sim/demo.ts";
-import { runProgram, tempDir } from "../helpers.ts";
+import { runProgram, tempDir, acceptsTcp } from "../helpers.ts";
 
 const dirs: string[] = [];
 afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ port, host: "127.0.0.1" });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 
 describe("the command line", () => {
   it("defaults to two nodes on free ports, no WebSocket, nodes' warnings shown", () => {
@@ -167,7 +156,7 @@ describe("a run", () => {
     expect(pgDir).toBeDefined();
     for (const dir of [dirname(nodes[0]!.dataDir), pgDir!]) expect(existsSync(dir)).toBe(false);
     for (const url of [...mqtt, ...ws, /^PostgreSQL {2}(\S+)/m.exec(text)![1]!, /^Redis {7}(\S+)/m.exec(text)![1]!]) {
-      expect(await accepts(Number(new URL(url).port)), url).toBe(false);
+      expect(await acceptsTcp(Number(new URL(url).port)), url).toBe(false);
     }
   }, 120_000);
 

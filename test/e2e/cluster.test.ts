@@ -17,8 +17,7 @@ import { revokeDevice } from "../../src/service/devices.ts";
 import { findRedisServer, startRedis, type RedisService } from "../../device-sim/services.ts";
 import { freePort } from "../../device-sim/broker-process.ts";
 import { spawn } from "node:child_process";
-import { connect } from "node:net";
-import { startTestBroker, tempDir, type TestBroker } from "../helpers.ts";
+import { startTestBroker, tempDir, type TestBroker, acceptsTcp } from "../helpers.ts";
 import { freshPostgresDatabase } from "../services.ts";
 import { rawConnect, tokenFor } from "../wire.ts";
 
@@ -153,7 +152,7 @@ describe("two nodes", { timeout: 30_000 }, () => {
     const port = await freePort();
     const startOwnRedis = async () => {
       const child = spawn(findRedisServer(), ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-      await expect.poll(() => accepts(port), { timeout: 10_000 }).toBe(true);
+      await expect.poll(() => acceptsTcp(port), { timeout: 10_000 }).toBe(true);
       return child;
     };
     let own = await startOwnRedis();
@@ -267,15 +266,4 @@ describe("two nodes", { timeout: 30_000 }, () => {
   });
 });
 
-/** True if something accepts TCP connections on 127.0.0.1:port. */
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ port, host: "127.0.0.1" });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 

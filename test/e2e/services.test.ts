@@ -4,9 +4,9 @@
  * and a server's stop() leaves nothing behind.
  */
 import { existsSync } from "node:fs";
-import { connect } from "node:net";
 import { Redis } from "ioredis";
 import pg from "pg";
+import { acceptsTcp } from "../helpers.ts";
 import { afterEach, describe, expect, it } from "vitest";
 import { createDatabase, findPostgresBin, findRedisServer, startPostgres, startRedis, type PostgresService, type RedisService } from "../../device-sim/services.ts";
 import { freshPostgresDatabase, redisUrl } from "../services.ts";
@@ -23,17 +23,6 @@ async function withClient<T>(url: string, run: (c: pg.Client) => Promise<T>): Pr
 
 const userTables = (c: pg.Client) => c.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name").then((r) => r.rows.map((row) => row.table_name));
 
-/** True if something accepts TCP connections on 127.0.0.1:port. */
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ port, host: "127.0.0.1" });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 
 describe("the shared PostgreSQL of the test run", () => {
   it("hands out a fresh database that is empty and that another fresh database does not see", async () => {
@@ -98,7 +87,7 @@ describe("a server of its own", () => {
     expect(await withClient(server.url, (c) => c.query("SELECT 1 AS one").then((r) => r.rows))).toEqual([{ one: 1 }]);
     await server.stop();
     expect(existsSync(server.dir)).toBe(false);
-    expect(await accepts(server.port)).toBe(false);
+    expect(await acceptsTcp(server.port)).toBe(false);
     await server.stop(); // a second stop is harmless
   }, 60_000);
 
@@ -112,7 +101,7 @@ describe("a server of its own", () => {
     redis.disconnect();
     await server.stop();
     expect(existsSync(server.dir)).toBe(false);
-    expect(await accepts(server.port)).toBe(false);
+    expect(await acceptsTcp(server.port)).toBe(false);
   }, 60_000);
 
   it("says what to install when the binaries are missing", () => {
