@@ -39,6 +39,12 @@
  * entry, subtree hash and signed head recomputes (verifyAudit), so nothing was half-appended; and
  * at the end each result a device received names, in its auditIndex, the entry of that result.
  *
+ * With `nodes` ≥ 2 (`--nodes N`) the same storm hits a cluster: N broker processes sharing a
+ * PostgreSQL database and routing through Redis (both started for the run, services.ts), every
+ * device given every node's URL (a pair's terminal and phone start on neighbouring nodes), and
+ * each kill picks a node at random; the audit log is then checked while the other nodes write,
+ * inside a transaction (which holds the write lock every node's transactions take).
+ *
  * The seed fixes the kill moments and every device's choices; the interleaving of messages is up
  * to the machine, so a replay re-creates the same storm, not the same microseconds.
  */
@@ -48,6 +54,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadKeyring, openDataDb, readBrokerPublicKey } from "../broker/data-dir.ts";
+import { openPostgres, type Db } from "../src/store/db.ts";
 import { UsageError, parseFlags, runCli } from "../src/cli/args.ts";
 import { TCP_ONLY_FLAGS } from "../src/config.ts";
 import { FINAL_STATUSES, type Payment, type PaymentStatus } from "../src/core/payment.ts";
@@ -59,6 +66,8 @@ import { AgreementRepo } from "../src/store/binding.ts";
 import { addMerchant, creditWallet, walletBalance } from "../src/service/ledger.ts";
 import { LedgerRepo } from "../src/store/ledger.ts";
 import { BrokerProcess, freePort } from "./broker-process.ts";
+import { clusterArgs, CLUSTER_DATABASE, CLUSTER_FLAGS, prepareNodeDirs } from "./cluster.ts";
+import { createDatabase, startPostgres, startRedis, type PostgresService, type RedisService } from "./services.ts";
 import { RecordingDevice, type Received } from "./device.ts";
 import { newDeviceKey, type DeviceKey } from "./keyfile.ts";
 import { between, mulberry32, sleep, within } from "./util.ts";
@@ -72,6 +81,12 @@ export interface ChaosOptions {
   readonly kills?: number;
   /** Terminal/phone pairs paying at once (default 24). */
   readonly pairs?: number;
+  /**
+   * Broker nodes (default 1: one broker on its SQLite data dir). Two or more: the nodes share a
+   * PostgreSQL database and route through Redis (both started for the run), every device is
+   * given every node's URL, and each kill picks a node at random.
+   */
+  readonly nodes?: number;
   readonly promptTtlMs?: number;
   readonly taskTtlMs?: number;
   /** Keep the data dir afterwards (it is always kept when the run fails). */
@@ -96,6 +111,10 @@ export interface ChaosReport {
   readonly problems: readonly string[];
   readonly durationMs: number;
   readonly dataDir: string | null;
+  /** How many broker nodes ran (1: the single broker on SQLite). */
+  readonly nodes: number;
+  /** Kills per node (index 0 is node-1). */
+  readonly killsPerNode: readonly number[];
 }
 
 // ── Timing ──────────────────────────────────────────────────────────────────────────────────
@@ -122,6 +141,8 @@ const NO_KILL_RUN_MS = 5000;
 /** After the last payment ended: how long results may take to reach both devices. */
 const DELIVERY_WAIT_MS = 20_000;
 
+/** --nodes at most: each node is a process of its own on this machine. */
+const MAX_NODES = 8;
 /** Answers that mean "try again later", not "no". */
 const RETRY_CODES = new Set(["unavailable", "rate_limited", "stale"]);
 
@@ -188,7 +209,7 @@ class SimDevice {
 
   constructor(
     readonly label: string,
-    url: string,
+    url: string | readonly string[],
     key: DeviceKey,
     brokerPublicKey: Uint8Array,
   ) {
@@ -356,6 +377,10 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)}s`;
   if (!Number.isInteger(killsWanted) || killsWanted < 0) throw new UsageError("--kills must be a whole number, 0 or more");
   if (!Number.isInteger(pairCount) || pairCount < 1) throw new UsageError("--pairs must be a whole number, 1 or more");
+  const nodeCount = options.nodes ?? 1;
+  if (!Number.isInteger(nodeCount) || nodeCount < 1 || nodeCount > MAX_NODES) throw new UsageError(`--nodes must be a whole number from 1 to ${MAX_NODES}`);
+  const clustered = nodeCount > 1;
+  const replay = `npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount}${clustered ? ` --nodes ${nodeCount}` : ""}`;
 
   const problems: string[] = [];
   const problem = (line: string) => {
@@ -366,29 +391,28 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   const killRng = mulberry32(Math.floor(rootRng() * 2 ** 32));
   const pairSeeds = Array.from({ length: pairCount }, () => Math.floor(rootRng() * 2 ** 32));
 
-  say(`chaos: seed ${seed}, ${killsWanted} kills, ${pairCount} pairs; prompt ttl ${promptTtlMs} ms, task ttl ${taskTtlMs} ms (replay: npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount})`);
+  say(
+    `chaos: seed ${seed}, ${killsWanted} kills, ${pairCount} pairs, ${clustered ? `${nodeCount} nodes on PostgreSQL and Redis` : "one broker on SQLite"}; ` +
+      `prompt ttl ${promptTtlMs} ms, task ttl ${taskTtlMs} ms (replay: ${replay})`,
+  );
 
   const dataDir = mkdtempSync(join(tmpdir(), "hp-chaos-"));
   const pairs: Pair[] = [];
-  const port = await freePort();
-  const url = `mqtt://127.0.0.1:${port}`;
-  const broker = new BrokerProcess([
-    "--port", String(port),
-    ...TCP_ONLY_FLAGS,
-    "--data-dir", dataDir,
-    "--prompt-ttl-ms", String(promptTtlMs),
-    "--task-ttl-ms", String(taskTtlMs),
-    "--device-rate", "100000",
-    "--device-burst", "100000",
-    // Heads signed often, so that kills land between heads and the checks after them cover heads too.
-    "--audit-head-every-ms", "250",
-    "--log-level", "info",
-  ]);
+  let postgres: PostgresService | null = null;
+  let redis: RedisService | null = null;
+  const brokers: BrokerProcess[] = [];
+  /** Each node's URL, in node order. */
+  const urls: string[] = [];
+  /** Where the master key and broker identity are (every node's data dir holds copies of node-1's). */
+  let keyDir = dataDir;
+  /** Opens the database the brokers share: the data dir's SQLite file, or the cluster's PostgreSQL. */
+  let openStore: (readonly: boolean) => Db = (readonly) => openDataDb(dataDir, { readonly });
 
-  /** Starts the broker (or waits for the start in flight) until it listens; a failed start is retried a few times. */
-  const startListening = async (inFlight = false): Promise<Record<string, unknown>> => {
+  /** Starts node `i` (or waits for its start in flight) until it listens; a failed start is retried a few times. */
+  const startListening = async (i: number, inFlight = false): Promise<Record<string, unknown>> => {
+    const broker = brokers[i]!;
     for (let attempt = 1; ; attempt++) {
-      const s = inFlight && attempt === 1 ? broker.current! : broker.spawn();
+      const s = inFlight && attempt === 1 && broker.current !== null ? broker.current : broker.spawn();
       try {
         return await s.listening;
       } catch (err) {
@@ -406,17 +430,47 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
   let stopNew = false;
   let abandon = false;
   let kills = 0;
+  const killsPerNode = Array.from({ length: nodeCount }, () => 0);
   /** How many times the audit log verified (after each kill and after the clean stop). */
   let auditVerified = 0;
   const sims: SimDevice[] = [];
   let report: ChaosReport | null = null;
 
   try {
+    // The nodes: one broker on the data dir, or N sharing a PostgreSQL database and Redis.
+    const common = [
+      ...TCP_ONLY_FLAGS,
+      "--prompt-ttl-ms", String(promptTtlMs),
+      "--task-ttl-ms", String(taskTtlMs),
+      "--device-rate", "100000",
+      "--device-burst", "100000",
+      // Heads signed often, so that kills land between heads and the checks after them cover heads too.
+      "--audit-head-every-ms", "250",
+      "--log-level", "info",
+    ];
+    if (clustered) {
+      postgres = await startPostgres({ log: say });
+      redis = await startRedis({ log: say });
+      const pgUrl = await createDatabase(postgres.url, CLUSTER_DATABASE);
+      const { dirs } = prepareNodeDirs(dataDir, nodeCount);
+      keyDir = dirs[0]!;
+      openStore = (readonly) => openPostgres(pgUrl, { readonly });
+      for (const [i, dir] of dirs.entries()) {
+        const port = await freePort();
+        urls.push(`mqtt://127.0.0.1:${port}`);
+        brokers.push(new BrokerProcess(["--port", String(port), "--data-dir", dir, ...common, CLUSTER_FLAGS.nodeId, `node-${i + 1}`, ...clusterArgs(pgUrl, redis.url)]));
+      }
+    } else {
+      const port = await freePort();
+      urls.push(`mqtt://127.0.0.1:${port}`);
+      brokers.push(new BrokerProcess(["--port", String(port), "--data-dir", dataDir, ...common]));
+    }
+
     // Setup, in the database, as the admin tool does it.
     {
       // The key file first: a database without one is refused (the wrong dir, or a lost key).
-      const { keyring } = loadKeyring(dataDir, undefined);
-      const db = openDataDb(dataDir);
+      const { keyring } = loadKeyring(keyDir, undefined);
+      const db = openStore(false);
       try {
         const now = Date.now();
         const added = addMerchant(db, MERCHANT, now);
@@ -442,14 +496,17 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
       }
     }
 
-    await startListening();
-    const brokerPublicKey = readBrokerPublicKey(dataDir);
-    if (brokerPublicKey === null) throw new Error(`${dataDir}/broker.pub is missing after the broker started`);
+    await Promise.all(brokers.map((_, i) => startListening(i)));
+    const brokerPublicKey = readBrokerPublicKey(keyDir);
+    if (brokerPublicKey === null) throw new Error(`${keyDir}/broker.pub is missing after the broker started`);
 
-    // Devices connect, and each terminal binds to its phone, while the broker is left alone.
+    // Devices connect, and each terminal binds to its phone, while the brokers are left alone.
+    // Each device gets every node's URL, starting from its own: a pair's terminal and phone start
+    // on neighbouring nodes, so their messages cross between nodes from the first.
+    const rotated = (start: number) => urls.map((_, k) => urls[(start + k) % urls.length]!);
     for (const p of pairs) {
-      p.terminal = new SimDevice(`terminal ${p.index}`, url, p.terminalKey, brokerPublicKey);
-      p.phone = new SimDevice(`phone ${p.index}`, url, p.phoneKey, brokerPublicKey);
+      p.terminal = new SimDevice(`terminal ${p.index}`, rotated(p.index), p.terminalKey, brokerPublicKey);
+      p.phone = new SimDevice(`phone ${p.index}`, rotated(p.index + 1), p.phoneKey, brokerPublicKey);
       sims.push(p.terminal, p.phone);
     }
     if (!(await within(Promise.all(sims.map((s) => s.connect())), 30_000))) throw new Error("the devices could not connect within 30 s");
@@ -459,7 +516,7 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
         await p.phone!.device.call("bind_confirm", { code, limits: LIMITS });
       }),
     );
-    say(`setup: ${pairCount} pairs registered, bound and connected to ${url} (data dir ${dataDir}) at ${elapsed()}`);
+    say(`setup: ${pairCount} pairs registered, bound and connected to ${urls.join(", ")} (data dir ${dataDir}) at ${elapsed()}`);
 
     for (const p of pairs) {
       p.terminal!.device.on("message", (m) => {
@@ -497,14 +554,18 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
       }
     });
 
-    // The storm: kill, wait a little, restart. Some kills land while the broker is starting:
-    // those do not wait for it to listen.
-    let spawnedAt = Date.now();
+    // The storm: kill a node, wait a little, restart it. Some kills land while the node is
+    // starting: those do not wait for it to listen. With several nodes, each kill picks one at
+    // random (its devices move to the others), and the next kill may pick another while this one
+    // is still starting.
+    const spawnedAt = brokers.map(() => Date.now());
     for (let k = 1; k <= killsWanted; k++) {
       const early = killRng() < EARLY_KILL_SHARE;
       const uptime = early ? between(killRng, 0, EARLY_KILL_MS) : between(killRng, UPTIME_MS[0], UPTIME_MS[1]);
       const downtime = between(killRng, 0, 400);
-      if (early) await sleep(Math.max(0, spawnedAt + uptime - Date.now()));
+      const target = clustered ? Math.floor(killRng() * nodeCount) : 0;
+      const broker = brokers[target]!;
+      if (early) await sleep(Math.max(0, spawnedAt[target]! + uptime - Date.now()));
       else {
         await broker.listening();
         await sleep(uptime);
@@ -512,22 +573,24 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
       const listened = broker.current?.listened === true;
       await broker.kill();
       kills++;
-      const audit = checkAudit(dataDir, brokerPublicKey);
+      killsPerNode[target]!++;
+      const audit = checkAudit(openStore, brokerPublicKey, clustered);
       if (audit.problem === null) auditVerified++;
       else problem(`after kill ${kills}: the audit log does not verify: ${audit.problem}`);
       const ended = tracks.filter((t) => t.outcome !== null);
       say(
-        `kill ${kills}/${killsWanted} at ${elapsed()} (${early ? `${uptime} ms after spawn` : `${uptime} ms after listening`}, ${listened ? "serving" : "before it listened"}; down ${downtime} ms): ` +
+        `kill ${kills}/${killsWanted}${clustered ? ` (node-${target + 1})` : ""} at ${elapsed()} (${early ? `${uptime} ms after spawn` : `${uptime} ms after listening`}, ${listened ? "serving" : "before it listened"}; down ${downtime} ms): ` +
           `${tracks.length} payments, ${ended.filter((t) => t.outcome === "completed").length} completed, ${ended.length} ended, ${stats.timeouts} tries timed out; ` +
           `audit log ${audit.problem === null ? "verifies" : "BROKEN"} (${audit.entries} entries, ${audit.heads} signed heads)`,
       );
       await sleep(downtime);
       broker.spawn();
-      spawnedAt = Date.now();
+      spawnedAt[target] = Date.now();
     }
     if (killsWanted > 0) {
-      const line = await startListening(true);
-      say(`restarted for good at ${elapsed()}: ${String(line.undeliveredOutbox)} undelivered outbox messages, ${String(line.armedDeadlines)} armed deadlines`);
+      const lines = await Promise.all(brokers.map((_, i) => startListening(i, true)));
+      const sum = (key: string) => lines.reduce((n, l) => n + Number(l[key] ?? 0), 0);
+      say(`restarted for good at ${elapsed()}: ${sum("undeliveredOutbox")} undelivered outbox messages, ${sum("armedDeadlines")} armed deadlines`);
     }
     if (killsWanted === 0) {
       say(`no kills asked for: paying for ${NO_KILL_RUN_MS / 1000} s on a broker left alone`);
@@ -550,14 +613,14 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
     // Let the last receipts reach the broker, then stop everything cleanly.
     await sleep(200);
     await Promise.all(sims.map((s) => s.close()));
-    const exitCode = await broker.stop();
-    if (exitCode !== 0) problem(`the broker's clean stop exited ${String(exitCode)}, not 0`);
-    const audit = checkAudit(dataDir, brokerPublicKey);
+    const exitCodes = await Promise.all(brokers.map((b) => b.stop()));
+    for (const [i, exitCode] of exitCodes.entries()) if (exitCode !== 0) problem(`${clustered ? `node-${i + 1}'s` : "the broker's"} clean stop exited ${String(exitCode)}, not 0`);
+    const audit = checkAudit(openStore, brokerPublicKey, false);
     if (audit.problem === null) auditVerified++;
     else problem(`after the clean stop: the audit log does not verify: ${audit.problem}`);
     say(`audit log after the clean stop: ${audit.problem === null ? "verifies" : "BROKEN"} (${audit.entries} entries, ${audit.heads} signed heads); verified ${auditVerified} times in all`);
 
-    report = verify({ seed, kills, dataDir, pairs, tracks, acceptedByOrder, problems, problem, started });
+    report = verify({ seed, kills, killsPerNode, dataDir, keyDir, openStore, pairs, tracks, acceptedByOrder, problems, problem, started });
     report.checked.auditVerified = auditVerified;
     const r = report;
     say(
@@ -565,39 +628,47 @@ export async function runChaos(options: ChaosOptions = {}): Promise<ChaosReport>
         `${r.checked.paymentHistories} event histories, ${r.checked.agreements} agreements' usage, ${r.checked.currencies} currency sums, ${r.checked.balances} balances, ` +
         `${r.checked.resultsDelivered} results on devices (${r.checked.resultsAsAnswers} as answers, ${r.checked.resultsPushed} pushed), ${r.checked.receiptsInLog} of them naming their audit entry; ` +
         `outcomes ${JSON.stringify(r.outcomes)}; ${stats.tries} requests, ${stats.timeouts} timed out, ${stats.retryAnswers} answered "try later", ` +
-        `${stats.payResends} pay_requests re-sent with their idempotency key; ${broker.resent} messages resent by the outbox on reconnect; ` +
+        `${stats.payResends} pay_requests re-sent with their idempotency key; ${brokers.reduce((n, b) => n + b.resent, 0)} messages resent by the outbox on reconnect; ` +
         `${sims.reduce((n, s) => n + s.refusals, 0)} connect refusals`,
     );
-    if (broker.errors.length > 0) say(`broker error lines (${broker.errors.length}):\n  ${broker.errors.slice(0, 10).join("\n  ")}`);
+    for (const [i, b] of brokers.entries()) {
+      if (b.errors.length > 0) say(`${clustered ? `node-${i + 1}` : "broker"} error lines (${b.errors.length}):\n  ${b.errors.slice(0, 10).join("\n  ")}`);
+    }
     for (const line of r.problems.slice(0, 40)) say(`PROBLEM: ${line}`);
     if (r.problems.length > 40) say(`... and ${r.problems.length - 40} more problems`);
     return report;
   } catch (err) {
     problem(`the run stopped: ${(err as Error).message}`);
-    report = { seed, kills, payments: tracks.length, completed: 0, lost: 0, doubled: 0, ok: false, outcomes: {}, checked: {}, problems, durationMs: Date.now() - started, dataDir };
+    report = { seed, kills, payments: tracks.length, completed: 0, lost: 0, doubled: 0, ok: false, outcomes: {}, checked: {}, problems, durationMs: Date.now() - started, dataDir, nodes: nodeCount, killsPerNode };
     for (const line of problems) say(`PROBLEM: ${line}`);
     return report;
   } finally {
     abandon = true;
     await Promise.all(sims.map((s) => s.close()));
-    await broker.kill();
+    await Promise.all(brokers.map((b) => b.kill()));
+    await redis?.stop();
+    await postgres?.stop();
     const keep = options.keepDataDir === true || report === null || !report.ok;
-    if (keep) say(`data dir kept: ${dataDir}`);
+    if (keep) say(`data dir kept: ${dataDir}${clustered ? " (the nodes' key files and logs; the PostgreSQL database went with its server)" : ""}`);
     else rmSync(dataDir, { recursive: true, force: true });
-    if (report !== null && !report.ok) say(`FAILED: replay with npm run test:chaos -- --seed ${seed} --kills ${killsWanted} --pairs ${pairCount}`);
+    if (report !== null && !report.ok) say(`FAILED: replay with ${replay}`);
   }
 }
 
 /**
- * Recomputes the audit log of a stopped broker's data dir (read-only): the first problem, or null
- * when every entry, subtree hash and signed head matches.
+ * Recomputes the audit log (read-only): the first problem, or null when every entry, subtree hash
+ * and signed head matches. With other nodes still writing (`live`), it reads inside one
+ * transaction, which takes the write lock every node's transactions take: a snapshot between
+ * two of their commits, so a head is never read without the entries it covers.
  */
-function checkAudit(dataDir: string, brokerPublicKey: Uint8Array): { problem: string | null; entries: number; heads: number } {
-  const db = openDataDb(dataDir, { readonly: true });
+function checkAudit(openStore: (readonly: boolean) => Db, brokerPublicKey: Uint8Array, live: boolean): { problem: string | null; entries: number; heads: number } {
+  const db = openStore(!live);
   try {
-    const verdict = verifyAudit(db, brokerPublicKey);
-    const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
-    return { problem: verdict.ok ? null : JSON.stringify(verdict.problem), entries: count("audit_entries"), heads: count("audit_heads") };
+    return db.transaction(() => {
+      const verdict = verifyAudit(db, brokerPublicKey);
+      const count = (table: string) => Number((db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number | string }).n);
+      return { problem: verdict.ok ? null : JSON.stringify(verdict.problem), entries: count("audit_entries"), heads: count("audit_heads") };
+    })();
   } finally {
     db.close();
   }
@@ -705,7 +776,11 @@ function resultCarrier(role: "terminal" | "phone", status: PaymentStatus, reason
 interface VerifyInput {
   readonly seed: number;
   readonly kills: number;
+  readonly killsPerNode: readonly number[];
   readonly dataDir: string;
+  /** The data dir holding the master key. */
+  readonly keyDir: string;
+  readonly openStore: (readonly: boolean) => Db;
   readonly pairs: readonly Pair[];
   readonly tracks: readonly Track[];
   readonly acceptedByOrder: ReadonlyMap<string, ReadonlySet<string>>;
@@ -736,8 +811,8 @@ interface TransferRow {
 
 function verify(v: VerifyInput): ChaosReport {
   const { pairs, tracks, problem } = v;
-  const { keyring } = loadKeyring(v.dataDir, undefined);
-  const db = openDataDb(v.dataDir);
+  const { keyring } = loadKeyring(v.keyDir, undefined);
+  const db = v.openStore(false);
   const checked: Record<string, number> = {};
   let lost = 0;
   let doubled = 0;
@@ -759,7 +834,7 @@ function verify(v: VerifyInput): ChaosReport {
 
     // Each payment's history: events numbered 1..seq without a gap, and one final event if final.
     const events = db.prepare<[], { payment_id: string; n: number; max_seq: number; finals: number }>(
-      `SELECT payment_id, count(*) AS n, max(seq) AS max_seq, sum(kind IN (${FINAL_STATUSES.map((f) => `'${f}'`).join(", ")})) AS finals FROM payment_events GROUP BY payment_id`,
+      `SELECT payment_id, count(*) AS n, max(seq) AS max_seq, sum(CASE WHEN kind IN (${FINAL_STATUSES.map((f) => `'${f}'`).join(", ")}) THEN 1 ELSE 0 END) AS finals FROM payment_events GROUP BY payment_id`,
     ).all();
     const eventsByPayment = new Map(events.map((e) => [e.payment_id, e]));
     checked.paymentHistories = 0;
@@ -933,6 +1008,8 @@ function verify(v: VerifyInput): ChaosReport {
     problems: v.problems,
     durationMs: Date.now() - v.started,
     dataDir: v.dataDir,
+    nodes: v.killsPerNode.length,
+    killsPerNode: v.killsPerNode,
   };
 }
 
@@ -947,8 +1024,15 @@ both devices and in the ledger: none lost, none doubled, balances summing to zer
 audit log verifies after every kill and after the clean stop (nothing half-appended); and that
 every result names the audit entry that records it.
 
+With --nodes N (2 or more) it runs N broker nodes instead, sharing a PostgreSQL database and
+routing through Redis (both started for the run from Debian's postgresql and redis-server
+packages, in a temporary dir, on free ports). Every device is given every node's URL, a pair's
+terminal and phone starting on neighbouring nodes; each kill picks a node at random, its devices
+move to another node and carry on, and the same checks run on the shared database.
+
 It prints its seed first, a line per kill, the counts it checked, and last one JSON line:
-{"seed", "kills", "payments", "completed", "lost", "doubled", "ok"}.
+{"seed", "kills", "payments", "completed", "lost", "doubled", "ok"} (and with --nodes,
+"nodes" and "killsPerNode").
 Exit status: 0 all checks passed; 1 a check failed (the lines before say which, and how to
 replay the seed; the data dir is kept); 2 a bad command line.
 
@@ -956,10 +1040,17 @@ Options:
   --seed N           replay a run: the same kill moments and device choices (default: random)
   --kills N          SIGKILLs before the final restart (default ${CHAOS_DEFAULTS.kills})
   --pairs N          terminal/phone pairs paying at once (default ${CHAOS_DEFAULTS.pairs})
+  --nodes N          broker nodes on PostgreSQL and Redis (default 1: one broker on SQLite;
+                     at most ${MAX_NODES})
   --prompt-ttl-ms N  the broker's prompt deadline (default ${CHAOS_DEFAULTS.promptTtlMs})
   --task-ttl-ms N    the broker's task deadline (default ${CHAOS_DEFAULTS.taskTtlMs})
   --keep-data        keep the data dir afterwards (it is always kept when a check fails)
-  -h, --help         show this help`;
+  -h, --help         show this help
+
+Examples:
+  npm run test:chaos
+  npm run test:chaos -- --seed 20261125 --kills 5 --pairs 20
+  npm run test:chaos -- --nodes 2 --kills 10`;
 
 function wholeNumber(values: Record<string, unknown>, name: string, min: number): number | undefined {
   const raw = values[name];
@@ -972,7 +1063,7 @@ function wholeNumber(values: Record<string, unknown>, name: string, min: number)
 export async function chaosMain(argv: readonly string[]): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
-    { seed: { type: "string" }, kills: { type: "string" }, pairs: { type: "string" }, "prompt-ttl-ms": { type: "string" }, "task-ttl-ms": { type: "string" }, "keep-data": { type: "boolean" } },
+    { seed: { type: "string" }, kills: { type: "string" }, pairs: { type: "string" }, nodes: { type: "string" }, "prompt-ttl-ms": { type: "string" }, "task-ttl-ms": { type: "string" }, "keep-data": { type: "boolean" } },
     USAGE,
   );
   if (values.help === true) {
@@ -986,12 +1077,13 @@ export async function chaosMain(argv: readonly string[]): Promise<number> {
     ...(seed === undefined ? {} : { seed }),
     kills: wholeNumber(values, "kills", 0) ?? CHAOS_DEFAULTS.kills,
     pairs: wholeNumber(values, "pairs", 1) ?? CHAOS_DEFAULTS.pairs,
+    nodes: wholeNumber(values, "nodes", 1) ?? 1,
     promptTtlMs: wholeNumber(values, "prompt-ttl-ms", 100) ?? CHAOS_DEFAULTS.promptTtlMs,
     taskTtlMs: wholeNumber(values, "task-ttl-ms", 100) ?? CHAOS_DEFAULTS.taskTtlMs,
     keepDataDir: values["keep-data"] === true,
   });
-  const { seed: s, kills, payments, completed, lost, doubled, ok } = report;
-  process.stdout.write(`${JSON.stringify({ seed: s, kills, payments, completed, lost, doubled, ok })}\n`);
+  const { seed: s, kills, payments, completed, lost, doubled, ok, nodes, killsPerNode } = report;
+  process.stdout.write(`${JSON.stringify({ seed: s, kills, payments, completed, lost, doubled, ok, ...(nodes > 1 ? { nodes, killsPerNode } : {}) })}\n`);
   return ok ? 0 : 1;
 }
 
