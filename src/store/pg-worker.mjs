@@ -20,8 +20,12 @@ const { signal, port, url, applicationName } = workerData;
 const flag = new Int32Array(signal);
 const names = new Map();
 
+// The id of the request being answered (0: the ready message). The broker's thread sends one
+// request at a time and matches each answer to its request by this id.
+let current = 0;
+
 function answer(message) {
-  port.postMessage(message);
+  port.postMessage({ ...message, id: current });
   Atomics.store(flag, 0, 1);
   Atomics.notify(flag, 0);
 }
@@ -70,6 +74,7 @@ port.on("message", async (m) => {
     port.close();
     return;
   }
+  current = m.id;
   if (broken !== null) {
     // Inside a transaction the connection's work is lost with it: that transaction fails. A
     // statement outside one (the next BEGIN, a read) connects again first (PostgreSQL restarted,

@@ -34,6 +34,8 @@ export interface RunResult {
 }
 
 interface Answer {
+  /** The request it answers (0: the worker's ready message). */
+  readonly id: number;
   readonly ready?: boolean;
   readonly rows?: unknown[][];
   readonly fields?: string[];
@@ -187,6 +189,8 @@ export class PgDatabase {
   readonly #flag: Int32Array;
   #open = true;
   #depth = 0;
+  /** Requests sent so far: the id of the last one. */
+  #requests = 0;
   /** The URL without its password: what logs and errors may show. */
   readonly name: string;
   readonly readonly = false;
@@ -204,7 +208,7 @@ export class PgDatabase {
       execArgv: [],
     });
     this.#worker.unref();
-    const ready = this.#wait();
+    const ready = this.#wait(0);
     if (ready.error !== undefined) {
       this.#stop();
       throw new PgError(`could not connect to PostgreSQL at ${this.name}: ${ready.error.message}`, ready.error.code ?? "08001");
@@ -222,22 +226,34 @@ export class PgDatabase {
   /** One statement (or, without params, several separated by `;`), waited for. */
   query(text: string, params?: unknown[]): Answer {
     if (!this.#open) throw new PgError("the database connection is closed", "HP000");
-    this.#port.postMessage({ sql: text, params, inTransaction: this.#depth > 0 });
-    const a = this.#wait();
+    const id = ++this.#requests;
+    this.#port.postMessage({ id, sql: text, params, inTransaction: this.#depth > 0 });
+    const a = this.#wait(id);
     if (a.error !== undefined) throw new PgError(a.error.message, a.error.code ?? "HP001", a.error.constraint);
     return a;
   }
 
-  #wait(): Answer {
-    const r = Atomics.wait(this.#flag, 0, 0, STATEMENT_WAIT_MS);
-    Atomics.store(this.#flag, 0, 0);
-    if (r === "timed-out") {
-      this.#stop();
-      throw new PgError(`PostgreSQL did not answer within ${STATEMENT_WAIT_MS / 1000} s`, "HP002");
+  /**
+   * Waits for the answer to request `id`. The flag says "look at the port"; the answer is taken by
+   * its id, not by arrival, so a wake-up with nothing queued (seen once under heavy load: HP003
+   * before this loop) waits again, and an answer to an earlier request, should one ever arrive
+   * late, is dropped instead of being taken for this one's.
+   */
+  #wait(id: number): Answer {
+    const deadline = performance.now() + STATEMENT_WAIT_MS;
+    for (;;) {
+      for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
+        const a = m.message as Answer;
+        if (a.id === id) return a;
+      }
+      const left = deadline - performance.now();
+      const r = left > 0 ? Atomics.wait(this.#flag, 0, 0, left) : "timed-out";
+      Atomics.store(this.#flag, 0, 0);
+      if (r === "timed-out") {
+        this.#stop();
+        throw new PgError(`PostgreSQL did not answer within ${STATEMENT_WAIT_MS / 1000} s`, "HP002");
+      }
     }
-    const m = receiveMessageOnPort(this.#port);
-    if (m === undefined) throw new PgError("the PostgreSQL worker answered nothing", "HP003");
-    return m.message as Answer;
   }
 
   prepare(sql: string): PgStatement {
