@@ -46,6 +46,13 @@ export interface DeliveryOptions {
   readonly stallTimeoutMs: number;
   /** Counts each message written to a device's connection, by type (broker/metrics.ts); none when absent. */
   readonly metrics?: Metrics;
+  /**
+   * Other nodes add rows to the same outbox (several nodes, broker/cluster.ts). A row this node
+   * commits is then read from the outbox like theirs, never sent straight away: its seq may lie
+   * past a row another node committed first whose notice is still on its way, and sending it
+   * would move the cursor past that row for good.
+   */
+  readonly sharedOutbox?: boolean;
 }
 
 /** What one connection has been sent and may be sent. */
@@ -123,6 +130,7 @@ export class Delivery {
     }
     if (row === null) return this.#send(conn, bytes, null);
     if (row.seq <= conn.cursor) return; // a resend pass already read it from the outbox
+    if (this.#o.sharedOutbox === true) return this.stored(deviceId);
     if (conn.behind || conn.awaiting.size >= this.#window) {
       conn.behind = true;
       if (conn.reading) conn.missed = true;

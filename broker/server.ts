@@ -193,6 +193,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     afterDurable: (fn) => (walSync === null ? fn() : walSync.afterDurable(fn)),
     stallTimeoutMs: config.drainTimeoutMs,
     metrics,
+    sharedOutbox: mq !== undefined,
   });
   const cluster = mq === undefined ? null : new ClusterLink(aedes, mq, { nodeId, log, onStored: (deviceId) => delivery.stored(deviceId) });
   const payments = new Payments(db, {

@@ -20,6 +20,10 @@ import { spawn } from "node:child_process";
 import { startTestBroker, tempDir, type TestBroker, acceptsTcp } from "../helpers.ts";
 import { freshPostgresDatabase } from "../services.ts";
 import { rawConnect, tokenFor } from "../wire.ts";
+import { loadBrokerIdentity } from "../../broker/data-dir.ts";
+import { Signer } from "../../src/crypto/ed25519.ts";
+import { signedDown } from "../../src/service/outgoing.ts";
+import { OutboxRepo } from "../../src/store/outbox.ts";
 
 // A Redis of this file's own: pub/sub channels are global to a server, and nodes of another
 // file's tests must not hear these nodes' presence and notices. Each test gets its own database.
@@ -264,6 +268,23 @@ describe("two nodes", { timeout: 30_000 }, () => {
     const events = a.db.prepare("SELECT count(*) AS n FROM payment_events WHERE payment_id = ? AND kind = 'expired'").get(accepted.body.paymentId) as { n: number };
     expect(events.n).toBe(1);
   });
+
+  it("never skips a message another node committed for a device when this node sends it a newer one", async () => {
+    const [a] = await twoNodes();
+    const terminalKey = register(a, "terminal");
+    const terminal = await on(a, terminalKey);
+    // Another node commits a message for the terminal (node A holds it); its notice is still on its
+    // way through Redis (here: never sent), so node A has not read it from the outbox yet.
+    const signer = new Signer(loadBrokerIdentity(a.dataDir));
+    const other = signedDown(signer, terminalKey.deviceId, "payment_result", { paymentId: "pay_from_the_other_node", seq: 3, status: "expired", reason: "prompt_timeout", transferId: null, amountMinor: 900, currency: "CNY", merchantName: "Coffee Corner", terminalName: "TV", auditIndex: 0, atMs: Date.now() }, null, Date.now());
+    new OutboxRepo(a.db).add({ deviceId: terminalKey.deviceId, msgId: other.msgId, re: null, bytes: other.bytes, createdMs: Date.now() });
+    const seen: string[] = [];
+    terminal.on("message", (m) => seen.push(m.id));
+    // Node A then commits a newer message for it (the pong): sending that one straight away would
+    // move the terminal's cursor past the older row, and the notice, when it came, would find
+    // nothing past the cursor. Node A reads the outbox instead: both arrive, in commit order.
+    const pong = await terminal.call("ping", { echo: "after" });
+    await expect.poll(() => seen.includes(other.msgId), { timeout: 3000 }).toBe(true);
+    expect(seen.indexOf(other.msgId)).toBeLessThan(seen.indexOf(pong.id));
+  });
 });
-
-

@@ -478,6 +478,15 @@ export const MUTATIONS: readonly Mutation[] = [
     filter: "binds a terminal on one node to a phone on the other",
   },
   {
+    id: "cluster-direct-send",
+    rule: "A node sends a message it committed straight to its device, past a row another node committed first whose notice has not arrived: that row is skipped until the device reconnects.",
+    file: "broker/server.ts",
+    search: "sharedOutbox: mq !== undefined,",
+    replace: "sharedOutbox: false,",
+    tests: ["test/e2e/cluster.test.ts"],
+    filter: "never skips a message another node committed",
+  },
+  {
     id: "cluster-no-catch-up-after-redis",
     rule: "A node back from a Redis outage does not re-read the outboxes of its devices, so what was stored meanwhile waits for their reconnect.",
     file: "broker/cluster.ts",
