@@ -65,7 +65,11 @@ export const BENCH_MERCHANT = { id: "bench-shop", name: "Bench Shop" } as const;
 
 /** The load generator's start-up file (its only argument). */
 export interface LoadConfig {
-  readonly url: string;
+  /**
+   * The broker nodes' MQTT URLs. Pair i's terminal connects to urls[i mod N] and its phone to
+   * urls[(i + 1) mod N]: with two or more nodes every payment crosses nodes. Idle devices use urls[0].
+   */
+  readonly urls: readonly string[];
   readonly brokerPublicKey: string;
   readonly keysFile: string;
 }
@@ -112,6 +116,13 @@ export interface ModeStats {
   readonly stepsMs: Record<string, Percentiles>;
 }
 
+export interface NodeStats {
+  readonly completed: number;
+  readonly errors: number;
+  readonly flowsPerSec: number;
+  readonly latencyMs: Percentiles;
+}
+
 export interface PhaseResult {
   readonly name: string;
   readonly kind: PhaseKind;
@@ -128,6 +139,8 @@ export interface PhaseResult {
   readonly unfinished: number;
   readonly all: Percentiles;
   readonly byMode: Partial<Record<"auto" | "prompt", ModeStats>>;
+  /** The flows whose terminal is on each node (index into LoadConfig.urls), when there are several. */
+  readonly byNode: readonly NodeStats[] | null;
   /** Messages the devices signed and sent up (each one verify for the broker), by type. */
   readonly up: Record<string, number>;
   /** Distinct broker messages the devices received (each one sign for the broker), by type. */
