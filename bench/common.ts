@@ -40,13 +40,21 @@ export interface KeysFile {
 /**
  * A fresh Ed25519 key pair through node:crypto (OpenSSL): ~30 µs, against ~1 ms for
  * tweetnacl's keyPair, which matters for 10,000 devices. The raw seed and public key are the
- * JWK `d` and `x` members (RFC 8037), the same bytes tweetnacl uses.
+ * last 32 bytes of the PKCS#8 and SPKI encodings (RFC 8410), the same bytes tweetnacl uses.
+ *
+ * Encoded by the key generation itself, not by KeyObject.export({ format: "jwk" }): on Node
+ * 20.20 that export can deadlock the process for good. It holds the key's mutex while it
+ * allocates the JWK's strings; a garbage collection then may finalize the key generation job,
+ * whose destructor takes the same mutex (seen with gdb: ExportJWKEdKey → GC →
+ * ~KeyGenJob → uv_mutex_lock). The bench hung at setup in about one run in ten.
  */
 export function benchKey(kind: "terminal" | "phone"): BenchKey {
-  const { privateKey } = generateKeyPairSync("ed25519");
-  const jwk = privateKey.export({ format: "jwk" }) as { d: string; x: string };
-  const seed = Buffer.from(jwk.d, "base64url");
-  const pub = Buffer.from(jwk.x, "base64url");
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519", {
+    privateKeyEncoding: { type: "pkcs8", format: "der" },
+    publicKeyEncoding: { type: "spki", format: "der" },
+  });
+  const seed = privateKey.subarray(-32);
+  const pub = publicKey.subarray(-32);
   return { id: deviceIdFor(pub), kind, seed: seed.toString("base64"), pub: pub.toString("base64") };
 }
 
@@ -65,7 +73,11 @@ export const BENCH_MERCHANT = { id: "bench-shop", name: "Bench Shop" } as const;
 
 /** The load generator's start-up file (its only argument). */
 export interface LoadConfig {
-  readonly url: string;
+  /**
+   * The broker nodes' MQTT URLs. Pair i's terminal connects to urls[i mod N] and its phone to
+   * urls[(i + 1) mod N]: with two or more nodes every payment crosses nodes. Idle devices use urls[0].
+   */
+  readonly urls: readonly string[];
   readonly brokerPublicKey: string;
   readonly keysFile: string;
 }
@@ -112,6 +124,13 @@ export interface ModeStats {
   readonly stepsMs: Record<string, Percentiles>;
 }
 
+export interface NodeStats {
+  readonly completed: number;
+  readonly errors: number;
+  readonly flowsPerSec: number;
+  readonly latencyMs: Percentiles;
+}
+
 export interface PhaseResult {
   readonly name: string;
   readonly kind: PhaseKind;
@@ -128,6 +147,8 @@ export interface PhaseResult {
   readonly unfinished: number;
   readonly all: Percentiles;
   readonly byMode: Partial<Record<"auto" | "prompt", ModeStats>>;
+  /** The flows whose terminal is on each node (index into LoadConfig.urls), when there are several. */
+  readonly byNode: readonly NodeStats[] | null;
   /** Messages the devices signed and sent up (each one verify for the broker), by type. */
   readonly up: Record<string, number>;
   /** Distinct broker messages the devices received (each one sign for the broker), by type. */

@@ -36,6 +36,7 @@ import {
   type LoadConfig,
   type LoadEvent,
   type ModeStats,
+  type NodeStats,
   type PhaseCommand,
   type PhaseResult,
 } from "./common.ts";
@@ -89,9 +90,12 @@ class CountingDevice extends Device {
   }
 }
 
-function newDevice(k: BenchKey, keepaliveS = 60): CountingDevice {
+/** Which node (index into config.urls) a pair's terminal or phone connects to: phones one node on. */
+const nodeOf = (pairIndex: number, kind: "terminal" | "phone"): number => (pairIndex + (kind === "phone" ? 1 : 0)) % config.urls.length;
+
+function newDevice(k: BenchKey, node: number, keepaliveS = 60): CountingDevice {
   return new CountingDevice({
-    url: config.url,
+    url: config.urls[node]!,
     key: deviceKey(k),
     brokerPublicKey,
     reconnect: false,
@@ -149,7 +153,7 @@ let orderSeq = 0;
 
 async function setup(): Promise<void> {
   const t0 = performance.now();
-  pairs = keys.pairs.map((p, index) => ({ index, keys: p, terminal: newDevice(p.terminal), phone: newDevice(p.phone), n: 0 }));
+  pairs = keys.pairs.map((p, index) => ({ index, keys: p, terminal: newDevice(p.terminal, nodeOf(index, "terminal")), phone: newDevice(p.phone, nodeOf(index, "phone")), n: 0 }));
   const devices = pairs.flatMap((p) => [p.terminal, p.phone]);
   await pool(devices, 100, (d) => withTimeout(d.connect(), CONNECT_TIMEOUT_MS, `connecting ${d.id}`));
   const t1 = performance.now();
@@ -171,11 +175,14 @@ class PhaseStats {
   errors = 0;
   readonly errorCounts: Record<string, number> = {};
   readonly all: number[] = [];
+  /** Per node of the flow's terminal: latencies and errors. */
+  readonly nodes = config.urls.map(() => ({ latency: [] as number[], errors: 0 }));
   readonly byMode = { auto: { latency: [] as number[], steps: new Map<string, number[]>() }, prompt: { latency: [] as number[], steps: new Map<string, number[]>() } };
 
-  ok(mode: "auto" | "prompt", latencyMs: number, steps: readonly (readonly [string, number])[]): void {
+  ok(node: number, mode: "auto" | "prompt", latencyMs: number, steps: readonly (readonly [string, number])[]): void {
     this.completed++;
     this.all.push(latencyMs);
+    this.nodes[node]!.latency.push(latencyMs);
     const m = this.byMode[mode];
     m.latency.push(latencyMs);
     const seen = new Set<string>();
@@ -188,8 +195,9 @@ class PhaseStats {
     }
   }
 
-  error(text: string): void {
+  error(text: string, node: number | null = null): void {
     this.errors++;
+    if (node !== null) this.nodes[node]!.errors++;
     bump(this.errorCounts, errorKey(text));
   }
 
@@ -200,11 +208,17 @@ class PhaseStats {
     for (const [step, xs] of m.steps) stepsMs[step] = percentiles(xs);
     return { completed: m.latency.length, latencyMs: percentiles(m.latency), stepsMs };
   }
+
+  nodeStats(seconds: number): NodeStats[] | null {
+    if (this.nodes.length < 2) return null;
+    return this.nodes.map((n) => ({ completed: n.latency.length, errors: n.errors, flowsPerSec: round(n.latency.length / seconds, 1), latencyMs: percentiles(n.latency) }));
+  }
 }
 
 /** One payment, request to result. `t0` is when it was meant to start (open loop) or started. */
 async function flow(pair: LivePair, kind: "mixed" | "auto", t0: number, stats: PhaseStats): Promise<void> {
   const prompted = kind === "mixed" && (pair.index + pair.n) % 2 === 1;
+  const node = nodeOf(pair.index, "terminal");
   pair.n++;
   const steps: [string, number][] = [];
   try {
@@ -215,11 +229,11 @@ async function flow(pair: LivePair, kind: "mixed" | "auto", t0: number, stats: P
       FLOW_TIMEOUT_MS,
     );
     const ms = performance.now() - t0;
-    if (outcome.kind === "rejected") return stats.error(`refused: ${outcome.code}`);
-    if (outcome.result.status !== "completed") return stats.error(`ended ${outcome.result.status}: ${outcome.result.reason ?? ""}`);
-    stats.ok(outcome.mode, ms, steps);
+    if (outcome.kind === "rejected") return stats.error(`refused: ${outcome.code}`, node);
+    if (outcome.result.status !== "completed") return stats.error(`ended ${outcome.result.status}: ${outcome.result.reason ?? ""}`, node);
+    stats.ok(node, outcome.mode, ms, steps);
   } catch (err) {
-    stats.error((err as Error).message);
+    stats.error((err as Error).message, node);
   }
 }
 
@@ -295,6 +309,7 @@ async function phase(c: PhaseCommand): Promise<void> {
       unfinished,
       all: percentiles(stats.all),
       byMode,
+      byNode: stats.nodeStats(seconds),
       up: { ...upCounts },
       down: { ...downCounts },
     },
@@ -316,7 +331,7 @@ async function connectIdle(from: number, to: number, concurrency: number): Promi
   }, PROGRESS_EVERY_MS);
   // Keepalive at the broker's limit: 10,000 idle devices pinging every 30 s would not be idle.
   await pool(slice, concurrency, async (k) => {
-    const d = newDevice(k, 300);
+    const d = newDevice(k, 0, 300);
     try {
       await withTimeout(d.connect(), CONNECT_TIMEOUT_MS, "connect");
       idle.push(d);

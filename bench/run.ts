@@ -6,14 +6,19 @@
  * Three kinds of process, so each one's CPU time can be read from /proc:
  *   this orchestrator   sets the data dir up, starts the others, samples their CPU and memory,
  *                       measures the Ed25519 rates, prints the figures
- *   the broker          broker/main.ts, exactly as `npm start` runs it, on a fresh temp data dir
+ *   the broker(s)       broker/main.ts, exactly as `npm start` runs it, on a fresh temp data dir:
+ *                       one node on SQLite (the default) or PostgreSQL (--database), or N nodes
+ *                       sharing a PostgreSQL database and a Redis (--nodes), as `npm run
+ *                       cluster` runs them (device-sim/cluster.ts)
  *   load generator(s)   bench/load.ts: real Device clients, driven by JSON-lines commands
- * and, for the bound, a bare Aedes (bench/bare-aedes.ts).
+ * and, for the bound, a bare Aedes (bench/bare-aedes.ts). The PostgreSQL and Redis servers are
+ * the bench's own, started from Debian's binaries in temporary dirs (device-sim/services.ts).
  *
  * stdout: a short human summary, then, as the last line, one JSON object with every figure.
  * stderr: the progress line, and whatever goes wrong.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, closeSync, existsSync } from "node:fs";
 import { createConnection, createServer, type AddressInfo } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -22,9 +27,14 @@ import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import pg from "pg";
 import { TCP_ONLY_FLAGS } from "../src/config.ts";
-import { ensureDataDir, loadBrokerIdentity, loadKeyring, openDataDb } from "../broker/data-dir.ts";
+import { loadBrokerIdentity, loadKeyring, openDataDb } from "../broker/data-dir.ts";
+import { CLUSTER_DATABASE, CLUSTER_FLAGS, clusterArgs, prepareNodeDirs } from "../device-sim/cluster.ts";
+import { createDatabase, startPostgres, startRedis, type PostgresService, type RedisService } from "../device-sim/services.ts";
 import { toBase64 } from "../src/crypto/encoding.ts";
+import { openPostgres, type Db } from "../src/store/db.ts";
+import { redactUrl } from "../src/store/pg.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { addMerchant, creditWallet } from "../src/service/ledger.ts";
 import {
@@ -64,6 +74,8 @@ const ENVELOPE_BYTES = 480;
 const WALLET_FUNDS_MINOR = 1_000_000_000_000; // never the limit
 const PHASES = ["mixed", "auto", "open300"] as const;
 type PhaseName = (typeof PHASES)[number];
+/** As many nodes as `npm run cluster` starts at most. */
+const MAX_NODES = 16;
 
 const HELP = `Usage: npm run bench -- [options]
 
@@ -71,6 +83,24 @@ Starts the broker (broker/main.ts) on a fresh temporary data dir and a load gene
 (bench/load.ts) as separate processes, runs complete payments through real MQTT devices,
 measures the bound (bare Aedes QoS 1 round trips, native Ed25519 sign and verify) and prints
 the figures; the last line of stdout is one JSON object with all of them.
+
+Store and nodes:
+  --database STORE         where the broker keeps its state (default sqlite):
+                             sqlite          the data dir's SQLite file, one node
+                             postgres        a PostgreSQL server the bench starts from Debian's
+                                             binaries (apt-get install postgresql) in a temporary
+                                             dir, database "${CLUSTER_DATABASE}"; removed at the end
+                             postgres://…    an existing server: the bench creates a fresh database
+                                             hp_bench_<random> on it and drops it at the end
+  --nodes N                N broker nodes (2 to ${MAX_NODES}) sharing one PostgreSQL database (the
+                           bench's own, or --database postgres://…) and a Redis the bench starts
+                           (apt-get install redis-server), each with its own data dir holding the
+                           same keys, as npm run cluster runs them. Pair i's terminal connects to
+                           node i mod N and its phone to node i+1 mod N: every payment crosses
+                           nodes. Reported per node and in total: the flows whose terminal is on
+                           the node (flows/s, p50/p99), the node's CPU per flow (all flows) and its
+                           peak RSS; PostgreSQL's and Redis's CPU per flow beside them.
+                           Not with --connections or --profile.
 
 Payments (default mode):
   K terminal/phone pairs are registered, funded and bound over MQTT. In the mixed phases every
@@ -124,18 +154,28 @@ Broker flags the bench always sets: --device-rate 1000000 --device-burst 1000000
   --max-consecutive-auto 1000 --log-level warn (the broker's own defaults would rate-limit the
   load and prompt every sixth auto payment).
 
-Figures depend on the machine and on what else runs on it: see docs/performance.md.
+Figures depend on the machine and on what else runs on it: see docs/performance.md. The bound
+is always one bare Aedes: with --nodes its ratio compares all nodes together with one broker.
 
 Examples:
   npm run bench
   npm run bench -- --quick
+  npm run bench -- --quick --database postgres
+  npm run bench -- --nodes 2 --flows 6000 --auto-flows 4000
+  npm run bench -- --database postgres://postgres@db.example:5432/postgres
   npm run bench -- --rate 400 --flows 8000
   npm run bench -- --quick --profile
   npm run bench -- --connections 10000
   -h, --help               show this help`;
 
+/** Where the broker keeps its state: the data dir's SQLite, or PostgreSQL (url null: the bench's own server). */
+type StoreOption = { readonly kind: "sqlite" } | { readonly kind: "postgres"; readonly url: string | null };
+
 interface Options {
   readonly quick: boolean;
+  readonly store: StoreOption;
+  /** Broker nodes: 1, or 2 or more sharing PostgreSQL and Redis. */
+  readonly nodes: number;
   readonly pairs: number;
   readonly flows: number;
   readonly autoFlows: number;
@@ -184,6 +224,8 @@ function parseOptions(argv: string[]): Options | null {
       "connect-concurrency": { type: "string" },
       "load-procs": { type: "string" },
       "hold-seconds": { type: "string" },
+      database: { type: "string" },
+      nodes: { type: "string" },
     },
   });
   if (values.help) return null;
@@ -196,8 +238,27 @@ function parseOptions(argv: string[]): Options | null {
   };
   const phases = (values.phases ?? PHASES.join(",")).split(",").map((s) => s.trim());
   for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new UsageError(`--phases: unknown phase ${p}; the phases are ${PHASES.join(", ")}`);
+  let nodes = 1;
+  if (values.nodes !== undefined) {
+    nodes = Number(values.nodes);
+    if (!/^\d+$/.test(values.nodes) || nodes < 2 || nodes > MAX_NODES) {
+      throw new UsageError(`--nodes must be a whole number from 2 to ${MAX_NODES}, got ${values.nodes} (one node is the default: leave --nodes out)`);
+    }
+    if (values.connections !== undefined) throw new UsageError("--nodes runs payments only: --connections measures one node (leave --nodes out)");
+    if (values.profile === true) throw new UsageError("--profile profiles one broker: leave --nodes out (--profile-load works with --nodes)");
+  }
+  const database = values.database ?? (nodes > 1 ? "postgres" : "sqlite");
+  let store: StoreOption;
+  if (database === "sqlite") {
+    if (nodes > 1) throw new UsageError(`--nodes ${nodes} share one PostgreSQL database: use --database postgres (the default with --nodes) or postgres://…, not sqlite`);
+    store = { kind: "sqlite" };
+  } else if (database === "postgres") store = { kind: "postgres", url: null };
+  else if (/^postgres(ql)?:\/\/\S+$/i.test(database)) store = { kind: "postgres", url: database };
+  else throw new UsageError(`--database must be sqlite, postgres or a postgres://… URL, got ${database}`);
   return {
     quick,
+    store,
+    nodes,
     pairs: Math.round(num("pairs", values.pairs, quick ? 50 : 100, 1, 5000)),
     flows: Math.round(num("flows", values.flows, quick ? 3000 : 15000, 1, 10_000_000)),
     autoFlows: Math.round(num("auto-flows", values["auto-flows"], quick ? 2500 : 10000, 1, 10_000_000)),
@@ -397,80 +458,225 @@ function showProgress(e: LoadEvent): void {
   progress(`bench: ${e.label.padEnd(8)} ${String(e.done).padStart(6)}/${e.target} in ${s.toFixed(1)} s (${Math.round(e.done / Math.max(s, 0.001))}/s), errors ${e.errors}`);
 }
 
-// ── The broker on a fresh data dir ──────────────────────────────────────────────────────────
+// ── PostgreSQL and Redis ────────────────────────────────────────────────────────────────────
+
+/** The run's PostgreSQL database and Redis, when it needs them: started or created for it, gone after it. */
+interface Services {
+  /** The database every node uses; null: each node's SQLite file (one node). */
+  readonly pgUrl: string | null;
+  /** The Redis the nodes route through; null: one node. */
+  readonly redisUrl: string | null;
+  /** The store as the figures name it. */
+  readonly store: "sqlite" | "postgres";
+  /** Where the PostgreSQL server is: the bench's own, or the --database URL's (redacted). */
+  readonly server: string | null;
+  /** CPU seconds so far of PostgreSQL (postmaster and backends) and Redis; null for a server not the bench's. */
+  cpu(): { readonly postgres: number | null; readonly redis: number | null };
+  stop(): Promise<void>;
+}
+
+async function startServices(o: Options): Promise<Services> {
+  if (o.store.kind === "sqlite") return { pgUrl: null, redisUrl: null, store: "sqlite", server: null, cpu: () => ({ postgres: null, redis: null }), stop: async () => {} };
+  const external = o.store.url;
+  const log = (line: string) => note(`bench: ${line}`);
+  // Both at once; if one fails, the other is stopped before the error goes on.
+  const [pgStart, redisStart] = await Promise.allSettled([external === null ? startPostgres({ log }) : Promise.resolve(null), o.nodes > 1 ? startRedis({ log }) : Promise.resolve(null)]);
+  const pgService: PostgresService | null = pgStart.status === "fulfilled" ? pgStart.value : null;
+  const redisService: RedisService | null = redisStart.status === "fulfilled" ? redisStart.value : null;
+  const stopServers = () => Promise.all([pgService?.stop(), redisService?.stop()]).then(() => {});
+  const failed = [pgStart, redisStart].find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failed !== undefined) {
+    await stopServers();
+    throw failed.reason;
+  }
+  let pgUrl: string;
+  let dropDatabase: (() => Promise<void>) | null = null;
+  try {
+    if (pgService !== null) pgUrl = await createDatabase(pgService.url, CLUSTER_DATABASE);
+    else {
+      // An existing server: a database of the run's own, dropped at the end (unless --keep).
+      const name = `hp_bench_${randomBytes(6).toString("hex")}`;
+      pgUrl = await createDatabase(external!, name);
+      note(`bench: database ${name} created on ${redactUrl(external!)}`);
+      if (!o.keep) dropDatabase = () => dropDatabaseOn(external!, name);
+    }
+  } catch (err) {
+    await stopServers();
+    throw err;
+  }
+  const postmaster = pgService === null ? null : postmasterPid(pgService.dir);
+  const redisPid = redisService === null ? null : findRedisPid(redisService.port);
+  return {
+    pgUrl,
+    redisUrl: redisService?.url ?? null,
+    store: "postgres",
+    server: pgService === null ? redactUrl(external!) : "the bench's own",
+    cpu: () => ({ postgres: postmaster === null ? null : familyCpuSeconds(postmaster), redis: redisPid === null ? null : cpuSeconds(redisPid) }),
+    stop: async () => {
+      await stopServers();
+      await dropDatabase?.().catch((err: Error) => note(`bench: could not drop the bench's database: ${err.message}`));
+    },
+  };
+}
+
+async function dropDatabaseOn(serverUrl: string, name: string): Promise<void> {
+  const client = new pg.Client({ connectionString: serverUrl });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    // The name is the bench's own (hex): quoting is enough. FORCE: a stopped node's session may linger.
+    await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+  } finally {
+    await client.end();
+  }
+}
+
+/** The postmaster's pid (first line of postmaster.pid): the parent of every backend and worker. */
+function postmasterPid(dir: string): number | null {
+  try {
+    const pid = Number(readFileSync(join(dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
+    return Number.isInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+/** redis-server names itself "redis-server 127.0.0.1:<port>" in its command line. */
+function findRedisPid(port: number): number | null {
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, "utf8").replaceAll("\0", " ");
+      if (cmd.includes("redis-server") && cmd.includes(`:${port}`)) return Number(name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return null;
+}
+
+/**
+ * CPU seconds of a process and its live children: PostgreSQL's postmaster, its backends and
+ * workers (each backend calls setsid(), so they share no process group with the postmaster).
+ */
+function familyCpuSeconds(parent: number): number | null {
+  let total = 0;
+  let found = false;
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      // After the command name: state, ppid.
+      if (Number(name) !== parent && Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) !== parent) continue;
+    } catch {
+      continue;
+    }
+    const s = cpuSeconds(Number(name));
+    if (s !== null) {
+      total += s;
+      found = true;
+    }
+  }
+  return found ? total : null;
+}
+
+// ── The broker(s) on fresh data dirs ────────────────────────────────────────────────────────
+
+interface BrokerNode {
+  /** node-1, node-2, …: the broker's --node-id when there are several. */
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly url: string;
+  readonly logFile: string;
+}
 
 interface Started {
   readonly dir: string;
-  readonly dataDir: string;
+  readonly nodes: readonly BrokerNode[];
+  /** Node 1's process (the only one, but with --nodes). */
   readonly broker: ChildProcess;
-  readonly logFile: string;
-  readonly url: string;
   readonly configFile: string;
   readonly profileDir: string | null;
   readonly loadProfileDir: string | null;
 }
 
-/** Writes the data dir (keys, devices, merchant, funds) and starts the broker on it. */
-async function startBroker(o: Options, keys: KeysFile, funded: readonly string[]): Promise<Started> {
+/** Writes the data dirs and the database (keys, devices, merchant, funds) and starts the broker(s) on them. */
+async function startBroker(o: Options, services: Services, keys: KeysFile, funded: readonly string[]): Promise<Started> {
   const dir = mkdtempSync(join(tmpdir(), "hp-bench-"));
-  const dataDir = ensureDataDir(join(dir, "data"));
   const t0 = performance.now();
+  // Every node's data dir holds the same master key and broker identity (npm run cluster's way).
+  const { dirs } = prepareNodeDirs(dir, o.nodes);
+  const dataDir = dirs[0]!;
   // Setup writes the database directly, before the broker starts: what `npm run admin` would do.
   const { keyring } = loadKeyring(dataDir, undefined);
   const identity = loadBrokerIdentity(dataDir);
-  const db = openDataDb(dataDir);
+  const db: Db = services.pgUrl === null ? openDataDb(dataDir) : openPostgres(services.pgUrl);
   const now = Date.now();
   const register = (k: BenchKey, name: string, userId?: string) => {
     const r = registerDevice(db, keyring, { kind: k.kind, name, publicKey: k.pub, ...(userId === undefined ? {} : { userId }) }, now);
     if (!r.ok) throw new Error(`registering ${k.id}: ${r.error}`);
   };
-  db.transaction(() => {
-    keys.pairs.forEach((p, i) => {
-      register(p.terminal, `Bench TV ${i}`);
-      register(p.phone, `Bench phone ${i}`, p.userId);
-    });
-    keys.idle.forEach((k, i) => register(k, `Idle ${i}`));
-    if (funded.length > 0) {
-      const m = addMerchant(db, BENCH_MERCHANT, now);
-      if (!m.ok) throw new Error(m.error);
-      for (const userId of funded) {
-        const c = creditWallet(db, keyring, { userId, amountMinor: WALLET_FUNDS_MINOR, currency: "CNY" }, now);
-        if (!c.ok) throw new Error(c.error);
+  try {
+    db.transaction(() => {
+      keys.pairs.forEach((p, i) => {
+        register(p.terminal, `Bench TV ${i}`);
+        register(p.phone, `Bench phone ${i}`, p.userId);
+      });
+      keys.idle.forEach((k, i) => register(k, `Idle ${i}`));
+      if (funded.length > 0) {
+        const m = addMerchant(db, BENCH_MERCHANT, now);
+        if (!m.ok) throw new Error(m.error);
+        for (const userId of funded) {
+          const c = creditWallet(db, keyring, { userId, amountMinor: WALLET_FUNDS_MINOR, currency: "CNY" }, now);
+          if (!c.ok) throw new Error(c.error);
+        }
       }
-    }
-  })();
-  db.close();
+    })();
+  } finally {
+    db.close();
+  }
   const keysFile = join(dir, "keys.json");
   writeFileSync(keysFile, JSON.stringify(keys));
-  note(`bench: data dir ${dataDir} set up in ${Math.round(performance.now() - t0)} ms (${keys.pairs.length * 2 + keys.idle.length} devices)`);
+  note(`bench: ${o.nodes === 1 ? `data dir ${dataDir}` : `${o.nodes} data dirs in ${dir}`}${services.pgUrl === null ? "" : " and PostgreSQL"} set up in ${Math.round(performance.now() - t0)} ms (${keys.pairs.length * 2 + keys.idle.length} devices)`);
 
-  const port = await freePort();
-  const logFile = join(dir, "broker.log");
   const profileDir = o.profile ? join(dir, "profile") : null;
-  const brokerArgs = [
-    program("broker/main"),
-    "--port",
-    String(port),
-    ...TCP_ONLY_FLAGS,
-    "--data-dir",
-    dataDir,
-    "--log-level",
-    "warn",
-    "--device-rate",
-    "1000000",
-    "--device-burst",
-    "1000000",
-    "--max-consecutive-auto",
-    "1000",
-    ...o.brokerArgs,
-  ];
-  const broker = spawnNode(brokerArgs, logFile, profileDir === null ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir]);
-  await waitForPort(port, broker, logFile);
-  const url = `mqtt://127.0.0.1:${port}`;
+  const storeArgs = (name: string): string[] => {
+    if (services.pgUrl === null) return [];
+    if (services.redisUrl === null) return [CLUSTER_FLAGS.database, services.pgUrl];
+    return [...clusterArgs(services.pgUrl, services.redisUrl), CLUSTER_FLAGS.nodeId, name];
+  };
+  const nodes: BrokerNode[] = [];
+  for (const [i, nodeDir] of dirs.entries()) {
+    const name = `node-${i + 1}`;
+    const port = await freePort();
+    const logFile = join(dir, o.nodes === 1 ? "broker.log" : `${name}.log`);
+    const brokerArgs = [
+      program("broker/main"),
+      "--port",
+      String(port),
+      ...TCP_ONLY_FLAGS,
+      "--data-dir",
+      nodeDir,
+      ...storeArgs(name),
+      "--log-level",
+      "warn",
+      "--device-rate",
+      "1000000",
+      "--device-burst",
+      "1000000",
+      "--max-consecutive-auto",
+      "1000",
+      ...o.brokerArgs,
+    ];
+    const child = spawnNode(brokerArgs, logFile, profileDir === null ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir]);
+    nodes.push({ name, child, pid: child.pid!, url: `mqtt://127.0.0.1:${port}`, logFile });
+  }
+  await Promise.all(nodes.map((n) => waitForPort(Number(new URL(n.url).port), n.child, n.logFile)));
   const configFile = join(dir, "load.json");
-  const config: LoadConfig = { url, brokerPublicKey: toBase64(identity.publicKey), keysFile };
+  const config: LoadConfig = { urls: nodes.map((n) => n.url), brokerPublicKey: toBase64(identity.publicKey), keysFile };
   writeFileSync(configFile, JSON.stringify(config));
-  return { dir, dataDir, broker, logFile, url, configFile, profileDir, loadProfileDir: o.profileLoad ? join(dir, "load-profile") : null };
+  return { dir, nodes, broker: nodes[0]!.child, configFile, profileDir, loadProfileDir: o.profileLoad ? join(dir, "load-profile") : null };
 }
 
 /** The main thread's profile in a --cpu-prof dir (worker threads, pino's and the checkpointer's, write one too). */
@@ -485,7 +691,7 @@ function mainThreadProfile(dir: string | null): string | null {
 async function finish(s: Started, o: Options): Promise<string | null> {
   // After an overloaded phase the broker works through its backlog before it exits; the data dir
   // is thrown away, so it gets 3 s, unless its CPU profile (written at exit) is wanted.
-  await stop(s.broker, o.profile ? 60_000 : 3_000);
+  await Promise.all(s.nodes.map((n) => stop(n.child, o.profile ? 60_000 : 3_000)));
   const profile = mainThreadProfile(s.profileDir);
   if (o.keep || o.profile || o.profileLoad) note(`bench: kept ${s.dir}`);
   else rmSync(s.dir, { recursive: true, force: true });
@@ -496,24 +702,40 @@ async function finish(s: Started, o: Options): Promise<string | null> {
 
 interface PhaseFigures {
   readonly result: PhaseResult;
+  /** All nodes together. */
   readonly brokerCpuMsPerFlow: number | null;
   readonly brokerCpuUtil: number | null;
+  /** Each node's CPU time over all the phase's flows (they add up to brokerCpuMsPerFlow). */
+  readonly nodes: readonly { readonly brokerCpuMsPerFlow: number | null; readonly brokerCpuUtil: number | null }[];
+  /** The bench's own PostgreSQL server (postmaster and backends) and Redis; null when absent or not the bench's. */
+  readonly postgresCpuMsPerFlow: number | null;
+  readonly redisCpuMsPerFlow: number | null;
   readonly loadCpuMsPerFlow: number | null;
   /** Per completed flow: messages up (each a broker verify) and down (each a broker sign). */
   readonly upPerFlow: number;
   readonly downPerFlow: number;
 }
 
-async function runPhase(load: Load, brokerPid: number, c: PhaseCommand): Promise<PhaseFigures> {
-  const b0 = cpuSeconds(brokerPid);
-  const l0 = cpuSeconds(load.pid);
+/** CPU seconds so far of every process that works on the flows. */
+function readCpu(s: Started, load: Load, services: Services) {
+  return { brokers: s.nodes.map((n) => cpuSeconds(n.pid)), load: cpuSeconds(load.pid), ...services.cpu() };
+}
+
+async function runPhase(load: Load, s: Started, services: Services, c: PhaseCommand): Promise<PhaseFigures> {
+  const before = readCpu(s, load, services);
   const t0 = performance.now();
   const { result } = await load.request(c, "phase_done");
   const wall = (performance.now() - t0) / 1000;
-  const b1 = cpuSeconds(brokerPid);
-  const l1 = cpuSeconds(load.pid);
+  const after = readCpu(s, load, services);
   const sum = (m: Record<string, number>) => Object.values(m).reduce((a, b) => a + b, 0);
   const per = (x: number) => (result.completed === 0 ? NaN : x / result.completed);
+  const used = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null ? null : b - a);
+  const msPerFlow = (x: number | null) => (x === null ? null : round(per(x * 1000), 3));
+  const nodes = s.nodes.map((_, i) => {
+    const cpu = used(before.brokers[i], after.brokers[i]);
+    return { cpu, brokerCpuMsPerFlow: msPerFlow(cpu), brokerCpuUtil: cpu === null ? null : round(cpu / wall, 2) };
+  });
+  const brokerCpu = nodes.some((n) => n.cpu === null) ? null : nodes.reduce((a, n) => a + n.cpu!, 0);
   note(
     `bench: ${c.name.padEnd(8)} ${result.completed} flows in ${result.seconds} s = ${result.flowsPerSec}/s` +
       `, p50 ${result.all.p50} ms, p99 ${result.all.p99} ms, errors ${result.errors}${result.capped ? " (capped by --max-phase-seconds)" : ""}` +
@@ -521,9 +743,12 @@ async function runPhase(load: Load, brokerPid: number, c: PhaseCommand): Promise
   );
   return {
     result,
-    brokerCpuMsPerFlow: b0 === null || b1 === null ? null : round(per((b1 - b0) * 1000), 3),
-    brokerCpuUtil: b0 === null || b1 === null ? null : round((b1 - b0) / wall, 2),
-    loadCpuMsPerFlow: l0 === null || l1 === null ? null : round(per((l1 - l0) * 1000), 3),
+    brokerCpuMsPerFlow: msPerFlow(brokerCpu),
+    brokerCpuUtil: brokerCpu === null ? null : round(brokerCpu / wall, 2),
+    nodes: nodes.map(({ brokerCpuMsPerFlow, brokerCpuUtil }) => ({ brokerCpuMsPerFlow, brokerCpuUtil })),
+    postgresCpuMsPerFlow: msPerFlow(used(before.postgres, after.postgres)),
+    redisCpuMsPerFlow: msPerFlow(used(before.redis, after.redis)),
+    loadCpuMsPerFlow: msPerFlow(used(before.load, after.load)),
     upPerFlow: round(per(sum(result.up)), 2),
     downPerFlow: round(per(sum(result.down)), 2),
   };
@@ -632,12 +857,19 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     const userId = `bench-user-${i}`;
     return { userId, login: `${userId}@tv`, terminal: benchKey("terminal"), phone: benchKey("phone") };
   });
-  const s = await startBroker(o, { pairs, idle: [] }, pairs.map((p) => p.userId));
-  const brokerPid = s.broker.pid!;
+  const services = await startServices(o);
+  let s: Started;
+  try {
+    s = await startBroker(o, services, { pairs, idle: [] }, pairs.map((p) => p.userId));
+  } catch (err) {
+    killAll();
+    await services.stop();
+    throw err;
+  }
   const load = new Load(s.configFile, s.loadProfileDir);
   load.onEvent = showProgress;
   const phases: Partial<Record<PhaseName, PhaseFigures>> = {};
-  let brokerPeakRssKB: number | null;
+  let nodePeakRssKB: (number | null)[] = [];
   let profile: string | null;
   let finished = false;
   let bound: Bound | null = null;
@@ -646,29 +878,34 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     const ready = await load.request({ cmd: "setup" }, "ready");
     note(`bench: setup    ${ready.devices} devices connected in ${ready.connectMs} ms, ${o.pairs} pairs bound in ${ready.bindMs} ms`);
     const base = { cmd: "phase" as const, rate: 0, seconds: 0, maxSeconds: o.maxPhaseSeconds, drainSeconds: o.quick ? 2 : 5 };
-    await runPhase(load, brokerPid, { ...base, name: "warm-up", kind: "mixed", loop: "closed", flows: o.pairs * 2 });
+    await runPhase(load, s, services, { ...base, name: "warm-up", kind: "mixed", loop: "closed", flows: o.pairs * 2 });
     if (o.phases.includes("mixed")) {
       phases.mixed =
         o.rate === null
-          ? await runPhase(load, brokerPid, { ...base, name: "mixed", kind: "mixed", loop: "closed", flows: o.flows })
-          : await runPhase(load, brokerPid, { ...base, name: "mixed", kind: "mixed", loop: "open", flows: 0, rate: o.rate, seconds: Math.min(o.flows / o.rate, o.maxPhaseSeconds) });
+          ? await runPhase(load, s, services, { ...base, name: "mixed", kind: "mixed", loop: "closed", flows: o.flows })
+          : await runPhase(load, s, services, { ...base, name: "mixed", kind: "mixed", loop: "open", flows: 0, rate: o.rate, seconds: Math.min(o.flows / o.rate, o.maxPhaseSeconds) });
     }
-    if (o.phases.includes("auto")) phases.auto = await runPhase(load, brokerPid, { ...base, name: "auto", kind: "auto", loop: "closed", flows: o.autoFlows });
+    if (o.phases.includes("auto")) phases.auto = await runPhase(load, s, services, { ...base, name: "auto", kind: "auto", loop: "closed", flows: o.autoFlows });
     if (o.phases.includes("open300")) {
-      phases.open300 = await runPhase(load, brokerPid, { ...base, name: "open300", kind: "mixed", loop: "open", flows: 0, rate: o.openRate, seconds: Math.min(o.openSeconds, o.maxPhaseSeconds) });
+      phases.open300 = await runPhase(load, s, services, { ...base, name: "open300", kind: "mixed", loop: "open", flows: 0, rate: o.openRate, seconds: Math.min(o.openSeconds, o.maxPhaseSeconds) });
     }
-    brokerPeakRssKB = statusKB(brokerPid, "VmHWM");
-    // The broker goes first, so the bound is measured on a machine without it.
+    nodePeakRssKB = s.nodes.map((n) => statusKB(n.pid, "VmHWM"));
+    // The broker goes first, so the bound is measured on a machine without it (nor its servers).
     profile = await finish(s, o);
     finished = true;
+    await services.stop();
     if (o.bound) {
       load.onEvent = () => {};
       bound = await measureBound(o, o.pairs * 2, load);
     }
   } finally {
     await load.exit();
-    if (!finished) await finish(s, o);
+    if (!finished) {
+      await finish(s, o);
+      await services.stop();
+    }
   }
+  const brokerPeakRssKB = nodePeakRssKB.some((kb) => kb === null) ? null : nodePeakRssKB.reduce((a: number, kb) => a + kb!, 0);
 
   const mixed = phases.mixed;
   const auto = phases.auto;
@@ -677,9 +914,23 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
   const autoBound = bound !== null && auto !== undefined ? boundFor(bound, auto.upPerFlow, auto.downPerFlow) : null;
   const errorCounts: Record<string, number> = {};
   for (const p of Object.values(phases)) for (const [k, n] of Object.entries(p.result.errorCounts)) errorCounts[k] = (errorCounts[k] ?? 0) + n;
+  // Per node: the flows whose terminal it holds (one node: all of them), and its own CPU time over all flows.
+  const byNode = s.nodes.map((n, i) => ({
+    node: n.name,
+    peakRssMB: nodePeakRssKB[i] == null ? null : round(nodePeakRssKB[i] / 1024, 1),
+    phases: Object.fromEntries(
+      Object.entries(phases).map(([name, p]) => {
+        const own = p.result.byNode?.[i] ?? { completed: p.result.completed, errors: p.result.errors, flowsPerSec: p.result.flowsPerSec, latencyMs: p.result.all };
+        return [name, { completed: own.completed, errors: own.errors, flowsPerSec: own.flowsPerSec, p50: own.latencyMs.p50, p99: own.latencyMs.p99, ...p.nodes[i]! }];
+      }),
+    ),
+  }));
   const figures = {
     bench: "flows",
     quick: o.quick,
+    store: services.store,
+    storeServer: services.server,
+    nodes: o.nodes,
     flowsPerSec: mixed?.result.flowsPerSec ?? null,
     flowsLoop: mixed === undefined ? null : o.rate === null ? "closed" : `open at ${o.rate}/s`,
     autoFlowsPerSec: auto?.result.flowsPerSec ?? null,
@@ -699,9 +950,13 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     // Of the broker's CPU time per flow, the share the bound's costs account for (1 = no overhead).
     cpuEfficiency: mixedBound === null || mixed?.brokerCpuMsPerFlow == null ? null : round(mixedBound.msPerFlow / mixed.brokerCpuMsPerFlow, 3),
     autoCpuEfficiency: autoBound === null || auto?.brokerCpuMsPerFlow == null ? null : round(autoBound.msPerFlow / auto.brokerCpuMsPerFlow, 3),
+    // All nodes together; byNode has each one's share.
+    brokerCpuMsPerFlow: mixed?.brokerCpuMsPerFlow ?? null,
+    autoBrokerCpuMsPerFlow: auto?.brokerCpuMsPerFlow ?? null,
     errors: Object.values(phases).reduce((n, p) => n + p.result.errors, 0),
     errorCounts,
     brokerPeakRssMB: brokerPeakRssKB === null ? null : round(brokerPeakRssKB / 1024, 1),
+    byNode,
     targets: {
       flowsPerSec: { target: TARGETS.flowsPerSec, met: mixed === undefined ? null : mixed.result.flowsPerSec >= TARGETS.flowsPerSec },
       p99MsAt300: { target: TARGETS.p99MsAt300, met: open === undefined ? null : open.result.all.p99 <= TARGETS.p99MsAt300 },
@@ -725,6 +980,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
           byMode: p.result.byMode,
           brokerCpuMsPerFlow: p.brokerCpuMsPerFlow,
           brokerCpuUtil: p.brokerCpuUtil,
+          postgresCpuMsPerFlow: p.postgresCpuMsPerFlow,
+          redisCpuMsPerFlow: p.redisCpuMsPerFlow,
           loadCpuMsPerFlow: p.loadCpuMsPerFlow,
           upPerFlow: p.upPerFlow,
           downPerFlow: p.downPerFlow,
@@ -734,14 +991,16 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
       ]),
     ),
     bound: bound === null ? null : { ...bound, mixed: mixedBound, auto: autoBound },
-    setup: { pairs: o.pairs, devices: o.pairs * 2, flows: o.flows, autoFlows: o.autoFlows, openSeconds: o.openSeconds, maxPhaseSeconds: o.maxPhaseSeconds },
+    setup: { store: services.store, nodes: o.nodes, pairs: o.pairs, devices: o.pairs * 2, flows: o.flows, autoFlows: o.autoFlows, openSeconds: o.openSeconds, maxPhaseSeconds: o.maxPhaseSeconds },
     machine: machine(),
     profile,
     loadProfile: mainThreadProfile(s.loadProfileDir),
     durationSec: round((performance.now() - began) / 1000, 1),
   };
 
+  const storeText = services.store === "sqlite" ? "SQLite (the data dir's file)" : `PostgreSQL (${services.server ?? "-"})`;
   const lines = [
+    `store: ${storeText}; ${o.nodes === 1 ? "1 node" : `${o.nodes} nodes through Redis, every payment across two nodes (terminal and phone on different ones)`}`,
     `flows/s (mixed, ${figures.flowsLoop ?? "-"}): ${figures.flowsPerSec ?? "-"}   target >= ${TARGETS.flowsPerSec}`,
     `auto flows/s: ${figures.autoFlowsPerSec ?? "-"}   target >= ${TARGETS.autoFlowsPerSec}`,
     `p99 at ${o.openRate} flows/s: ${figures.p99MsAt300 ?? "-"} ms   target <= ${TARGETS.p99MsAt300} ms`,
@@ -752,8 +1011,16 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     lines.push(
       `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} result ${step("auto", "result")}` +
         `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} executing ${step("prompt", "executing")} result ${step("prompt", "result")}` +
-        `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow`,
+        `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow` +
+        (p.postgresCpuMsPerFlow === null ? "" : `; PostgreSQL ${p.postgresCpuMsPerFlow} ms CPU/flow`) +
+        (p.redisCpuMsPerFlow === null ? "" : `, Redis ${p.redisCpuMsPerFlow} ms CPU/flow`),
     );
+    if (o.nodes > 1) {
+      for (const n of byNode) {
+        const f = n.phases[name]!;
+        lines.push(`    ${n.node}: ${f.flowsPerSec} flows/s with the terminal here, p50/p99 ${f.p50}/${f.p99} ms, errors ${f.errors}; ${f.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${f.brokerCpuUtil ?? "-"} cores)`);
+      }
+    }
   }
   if (bound !== null) {
     lines.push(
@@ -768,7 +1035,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
         `auto ${autoBound?.machineFlowsPerSec ?? "-"} flows/s (${autoBound?.machineCpuMsPerFlow ?? "-"} ms)`,
     );
   }
-  lines.push(`broker peak RSS ${figures.brokerPeakRssMB ?? "-"} MB; errors ${figures.errors}${figures.errors > 0 ? ` ${JSON.stringify(errorCounts)}` : ""}`);
+  if (o.nodes > 1) lines.push(`peak RSS per node: ${byNode.map((n) => `${n.node} ${n.peakRssMB ?? "-"} MB`).join(", ")}`);
+  lines.push(`broker peak RSS ${figures.brokerPeakRssMB ?? "-"} MB${o.nodes > 1 ? " (all nodes)" : ""}; errors ${figures.errors}${figures.errors > 0 ? ` ${JSON.stringify(errorCounts)}` : ""}`);
   process.stdout.write(lines.join("\n") + "\n");
   if (profile !== null) process.stderr.write(`broker ${formatSummary(summarize(profile, 30))}\n`);
   const loadProfile = mainThreadProfile(s.loadProfileDir);
@@ -800,7 +1068,15 @@ async function benchConnections(o: Options, n: number): Promise<Record<string, u
 
   progress(`bench: setup    generating and registering ${n} device keys`);
   const idle = Array.from({ length: n }, () => benchKey("terminal"));
-  const s = await startBroker(o, { pairs: [], idle }, []);
+  const services = await startServices(o);
+  let s: Started;
+  try {
+    s = await startBroker(o, services, { pairs: [], idle }, []);
+  } catch (err) {
+    killAll();
+    await services.stop();
+    throw err;
+  }
   const brokerPid = s.broker.pid!;
   const loads = Array.from({ length: procs }, () => new Load(s.configFile));
   let figures: Record<string, unknown>;
@@ -854,6 +1130,8 @@ async function benchConnections(o: Options, n: number): Promise<Record<string, u
     const perConn = rssBefore === null || rssAfter === null || measured === 0 ? null : round((rssAfter - rssBefore) / measured, 2);
     figures = {
       bench: "connections",
+      store: services.store,
+      nodes: 1,
       connections: connected,
       requested: n,
       failed,
@@ -880,6 +1158,7 @@ async function benchConnections(o: Options, n: number): Promise<Record<string, u
     await stop(s.broker, 60_000);
     await Promise.all(loads.map((l) => stop(l.child, 10_000)));
     profile = await finish(s, o);
+    await services.stop();
   }
   if (profile !== null) process.stderr.write(`broker ${formatSummary(summarize(profile, 30))}\n`);
   figures.durationSec = round((performance.now() - began) / 1000, 1);
