@@ -23,6 +23,8 @@ export interface ScrapeSources {
   readonly openConnections: () => ReadonlyMap<string, number>;
   /** Outbox messages not yet delivered, or null when it cannot be read now (the database is closed). */
   readonly outboxBacklog: () => number | null;
+  /** How long the messages the broker handles have waited, as admission judges it (ms; src/service/admission.ts). */
+  readonly messageWaitMs?: () => number;
 }
 
 export interface PromMetrics extends Metrics {
@@ -97,6 +99,15 @@ export function promMetrics(sources: ScrapeSources): PromMetrics {
     collect() {
       const n = sources.outboxBacklog();
       if (n !== null) this.set(n);
+    },
+  });
+
+  new Gauge({
+    name: `${p}message_wait_seconds`,
+    help: "How long the messages handled in the last turns waited before handling (moving average, beyond each device's quickest trip); past --busy-after-ms new pay requests are refused busy",
+    registers,
+    collect() {
+      this.set((sources.messageWaitMs?.() ?? 0) / 1000);
     },
   });
 

@@ -15,6 +15,7 @@
  * startBroker() is what `npm start` runs and what tests and the demo run in-process on port 0;
  * close() stops the parts in the reverse order.
  */
+import { Admission } from "../src/service/admission.ts";
 import { Aedes, type Client } from "aedes";
 import type { Logger } from "pino";
 import type { BrokerConfig } from "../src/config.ts";
@@ -151,7 +152,9 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const metrics = promMetrics({
     openConnections: () => connectionsByListener(clients as Record<string, { conn?: unknown } | undefined>),
     outboxBacklog: outboxBacklogReader(db),
+    messageWaitMs: () => admission.behindMs(clock()),
   });
+  const admission = new Admission(config.busyAfterMs);
 
   const walSync = postgres
     ? null
@@ -181,6 +184,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     onReceipt: (deviceId, msgId) => delivery.receipted(deviceId, msgId),
     rateLimiter: messageLimiter,
     maxBacklog: config.deviceBacklog,
+    admission,
     ...(walSync === null ? {} : { durable: walSync }),
     metrics,
   });

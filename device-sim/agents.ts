@@ -73,11 +73,21 @@ export interface PayRequest {
 }
 
 export type PayOutcome =
-  | { readonly kind: "rejected"; readonly code: string; readonly detail: string }
+  | { readonly kind: "rejected"; readonly code: string; readonly detail: string; readonly retryAfterMs?: number }
   | { readonly kind: "result"; readonly paymentId: string; readonly result: ResultView; readonly mode: "auto" | "prompt" };
 
-/** The terminal side of one payment: ask, follow the progress, wait for the result. */
-export async function pay(terminal: Device, req: PayRequest, onProgress: (step: string, m: Received) => void = () => {}, timeoutMs = 300_000): Promise<PayOutcome> {
+/**
+ * The terminal side of one payment: ask, follow the progress, wait for the result. A `busy`
+ * answer (the broker past its capacity) is retried after its retry-after, with the same
+ * idempotency key, and reported to `onProgress` as the step "busy".
+ */
+export async function pay(
+  terminal: Device,
+  req: PayRequest,
+  onProgress: (step: string, m: Received) => void = () => {},
+  timeoutMs = 300_000,
+  retryBusy = true,
+): Promise<PayOutcome> {
   const idempotencyKey = req.idempotencyKey ?? randomUUID();
   // Listen before asking: the result of an auto-confirmed payment can follow the reply closely.
   const seen: Received[] = [];
@@ -86,10 +96,17 @@ export async function pay(terminal: Device, req: PayRequest, onProgress: (step: 
   };
   terminal.on("message", collect);
   try {
-    const reply = await terminal.request("pay_request", { ...req, idempotencyKey }, 10_000);
+    // A broker past its capacity answers busy: wait as it says and ask again, same idempotency key.
+    const until = Date.now() + timeoutMs;
+    let reply = await terminal.request("pay_request", { ...req, idempotencyKey }, 10_000);
+    while (retryBusy && reply.type === "error" && reply.body.code === "busy" && Date.now() < until) {
+      onProgress("busy", reply);
+      await new Promise((r) => setTimeout(r, Math.min(Number(reply.body.retryAfterMs ?? 1000), Math.max(0, until - Date.now()))));
+      reply = await terminal.request("pay_request", { ...req, idempotencyKey }, 10_000);
+    }
     if (reply.type === "error") {
-      const b = reply.body as { code: string; detail: string };
-      return { kind: "rejected", code: b.code, detail: b.detail };
+      const b = reply.body as { code: string; detail: string; retryAfterMs?: number };
+      return { kind: "rejected", code: b.code, detail: b.detail, ...(b.retryAfterMs === undefined ? {} : { retryAfterMs: b.retryAfterMs }) };
     }
     const paymentId = reply.body.paymentId as string;
     const mode = reply.body.mode as "auto" | "prompt";

@@ -144,7 +144,7 @@ const DELIVERY_WAIT_MS = 20_000;
 /** --nodes at most: each node is a process of its own on this machine. */
 const MAX_NODES = 8;
 /** Answers that mean "try again later", not "no". */
-const RETRY_CODES = new Set(["unavailable", "rate_limited", "stale"]);
+const RETRY_CODES = new Set(["unavailable", "rate_limited", "stale", "busy"]);
 
 const CURRENCY = "CNY";
 const MERCHANT = { id: "chaos-mart", name: "Chaos Mart" } as const;

@@ -540,7 +540,10 @@ async function oneShot(kind: "terminal" | "phone", device: Device, action: strin
         ...(values.description ? { description: values.description } : {}),
       },
       // The answer says what the broker did with the request; updates follow only for later steps.
-      (step, m) => out(`${stamp()}  ${step === "accepted" ? `accepted ${String(m.body.paymentId)}: ${acceptedText(m.body)}` : (STEP_TEXT[step] ?? step)}`),
+      (step, m) =>
+        out(
+          `${stamp()}  ${step === "accepted" ? `accepted ${String(m.body.paymentId)}: ${acceptedText(m.body)}` : step === "busy" ? `broker busy: asking again in ${String(m.body.retryAfterMs)} ms` : (STEP_TEXT[step] ?? step)}`,
+        ),
     );
     if (outcome.kind === "rejected") throw new OperationError(`${outcome.code}: ${outcome.detail}`);
     const r = outcome.result;

@@ -11,6 +11,7 @@ export const ERROR_CODES = {
   unsupported_version: "The envelope's protocol version is not one this broker speaks.",
   sender_mismatch: "The envelope's sender is not the device this connection authenticated as.",
   misaddressed: "The envelope is not addressed to the broker.",
+  busy: "The broker is past its capacity and starts no new payment now; retry after retryAfterMs.",
   bad_signature: "The signature does not verify against the sender's registered public key.",
   stale: "The timestamp is outside the broker's freshness window; check the device clock and send a new message.",
   backlog_full: "Too many messages wait for this device to receive them; subscribe to the down topic and acknowledge them before sending more.",

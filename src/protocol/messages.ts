@@ -193,6 +193,8 @@ export const downBodies = {
     code: z.enum(ERROR_CODE_LIST as [ErrorCode, ...ErrorCode[]]),
     detail: z.string(),
     inReplyTo: z.string().regex(MESSAGE_ID_RE).nullable(),
+    /** With `busy`: how long to wait before sending the request again (ms). */
+    retryAfterMs: z.number().int().min(0).optional(),
   }),
 } as const;
 

@@ -23,6 +23,7 @@ import { ReplayRepo } from "../store/replay.ts";
 import { NO_METRICS, type Metrics } from "./metrics.ts";
 import { signedDown, type Outgoing } from "./outgoing.ts";
 import type { RateLimiter } from "./rate-limit.ts";
+import type { Admission } from "./admission.ts";
 
 export interface InboxOptions {
   readonly db: Db;
@@ -56,6 +57,8 @@ export interface InboxOptions {
   readonly durable?: Durability;
   /** Counts messages in, error answers and group commits (src/service/metrics.ts); none when absent. */
   readonly metrics?: Metrics;
+  /** Refuses new payments with `busy` past capacity (src/service/admission.ts); none when absent. */
+  readonly admission?: Admission;
 }
 
 /** See InboxOptions.durable. */
@@ -312,6 +315,7 @@ export class Inbox {
       }
     }
     if (committedOk && size > 0 && this.#o.db.open) this.#metrics.batch(size, performance.now() - startedMs);
+    if (batch.length > 0) this.#o.admission?.endTurn(nowMs);
     const afterCommit = this.#afterCommit;
     this.#afterCommit = [];
     for (const v of verified) finished.push(v.done);
@@ -355,12 +359,21 @@ export class Inbox {
     const refuse = (code: ErrorCode, detail: string) => ({ refusal: this.#error(p.deviceId, code, detail, payload.id, nowMs) });
     if (payload.from !== p.deviceId) return refuse("sender_mismatch", `this connection is device ${p.deviceId}, the envelope says ${payload.from}`);
     if (payload.to !== BROKER_ID) return refuse("misaddressed", `messages to the broker must have to = "${BROKER_ID}"`);
+    // Past capacity a new payment is refused before any work on it (no verify, no write).
+    if (payload.type === "pay_request" && this.#o.admission !== undefined) {
+      const verdict = this.#o.admission.check(p.deviceId, payload.ts, nowMs);
+      if (verdict.retryAfterMs !== null) {
+        const detail = `the broker is behind (messages wait ${Math.round(Math.max(verdict.ageMs, verdict.behindMs))} ms); send the request again in ${verdict.retryAfterMs} ms`;
+        return { refusal: this.#error(p.deviceId, "busy", detail, payload.id, nowMs, verdict.retryAfterMs) };
+      }
+    }
     const device = this.#devices.get(p.deviceId);
     if (device === null || device.status !== "active") return refuse("bad_signature", "the sender has no active registered key");
     if (!verify(device.publicKey, parsed.msg.payloadBytes, parsed.msg.signature)) return refuse("bad_signature", ERROR_CODES.bad_signature);
     if (Math.abs(nowMs - payload.ts) > this.#o.freshnessMs) {
       return refuse("stale", `timestamp ${payload.ts} is ${nowMs - payload.ts} ms from broker time ${nowMs}; the window is ±${this.#o.freshnessMs} ms`);
     }
+    this.#o.admission?.observe(p.deviceId, payload.ts, nowMs);
     // Receipts are always taken: they are how a backlog shrinks.
     if (payload.type !== "ack" && this.#o.maxBacklog !== undefined && this.#backlog(p.deviceId, nowMs) >= this.#o.maxBacklog) {
       return refuse("backlog_full", `${this.#o.maxBacklog} messages wait for this device to receive them; subscribe to its down topic and acknowledge them (PUBACK or ack) before sending more`);
@@ -509,8 +522,8 @@ export class Inbox {
     return this.#outbox.add({ deviceId: o.to, msgId: o.msgId, re: o.re, bytes: o.bytes, createdMs: nowMs, expiresMs });
   }
 
-  #error(to: string, code: ErrorCode, detail: string, re: string | null, nowMs: number): Outgoing {
-    const out = signedDown(this.#o.signer, to, "error", { code, detail, inReplyTo: re }, re, nowMs);
+  #error(to: string, code: ErrorCode, detail: string, re: string | null, nowMs: number, retryAfterMs?: number): Outgoing {
+    const out = signedDown(this.#o.signer, to, "error", { code, detail, inReplyTo: re, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) }, re, nowMs);
     this.#errorCodes.set(out.bytes, code);
     return out;
   }
