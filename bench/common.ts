@@ -145,6 +145,10 @@ export interface PhaseResult {
   readonly capped: boolean;
   /** Open loop: flows still unanswered when the drain time ran out (also counted as errors). */
   readonly unfinished: number;
+  /** Pay requests the broker refused `busy` (past capacity): not errors, and not retried here. */
+  readonly refused: number;
+  /** From each refused flow's start to its `busy` answer. */
+  readonly refusedMs: Percentiles;
   readonly all: Percentiles;
   readonly byMode: Partial<Record<"auto" | "prompt", ModeStats>>;
   /** The flows whose terminal is on each node (index into LoadConfig.urls), when there are several. */
@@ -206,6 +210,19 @@ export function cpuSeconds(pid: number): number | null {
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Bytes a process has caused to be written to storage so far (/proc/<pid>/io write_bytes: the
+ * WAL, checkpoints into the database file, temporary files), or null when unreadable.
+ */
+export function writeBytes(pid: number): number | null {
+  try {
+    const m = /^write_bytes:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"));
+    return m === null ? null : Number(m[1]);
   } catch {
     return null;
   }

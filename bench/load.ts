@@ -175,6 +175,8 @@ class PhaseStats {
   errors = 0;
   readonly errorCounts: Record<string, number> = {};
   readonly all: number[] = [];
+  /** Flows refused busy: ms from their start to the refusal. */
+  readonly refused: number[] = [];
   /** Per node of the flow's terminal: latencies and errors. */
   readonly nodes = config.urls.map(() => ({ latency: [] as number[], errors: 0 }));
   readonly byMode = { auto: { latency: [] as number[], steps: new Map<string, number[]>() }, prompt: { latency: [] as number[], steps: new Map<string, number[]>() } };
@@ -227,8 +229,11 @@ async function flow(pair: LivePair, kind: "mixed" | "auto", t0: number, stats: P
       { login: pair.keys.login, merchantId: BENCH_MERCHANT.id, amountMinor: prompted ? PROMPT_AMOUNT_MINOR : AUTO_AMOUNT_MINOR, currency: "CNY", orderRef: `bench-${++orderSeq}` },
       (step) => void steps.push([step, performance.now() - t0]),
       FLOW_TIMEOUT_MS,
+      false,
     );
     const ms = performance.now() - t0;
+    // Past capacity the broker refuses new payments at once: counted apart, not as errors.
+    if (outcome.kind === "rejected" && outcome.code === "busy") return void stats.refused.push(ms);
     if (outcome.kind === "rejected") return stats.error(`refused: ${outcome.code}`, node);
     if (outcome.result.status !== "completed") return stats.error(`ended ${outcome.result.status}: ${outcome.result.reason ?? ""}`, node);
     stats.ok(node, outcome.mode, ms, steps);
@@ -307,6 +312,8 @@ async function phase(c: PhaseCommand): Promise<void> {
       flowsPerSec: round(stats.completed / seconds, 1),
       capped: started < target,
       unfinished,
+      refused: stats.refused.length,
+      refusedMs: percentiles(stats.refused),
       all: percentiles(stats.all),
       byMode,
       byNode: stats.nodeStats(seconds),

@@ -44,6 +44,7 @@ import {
   fileLimits,
   round,
   statusKB,
+  writeBytes,
   type BenchKey,
   type BenchPair,
   type Command,
@@ -72,7 +73,7 @@ const TARGETS = { flowsPerSec: 600, p99MsAt300: 30, autoFlowsPerSec: 1000, rssPe
 const SIGNED_BYTES = 360;
 const ENVELOPE_BYTES = 480;
 const WALLET_FUNDS_MINOR = 1_000_000_000_000; // never the limit
-const PHASES = ["mixed", "auto", "open300"] as const;
+const PHASES = ["mixed", "auto", "open300", "overload"] as const;
 type PhaseName = (typeof PHASES)[number];
 /** As many nodes as `npm run cluster` starts at most. */
 const MAX_NODES = 16;
@@ -112,6 +113,11 @@ Payments (default mode):
               total (flowsPerSec); with --rate N, open loop at N flows/s instead
     auto      closed loop, auto-confirmed payments only, --auto-flows in total (autoFlowsPerSec)
     open300   open loop at --open-rate flows/s (default 300) for --open-seconds (p99MsAt300)
+    overload  open loop at --overload-rate flows/s (default: twice the mixed phase's closed-loop
+              rate measured in this run, else 600) for --open-seconds: past capacity the broker
+              refuses new payments busy (docs/protocol.md §Load); reports the accepted flows'
+              p99, the refused ones and how soon each heard so, and what was left unfinished.
+              Refused requests are not retried here.
   Then the bound: a bare Aedes with the same number of clients, each publishing QoS 1 to a topic
   it subscribes to; and node:crypto Ed25519 sign and verify rates.
 
@@ -123,7 +129,8 @@ Options:
   --rate N                 run the mixed phase open loop at N flows/s (spread over the pairs)
                            for M/N seconds, instead of closed loop at full speed
   --open-rate N            the open-loop phase's rate (default 300)
-  --open-seconds S         the open-loop phase's length (default 12; quick 3)
+  --open-seconds S         the open-loop phases' length (default 12; quick 3)
+  --overload-rate N        the overload phase's rate (default: twice the measured capacity)
   --phases LIST            which phases to run, comma-separated: mixed,auto,open300 (default all)
   --max-phase-seconds S    no phase starts new flows after S seconds (default 25; quick 5);
                            an open-loop phase then waits at most 5 s (quick 2 s) for flows
@@ -182,6 +189,7 @@ interface Options {
   readonly rate: number | null;
   readonly openRate: number;
   readonly openSeconds: number;
+  readonly overloadRate: number | null;
   readonly phases: readonly PhaseName[];
   readonly maxPhaseSeconds: number;
   readonly boundSeconds: number;
@@ -212,6 +220,7 @@ function parseOptions(argv: string[]): Options | null {
       rate: { type: "string" },
       "open-rate": { type: "string" },
       "open-seconds": { type: "string" },
+      "overload-rate": { type: "string" },
       phases: { type: "string" },
       "max-phase-seconds": { type: "string" },
       "bound-seconds": { type: "string" },
@@ -265,6 +274,7 @@ function parseOptions(argv: string[]): Options | null {
     rate: values.rate === undefined ? null : num("rate", values.rate, 0, 1, 1_000_000),
     openRate: num("open-rate", values["open-rate"], 300, 1, 1_000_000),
     openSeconds: num("open-seconds", values["open-seconds"], quick ? 3 : 12, 1, 3600),
+    overloadRate: values["overload-rate"] === undefined ? null : num("overload-rate", values["overload-rate"], 0, 1, 1_000_000),
     phases: phases as PhaseName[],
     maxPhaseSeconds: num("max-phase-seconds", values["max-phase-seconds"], quick ? 5 : 25, 1, 3600),
     boundSeconds: num("bound-seconds", values["bound-seconds"], quick ? 1.5 : 5, 0.5, 600),
@@ -711,6 +721,11 @@ interface PhaseFigures {
   readonly postgresCpuMsPerFlow: number | null;
   readonly redisCpuMsPerFlow: number | null;
   readonly loadCpuMsPerFlow: number | null;
+  /**
+   * KB the broker process(es) wrote to storage per completed flow (WAL and checkpoints; on
+   * PostgreSQL the server writes, so this is near 0): pages changed per flow, steadier than CPU.
+   */
+  readonly brokerDiskKBPerFlow: number | null;
   /** Per completed flow: messages up (each a broker verify) and down (each a broker sign). */
   readonly upPerFlow: number;
   readonly downPerFlow: number;
@@ -723,10 +738,13 @@ function readCpu(s: Started, load: Load, services: Services) {
 
 async function runPhase(load: Load, s: Started, services: Services, c: PhaseCommand): Promise<PhaseFigures> {
   const before = readCpu(s, load, services);
+  const writtenBefore = s.nodes.map((n) => writeBytes(n.pid));
   const t0 = performance.now();
   const { result } = await load.request(c, "phase_done");
   const wall = (performance.now() - t0) / 1000;
   const after = readCpu(s, load, services);
+  const writtenAfter = s.nodes.map((n) => writeBytes(n.pid));
+  const written = writtenBefore.some((b) => b === null) || writtenAfter.some((b) => b === null) ? null : writtenAfter.reduce((a: number, b, i) => a + b! - writtenBefore[i]!, 0);
   const sum = (m: Record<string, number>) => Object.values(m).reduce((a, b) => a + b, 0);
   const per = (x: number) => (result.completed === 0 ? NaN : x / result.completed);
   const used = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null ? null : b - a);
@@ -749,6 +767,7 @@ async function runPhase(load: Load, s: Started, services: Services, c: PhaseComm
     postgresCpuMsPerFlow: msPerFlow(used(before.postgres, after.postgres)),
     redisCpuMsPerFlow: msPerFlow(used(before.redis, after.redis)),
     loadCpuMsPerFlow: msPerFlow(used(before.load, after.load)),
+    brokerDiskKBPerFlow: written === null || result.completed === 0 ? null : round(written / 1024 / result.completed, 2),
     upPerFlow: round(per(sum(result.up)), 2),
     downPerFlow: round(per(sum(result.down)), 2),
   };
@@ -889,6 +908,11 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     if (o.phases.includes("open300")) {
       phases.open300 = await runPhase(load, s, services, { ...base, name: "open300", kind: "mixed", loop: "open", flows: 0, rate: o.openRate, seconds: Math.min(o.openSeconds, o.maxPhaseSeconds) });
     }
+    if (o.phases.includes("overload")) {
+      const capacity = phases.mixed !== undefined && o.rate === null ? phases.mixed.result.flowsPerSec : null;
+      const rate = o.overloadRate ?? (capacity !== null && capacity > 0 ? Math.round(2 * capacity) : 600);
+      phases.overload = await runPhase(load, s, services, { ...base, name: "overload", kind: "mixed", loop: "open", flows: 0, rate, seconds: Math.min(o.openSeconds, o.maxPhaseSeconds) });
+    }
     nodePeakRssKB = s.nodes.map((n) => statusKB(n.pid, "VmHWM"));
     // The broker goes first, so the bound is measured on a machine without it (nor its servers).
     profile = await finish(s, o);
@@ -910,6 +934,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
   const mixed = phases.mixed;
   const auto = phases.auto;
   const open = phases.open300;
+  const over = phases.overload;
   const mixedBound = bound !== null && mixed !== undefined ? boundFor(bound, mixed.upPerFlow, mixed.downPerFlow) : null;
   const autoBound = bound !== null && auto !== undefined ? boundFor(bound, auto.upPerFlow, auto.downPerFlow) : null;
   const errorCounts: Record<string, number> = {};
@@ -935,6 +960,19 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     flowsLoop: mixed === undefined ? null : o.rate === null ? "closed" : `open at ${o.rate}/s`,
     autoFlowsPerSec: auto?.result.flowsPerSec ?? null,
     p99MsAt300: open?.result.all.p99 ?? null,
+    // Past capacity: what was accepted, how late; what was refused busy, how soon it heard so.
+    overload:
+      over === undefined
+        ? null
+        : {
+            rate: over.result.targetRate,
+            accepted: over.result.completed,
+            acceptedP99Ms: over.result.all.p99,
+            refused: over.result.refused,
+            refusedP99Ms: over.result.refusedMs.p99,
+            unfinished: over.result.unfinished,
+            errors: over.result.errors,
+          },
     openRate: o.openRate,
     boundFlowsPerSec: mixedBound?.flowsPerSec ?? null,
     ratio: mixedBound === null || mixed === undefined ? null : round(mixed.result.flowsPerSec / mixedBound.flowsPerSec, 3),
@@ -975,6 +1013,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
           // An open-loop phase whose broker could not keep up: its latencies are queueing time.
           overloaded: p.result.loop === "open" && (p.result.targetRate === null || p.result.flowsPerSec < 0.95 * p.result.targetRate || p.result.unfinished > 0),
           unfinished: p.result.unfinished,
+          refused: p.result.refused,
+          refusedMs: p.result.refusedMs,
           errors: p.result.errors,
           latencyMs: p.result.all,
           byMode: p.result.byMode,
@@ -983,6 +1023,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
           postgresCpuMsPerFlow: p.postgresCpuMsPerFlow,
           redisCpuMsPerFlow: p.redisCpuMsPerFlow,
           loadCpuMsPerFlow: p.loadCpuMsPerFlow,
+          brokerDiskKBPerFlow: p.brokerDiskKBPerFlow,
           upPerFlow: p.upPerFlow,
           downPerFlow: p.downPerFlow,
           up: p.result.up,
@@ -1005,13 +1046,20 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     `auto flows/s: ${figures.autoFlowsPerSec ?? "-"}   target >= ${TARGETS.autoFlowsPerSec}`,
     `p99 at ${o.openRate} flows/s: ${figures.p99MsAt300 ?? "-"} ms   target <= ${TARGETS.p99MsAt300} ms`,
   ];
+  if (figures.overload !== null) {
+    const v = figures.overload;
+    lines.push(
+      `overload at ${v.rate ?? "-"} flows/s: ${v.accepted} accepted (p99 ${v.acceptedP99Ms} ms), ${v.refused} refused busy (heard within p99 ${v.refusedP99Ms} ms), ` +
+        `${v.unfinished} unfinished, ${v.errors} errors`,
+    );
+  }
   for (const [name, p] of Object.entries(phases)) {
     const m = p.result.byMode;
     const step = (mode: "auto" | "prompt", k: string) => m[mode]?.stepsMs[k]?.p99 ?? "-";
     lines.push(
       `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} result ${step("auto", "result")}` +
         `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} executing ${step("prompt", "executing")} result ${step("prompt", "result")}` +
-        `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow` +
+        `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), ${p.brokerDiskKBPerFlow ?? "-"} KB written/flow, load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow` +
         (p.postgresCpuMsPerFlow === null ? "" : `; PostgreSQL ${p.postgresCpuMsPerFlow} ms CPU/flow`) +
         (p.redisCpuMsPerFlow === null ? "" : `, Redis ${p.redisCpuMsPerFlow} ms CPU/flow`),
     );
