@@ -10,6 +10,33 @@ export function randomPairingCode(): string {
   return code;
 }
 
+/**
+ * Base32's characters (RFC 4648, lower case) in the order their ASCII codes sort, so that a
+ * number written with them sorts as text the way it sorts as a number.
+ */
+const SORTED_BASE32 = "234567abcdefghijklmnopqrstuvwxyz";
+/** Characters of a time-ordered id that carry the time: 9 × 5 = 45 bits of ms, until the year 3084. */
+const TIME_CHARS = 9;
+
+/**
+ * A time-ordered id with a readable prefix: "pay_" + 20 characters of [a-z2-7], as randomId's,
+ * the first 9 the ms time (so ids made later sort later, and a table keyed by them grows at its
+ * end instead of at random pages), the other 11 random (55 bits: a collision needs two ids in the
+ * same millisecond with the same 55 random bits).
+ */
+export function timeOrderedId(prefix: string, nowMs: number): string {
+  let time = "";
+  let t = Math.max(0, Math.floor(nowMs));
+  for (let i = 0; i < TIME_CHARS; i++) {
+    time = SORTED_BASE32[t % 32]! + time;
+    t = Math.floor(t / 32);
+  }
+  const random = randomBytes(11);
+  let tail = "";
+  for (const b of random) tail += SORTED_BASE32[b & 31]!;
+  return `${prefix}_${time}${tail}`;
+}
+
 /** A random id with a readable prefix: "ag_" + 20 base32 characters (100 bits). */
 export function randomId(prefix: string): string {
   return `${prefix}_${toBase32(randomBytes(13)).slice(0, 20)}`;

@@ -15,7 +15,7 @@ import type { Logger } from "pino";
 import { isFinal, resetConsecutiveAuto, recordUsage, decideMode, startPayment, step, type Deadlines, type Effect, type Payment, type PaymentEvent, type ProgressStep } from "../core/payment.ts";
 import type { Agreement } from "../core/agreement.ts";
 import type { Keyring } from "../crypto/keyring.ts";
-import { randomId } from "../crypto/random.ts";
+import { timeOrderedId } from "../crypto/random.ts";
 import type { DownBody, UpBody } from "../protocol/messages.ts";
 import { appendAudit } from "../store/audit.ts";
 import { AgreementRepo } from "../store/binding.ts";
@@ -97,7 +97,7 @@ export class Payments {
         kind: "execute",
         values: { amountMinor: b.amountMinor, currency: b.currency, payee: b.payee },
         walletBalanceMinor: this.#ledger.balanceOf(p.walletAccountId),
-        transferId: randomId("tr"),
+        transferId: timeOrderedId("tr", ctx.nowMs),
       }));
     });
     inbox.on("payment_cancel", (ctx, raw) => {
@@ -160,7 +160,7 @@ export class Payments {
     const wallet = this.#ledger.account("wallet", userIndex(keyring, agreement.userId), b.currency, ctx.nowMs);
     const { payment, effects } = startPayment(
       {
-        id: randomId("pay"),
+        id: timeOrderedId("pay", ctx.nowMs),
         terminalId: ctx.device.id,
         phoneId: agreement.phoneId,
         agreementId: agreement.id,
