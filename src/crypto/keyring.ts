@@ -5,6 +5,7 @@
  * name the version they were made with, so old rows stay readable after a rotation until they
  * are re-sealed. Secret bytes never leave this module except through seal/open/derive.
  */
+import { randomBytesPooled } from "./random.ts";
 import { createHmac } from "node:crypto";
 import nacl from "tweetnacl";
 import { fromBase64, toBase64 } from "./encoding.ts";
@@ -36,7 +37,7 @@ export class Keyring {
   }
 
   /** Seals with the current key: format byte, key version (u32 BE), 24-byte nonce, box. */
-  seal(plaintext: Uint8Array, nonce: Uint8Array = nacl.randomBytes(nacl.secretbox.nonceLength)): Uint8Array {
+  seal(plaintext: Uint8Array, nonce: Uint8Array = randomBytesPooled(nacl.secretbox.nonceLength)): Uint8Array {
     const key = this.#keys.get(this.current)!;
     const box = nacl.secretbox(plaintext, nonce, key);
     const out = new Uint8Array(HEADER_BYTES + box.length);
