@@ -131,7 +131,8 @@ Options:
   --open-rate N            the open-loop phase's rate (default 300)
   --open-seconds S         the open-loop phases' length (default 12; quick 3)
   --overload-rate N        the overload phase's rate (default: twice the measured capacity)
-  --phases LIST            which phases to run, comma-separated: mixed,auto,open300 (default all)
+  --phases LIST            which phases to run, comma-separated: mixed,auto,open300,overload
+                           (default all)
   --max-phase-seconds S    no phase starts new flows after S seconds (default 25; quick 5);
                            an open-loop phase then waits at most 5 s (quick 2 s) for flows
                            in flight and counts the rest as unfinished errors
