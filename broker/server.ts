@@ -15,7 +15,6 @@
  * startBroker() is what `npm start` runs and what tests and the demo run in-process on port 0;
  * close() stops the parts in the reverse order.
  */
-import { Admission } from "../src/service/admission.ts";
 import { Aedes, type Client } from "aedes";
 import type { Logger } from "pino";
 import type { BrokerConfig } from "../src/config.ts";
@@ -33,6 +32,7 @@ import { OutboxRepo } from "../src/store/outbox.ts";
 import { PaymentRepo } from "../src/store/payments.ts";
 import { Checkpointer } from "../src/store/checkpointer.ts";
 import { WalSync } from "../src/store/wal-sync.ts";
+import { Admission } from "../src/service/admission.ts";
 import { AdminFeed } from "./admin-feed.ts";
 import { AuditHeads } from "./audit-heads.ts";
 import { hostname } from "node:os";
@@ -149,12 +149,12 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
 
   // Metrics (broker/metrics.ts): counted by the parts below, read on each scrape.
+  const admission = new Admission(config.busyAfterMs);
   const metrics = promMetrics({
     openConnections: () => connectionsByListener(clients as Record<string, { conn?: unknown } | undefined>),
     outboxBacklog: outboxBacklogReader(db),
     messageWaitMs: () => admission.behindMs(clock()),
   });
-  const admission = new Admission(config.busyAfterMs);
 
   const walSync = postgres
     ? null

@@ -73,7 +73,7 @@ export interface PayRequest {
 }
 
 export type PayOutcome =
-  | { readonly kind: "rejected"; readonly code: string; readonly detail: string; readonly retryAfterMs?: number }
+  | { readonly kind: "rejected"; readonly code: string; readonly detail: string }
   | { readonly kind: "result"; readonly paymentId: string; readonly result: ResultView; readonly mode: "auto" | "prompt" };
 
 /**
@@ -98,15 +98,16 @@ export async function pay(
   try {
     // A broker past its capacity answers busy: wait as it says and ask again, same idempotency key.
     const until = Date.now() + timeoutMs;
-    let reply = await terminal.request("pay_request", { ...req, idempotencyKey }, 10_000);
-    while (retryBusy && reply.type === "error" && reply.body.code === "busy" && Date.now() < until) {
-      onProgress("busy", reply);
-      await new Promise((r) => setTimeout(r, Math.min(Number(reply.body.retryAfterMs ?? 1000), Math.max(0, until - Date.now()))));
+    let reply: Received;
+    for (;;) {
       reply = await terminal.request("pay_request", { ...req, idempotencyKey }, 10_000);
+      if (!retryBusy || reply.type !== "error" || reply.body.code !== "busy" || Date.now() >= until) break;
+      onProgress("busy", reply);
+      await new Promise((r) => setTimeout(r, Math.min(Number(reply.body.retryAfterMs ?? 1000), until - Date.now())));
     }
     if (reply.type === "error") {
-      const b = reply.body as { code: string; detail: string; retryAfterMs?: number };
-      return { kind: "rejected", code: b.code, detail: b.detail, ...(b.retryAfterMs === undefined ? {} : { retryAfterMs: b.retryAfterMs }) };
+      const b = reply.body as { code: string; detail: string };
+      return { kind: "rejected", code: b.code, detail: b.detail };
     }
     const paymentId = reply.body.paymentId as string;
     const mode = reply.body.mode as "auto" | "prompt";

@@ -5,10 +5,10 @@
  * name the version they were made with, so old rows stay readable after a rotation until they
  * are re-sealed. Secret bytes never leave this module except through seal/open/derive.
  */
-import { randomBytesPooled } from "./random.ts";
 import { createHmac } from "node:crypto";
 import nacl from "tweetnacl";
 import { fromBase64, toBase64 } from "./encoding.ts";
+import { randomBytesPooled } from "./random.ts";
 
 export const MASTER_KEY_BYTES = 32;
 const SEAL_FORMAT = 1;

@@ -52,10 +52,7 @@ export function timeOrderedId(prefix: string, nowMs: number): string {
     time = SORTED_BASE32[t % 32]! + time;
     t = Math.floor(t / 32);
   }
-  const random = randomBytesPooled(11);
-  let tail = "";
-  for (const b of random) tail += SORTED_BASE32[b & 31]!;
-  return `${prefix}_${time}${tail}`;
+  return `${prefix}_${time}${toBase32(randomBytesPooled(7)).slice(0, 11)}`;
 }
 
 /** A random id with a readable prefix: "ag_" + 20 base32 characters (100 bits). */

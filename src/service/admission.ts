@@ -69,8 +69,7 @@ export class Admission {
   /** The age of a message from `deviceId` stamped `ts`, handled at `nowMs`. */
   ageMs(deviceId: string, ts: number, nowMs: number): number {
     const o = this.#offsets.get(deviceId);
-    if (o === undefined) return 0;
-    return Math.max(0, nowMs - ts - Math.min(o.cur, o.prev));
+    return o === undefined ? 0 : waitBeyond(o, nowMs - ts);
   }
 
   /** Whether a new payment may start now. Reads only: a refused message teaches nothing. */
@@ -96,7 +95,7 @@ export class Admission {
       o.cur = apparent;
       o.since = nowMs;
     } else if (apparent < o.cur) o.cur = apparent;
-    this.#turnSum += Math.max(0, apparent - Math.min(o.cur, o.prev));
+    this.#turnSum += waitBeyond(o, apparent);
     this.#turnCount++;
   }
 
@@ -113,4 +112,9 @@ export class Admission {
     this.#turnSum = 0;
     this.#turnCount = 0;
   }
+}
+
+/** How much of an apparent age (broker clock − timestamp) is waiting, beyond the device's offset. */
+function waitBeyond(o: Offset, apparentMs: number): number {
+  return Math.max(0, apparentMs - Math.min(o.cur, o.prev));
 }
