@@ -214,7 +214,7 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
 
   let report: ScenarioReport | null = null;
   let failure: string | null = null;
-  let where = { url: values.url ?? "", dataDir: values["data-dir"] ?? "", kept: true };
+  let where: { url: string; dataDir: string; kept: boolean; database?: string } = { url: values.url ?? "", dataDir: values["data-dir"] ?? "", kept: true };
   try {
     let target: { url: string | readonly string[]; brokerPublicKey: Uint8Array; db: Db; keyring: Keyring; trust?: ReturnType<typeof brokerTrust> };
     if (values.url !== undefined) {
@@ -223,7 +223,7 @@ export async function runDemo(argv: readonly string[], io: DemoIo = stdio): Prom
       const opened = openRunningBrokerData(dataDir, database);
       ownDb = opened.db;
       target = { url: urls, trust, ...opened };
-      where = { url: values.url, dataDir, kept: true };
+      where = { url: values.url, dataDir, kept: true, ...(database === undefined ? {} : { database: redactUrl(database) }) };
       show.start({ url: values.url, dataDir, kept: true, running: true, scenario });
     } else {
       const kept = values["data-dir"] !== undefined;
@@ -304,7 +304,8 @@ interface StartInfo {
 interface Presenter {
   start(info: StartInfo): void;
   event(e: ScenarioEvent): void;
-  end(report: ScenarioReport, where: { url: string; dataDir: string; kept: boolean }, elapsedMs: number): void;
+  /** `database`: the running broker's PostgreSQL, when it keeps its state there (--database). */
+  end(report: ScenarioReport, where: { url: string; dataDir: string; kept: boolean; database?: string }, elapsedMs: number): void;
 }
 
 function jsonPresenter(io: DemoIo): Presenter {
@@ -405,7 +406,7 @@ function columnPresenter(io: DemoIo, s: Scenario): Presenter {
       for (const line of balanceLines(r.balances, s)) io.out(`  ${line}`);
       io.out("");
       if (!where.kept) io.out(`The temporary data dir was removed.`);
-      else io.out(`Data kept in ${where.dataDir}; look: npm run admin -- --data-dir ${where.dataDir} ledger balance`);
+      else io.out(`Data kept in ${where.database ?? where.dataDir}; look: npm run admin -- --data-dir ${where.dataDir}${where.database === undefined ? "" : ` --database ${where.database}`} ledger balance`);
       const steps = r.steps.length;
       const passed = r.steps.filter((x) => x.ok && x.skipped === undefined).length;
       const skipped = r.steps.filter((x) => x.skipped !== undefined).length;
