@@ -9,11 +9,12 @@
  * certificate is never accepted unchecked (no rejectUnauthorized false on a connection that
  * carries MQTT).
  */
-import { X509Certificate, randomBytes } from "node:crypto";
+import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import { connect as tlsConnect, rootCertificates, type ConnectionOptions, type PeerCertificate } from "node:tls";
 import type { IClientOptions, MqttClient } from "mqtt";
 import { Signer, verify } from "../src/crypto/ed25519.ts";
+import { randomBytesPooled } from "../src/crypto/random.ts";
 import type { Payload } from "../src/protocol/envelope.ts";
 import { DeviceClient, type DeviceClientOptions, type DevicePlatform } from "../src/device/client.ts";
 import type { DeviceKey } from "./keyfile.ts";
@@ -130,7 +131,7 @@ class NodePlatform implements DevicePlatform {
   }
 
   randomBytes(n: number): Uint8Array {
-    return randomBytes(n);
+    return randomBytesPooled(n);
   }
 
   onConnected(client: MqttClient): void {

@@ -14,7 +14,7 @@
  * package in both: bundled for a page, esbuild picks its browser build.
  */
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
-import { toBase64 } from "../crypto/encoding.ts";
+import { toBase64, uuidV7 } from "../crypto/encoding.ts";
 import { BROKER_ID, PROTOCOL_VERSION, parseEnvelope, sealEnvelope, type Payload } from "../protocol/envelope.ts";
 import { ERROR_CODES, isErrorCode } from "../protocol/errors.ts";
 import { makeToken } from "../protocol/token.ts";
@@ -151,15 +151,6 @@ export function brokerUrls(url: string | readonly string[]): readonly string[] {
 
 const utf8 = new TextDecoder();
 
-/** A random version-4 UUID from the platform's generator (crypto.randomUUID needs a secure context in a page). */
-export function uuidFrom(bytes: Uint8Array): string {
-  const b = Uint8Array.from(bytes.subarray(0, 16));
-  b[6] = (b[6]! & 0x0f) | 0x40;
-  b[8] = (b[8]! & 0x3f) | 0x80;
-  const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
-
 export class DeviceClient extends Emitter<DeviceEvents> {
   readonly id: string;
   /** The broker URLs, in the order they are tried. */
@@ -191,9 +182,12 @@ export class DeviceClient extends Emitter<DeviceEvents> {
     return this.urls[Math.max(0, this.#at)]!;
   }
 
-  /** A new message id. */
+  /**
+   * A new message id: a version-7 UUID, time-ordered (the broker's replay memory then grows at
+   * this device's end of its index instead of at random pages; docs/protocol.md §Envelope).
+   */
   newId(): string {
-    return uuidFrom(this.#o.platform.randomBytes(16));
+    return uuidV7(this.#clock(), this.#o.platform.randomBytes(10));
   }
 
   /** A fresh connect token: new nonce, current time. */

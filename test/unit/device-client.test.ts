@@ -9,10 +9,10 @@ import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { adminMain } from "../../broker/admin.ts";
 import { Signer, generateKeyPair, keyPairFromSeed, verify } from "../../src/crypto/ed25519.ts";
-import { toBase64 } from "../../src/crypto/encoding.ts";
+import { toBase64, uuidV7 } from "../../src/crypto/encoding.ts";
 import { deviceIdFor } from "../../src/crypto/ids.ts";
 import { BrowserDevice, browserKeyFromSeed, browserPlatform, brokerUrlFor, generateBrowserKey, registerCommand, type BrowserKey } from "../../src/device/browser.ts";
-import { DeviceClient, uuidFrom, type Received } from "../../src/device/client.ts";
+import { DeviceClient, type Received } from "../../src/device/client.ts";
 import { Emitter } from "../../src/device/emitter.ts";
 import { MESSAGE_ID_RE } from "../../src/protocol/envelope.ts";
 import { makeToken } from "../../src/protocol/token.ts";
@@ -20,29 +20,26 @@ import { deviceUserId } from "../../src/service/devices.ts";
 import { DeviceRepo } from "../../src/store/devices.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
 
-const UUID_V4_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const UUID_V7_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const seedArb = fc.uint8Array({ minLength: 32, maxLength: 32 });
 
-describe("uuidFrom", () => {
-  it("makes a version-4, variant-1 UUID that keeps every other bit of the 16 bytes, and is a valid message id", () => {
-    fc.assert(
-      fc.property(fc.uint8Array({ minLength: 16, maxLength: 40 }), (bytes) => {
-        const id = uuidFrom(bytes);
-        expect(id).toMatch(UUID_V4_RE);
-        expect(id).toMatch(MESSAGE_ID_RE);
-        const back = Buffer.from(id.replace(/-/g, ""), "hex");
-        const want = Buffer.from(bytes.subarray(0, 16));
-        want[6] = (want[6]! & 0x0f) | 0x40;
-        want[8] = (want[8]! & 0x3f) | 0x80;
-        expect(back.equals(want)).toBe(true);
-      }),
-    );
-  });
-
-  it("does not change the bytes it is given", () => {
-    const bytes = new Uint8Array(16).fill(0xff);
-    uuidFrom(bytes);
-    expect(bytes).toEqual(new Uint8Array(16).fill(0xff));
+describe("DeviceClient.newId", () => {
+  it("makes version-7 UUIDs from the device's clock and platform randomness, later ids sorting later, each a valid message id", () => {
+    let now = 1_767_225_600_000;
+    const device = new DeviceClient({
+      url: "mqtt://127.0.0.1:1",
+      identity: { deviceId: "d", sign: () => new Uint8Array(64) },
+      brokerPublicKey: new Uint8Array(32),
+      platform: { verify: () => false, randomBytes: (n) => new Uint8Array(n).fill(0xff) },
+      clock: () => now,
+      reconnect: false,
+    });
+    const first = device.newId();
+    expect(first).toMatch(UUID_V7_RE);
+    expect(first).toMatch(MESSAGE_ID_RE);
+    expect(first).toBe(uuidV7(now, new Uint8Array(10).fill(0xff)));
+    now += 1;
+    expect(device.newId() > first).toBe(true);
   });
 });
 

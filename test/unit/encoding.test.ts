@@ -6,7 +6,7 @@
  */
 import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { fromBase64, fromBase64Portable, toBase64, toBase64Portable } from "../../src/crypto/encoding.ts";
+import { fromBase64, fromBase64Portable, toBase64, toBase64Portable, uuidV7 } from "../../src/crypto/encoding.ts";
 
 /** Bytes, sometimes as a view into a larger buffer (byteOffset > 0), as subarray() gives them. */
 const bytesArb = fc.oneof(
@@ -54,5 +54,35 @@ describe("base64 without Buffer (a page's path)", () => {
     expect(page.fromBase64(text)).toEqual(bytes);
     // The pattern check runs before either path: atob would accept these, fromBase64 must not.
     for (const loose of ["AQI", "AQ I=", "AQI=\n", "AQ-_"]) expect(page.fromBase64(loose), loose).toBeNull();
+  });
+});
+
+describe("uuidV7", () => {
+  const V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const random = fc.uint8Array({ minLength: 10, maxLength: 10 });
+  const ms = fc.integer({ min: 0, max: 2 ** 48 - 1 });
+
+  it("puts the millisecond time in the first 48 bits, then version 7, the variant, and the 74 random bits (RFC 9562 §5.7)", () => {
+    fc.assert(
+      fc.property(ms, random, (t, r) => {
+        const id = uuidV7(t, r);
+        expect(id).toMatch(V7);
+        const b = Buffer.from(id.replace(/-/g, ""), "hex");
+        expect(b.readUIntBE(0, 6)).toBe(t);
+        expect(b[6]! & 0x0f).toBe(r[0]! & 0x0f);
+        expect(b[7]).toBe(r[1]);
+        expect(b[8]! & 0x3f).toBe(r[2]! & 0x3f);
+        expect(Buffer.from(b.subarray(9)).equals(Buffer.from(r.subarray(3)))).toBe(true);
+      }),
+    );
+  });
+
+  it("sorts as text in the order of its times, whatever the random bits", () => {
+    fc.assert(
+      fc.property(ms, ms, random, random, (a, b, ra, rb) => {
+        if (a < b) expect(uuidV7(a, ra) < uuidV7(b, rb)).toBe(true);
+        if (a > b) expect(uuidV7(a, ra) > uuidV7(b, rb)).toBe(true);
+      }),
+    );
   });
 });
