@@ -436,9 +436,13 @@ export class Inbox {
     const replies: Outgoing[] = [];
     const outgoing: Outgoing[] = [];
     const afterCommit: (() => void)[] = [];
-    try {
-      return this.#savepoint(() => {
-        const digest = createHash("sha256").update(payloadBytes).digest();
+    const digest = createHash("sha256").update(payloadBytes).digest();
+    // One savepoint holds the replay record, the handler's writes and the answers. A handler's
+    // refusal rolls all of it back; the message is then recorded again with its refusal only, in
+    // a second savepoint (refusals are rare; a savepoint per handler call cost two statements on
+    // every message).
+    const handle = (refused: Refusal | null): OutboxRow[] =>
+      this.#savepoint(() => {
         const seen = this.#replay.remember(v.device.id, payload.id, digest, payload.ts + this.#o.freshnessMs + 1, nowMs);
         // The same message again (a QoS 1 redelivery or a device retry): the stored answer, not a second effect.
         if (seen === "duplicate") return this.#outbox.repliesTo(v.device.id, payload.id).map((row) => ({ ...row, again: true }));
@@ -447,6 +451,7 @@ export class Inbox {
         // An answer that carries nothing to learn later lives as long as a duplicate could ask for it.
         const ephemeralUntil = Math.max(payload.ts, nowMs) + this.#o.freshnessMs + 1;
         const answer = (code: ErrorCode, detail: string) => [this.#store(this.#error(v.device.id, code, detail, payload.id, nowMs), nowMs, ephemeralUntil)];
+        if (refused !== null) return answer(refused.code, refused.message);
         const handler = this.#handlers.get(payload.type);
         if (handler === undefined || !isUpType(payload.type)) return answer("unknown_type", `unknown message type "${payload.type}"`);
         const body = upBodies[payload.type].safeParse(payload.body);
@@ -465,17 +470,19 @@ export class Inbox {
           withdraw: (to, msgId) => this.#withdraw(to, msgId, nowMs, outgoing),
           afterCommit: (fn) => afterCommit.push(fn),
         };
-        try {
-          this.#savepoint(() => handler(ctx, body.data));
-        } catch (err) {
-          // An expected refusal: the handler's writes are rolled back, the answer is stored.
-          if (err instanceof Refusal) return answer(err.code, err.message);
-          throw err;
-        }
+        handler(ctx, body.data);
         const rows = [...replies, ...outgoing].map((o) => this.#store(o, nowMs, ephemeralUntil));
         this.#afterCommit.push(...afterCommit);
         return rows;
       });
+    try {
+      try {
+        return handle(null);
+      } catch (err) {
+        // An expected refusal: the handler's writes are rolled back, the answer is stored.
+        if (err instanceof Refusal) return handle(err);
+        throw err;
+      }
     } catch (err) {
       // A storage fault fails the whole batch (nothing half-written). Anything else is a bug in
       // one handler: the message's savepoint, replay record included, is rolled back, it is
