@@ -182,7 +182,9 @@ export class Payments {
     const record: PaymentRecord = { payment, idempotencyKey: b.idempotencyKey, requestDigest: digest, orderRef: b.orderRef, description: b.description ?? null, seq: 0 };
     const trigger = messageTrigger(ctx);
     const audit = { index: this.#audit(ctx, null, payment, "pay_request", trigger), trigger };
-    ctx.reply("payment_accepted", this.#view({ ...record, seq: this.#effects(ctx, record, effects, audit, ctx) }));
+    const seq = this.#effects(ctx, record, effects, audit, ctx);
+    if (seq !== record.seq) this.#payments.setSeq(payment.id, seq);
+    ctx.reply("payment_accepted", this.#view({ ...record, seq }));
   }
 
   /** A phone's answer about one of its payments. */
@@ -237,10 +239,12 @@ export class Payments {
       const metrics = this.#o.metrics ?? NO_METRICS;
       ctx.afterCommit(() => metrics.paymentEnded(ended.status, ctx.nowMs - ended.createdMs));
     }
-    this.#payments.save(decision.payment);
     const audit = { index: this.#audit(ctx, record.payment.status, decision.payment, event.kind, trigger), trigger };
     const next = { ...record, payment: decision.payment };
-    return { ...next, seq: this.#effects(ctx, next, decision.effects, audit, actor) };
+    const seq = this.#effects(ctx, next, decision.effects, audit, actor);
+    // State and last event number in one write, after the effects that append the events.
+    this.#payments.save(decision.payment, seq);
+    return { ...next, seq };
   }
 
   /**

@@ -54,7 +54,7 @@ export class PaymentRepo {
     );
     this.#get = db.prepare<[string], Record<string, unknown>>("SELECT * FROM payments WHERE id = ?");
     this.#byKey = db.prepare<[string, string], Record<string, unknown>>("SELECT * FROM payments WHERE terminal_id = ? AND idempotency_key = ?");
-    this.#update = db.prepare("UPDATE payments SET state = ?, status = ?, updated_ms = ? WHERE id = ?");
+    this.#update = db.prepare("UPDATE payments SET state = ?, status = ?, updated_ms = ?, seq = ? WHERE id = ?");
     this.#appendEvent = db.prepare("INSERT INTO payment_events (payment_id, seq, kind, body, at_ms) VALUES (?, ?, ?, ?, ?)");
     this.#events = db.prepare<[string, number], { seq: number; kind: string; body: string; at_ms: number }>(
       "SELECT seq, kind, body, at_ms FROM payment_events WHERE payment_id = ? AND seq > ? ORDER BY seq",
@@ -110,14 +110,23 @@ export class PaymentRepo {
     return r === undefined ? null : fromRaw(r);
   }
 
-  save(p: Payment): void {
-    this.#update.run(JSON.stringify(p), p.status, p.updatedMs, p.id);
+  /** Saves the payment's state and its last event number (`seq`), in one statement. */
+  save(p: Payment, seq: number): void {
+    this.#update.run(JSON.stringify(p), p.status, p.updatedMs, seq, p.id);
   }
 
-  /** Appends event number `seq`, the payment's last plus one (the primary key refuses a number twice); returns it. */
+  /** Records the payment's last event number, after events appended to a payment not saved since. */
+  setSeq(paymentId: string, seq: number): void {
+    this.#setSeq.run(seq, paymentId);
+  }
+
+  /**
+   * Appends event number `seq`, the payment's last plus one (the primary key refuses a number
+   * twice); returns it. The payment's own `seq` is the caller's to save (save or setSeq), once
+   * for all the events of a transition.
+   */
   appendEvent(paymentId: string, seq: number, kind: string, body: Record<string, unknown>, atMs: number): number {
     this.#appendEvent.run(paymentId, seq, kind, JSON.stringify(body), atMs);
-    this.#setSeq.run(seq, paymentId);
     return seq;
   }
 
