@@ -64,7 +64,8 @@ const fastNodeHash = (left: Uint8Array, right: Uint8Array): Uint8Array => create
 interface AppendState {
   readonly last: Database.Statement;
   readonly insert: Database.Statement;
-  readonly insertNode: Database.Statement;
+  /** INSERT of n audit nodes in one statement, made on first use, by n (one append writes 1 + the subtrees it completes). */
+  readonly insertNodes: Database.Statement[];
   readonly node: Database.Statement;
   /** Size after this connection's last append, the leaf it wrote, and the complete subtrees of that size, largest first. */
   edge: { size: number; lastLeaf: Uint8Array; frontier: Uint8Array[] } | null;
@@ -78,13 +79,17 @@ function appendState(db: Db): AppendState {
     s = {
       last: db.prepare("SELECT idx, leaf_hash FROM audit_entries ORDER BY idx DESC LIMIT 1").raw(),
       insert: db.prepare("INSERT INTO audit_entries (idx, at_ms, kind, subject, entry, leaf_hash) VALUES (?, ?, ?, ?, ?, ?)"),
-      insertNode: db.prepare("INSERT INTO audit_nodes (level, pos, hash) VALUES (?, ?, ?)"),
+      insertNodes: [],
       node: db.prepare("SELECT hash FROM audit_nodes WHERE level = ? AND pos = ?").pluck(),
       edge: null,
     };
     appendStates.set(db, s);
   }
   return s;
+}
+
+function insertNodes(db: Db, s: AppendState, n: number): Database.Statement {
+  return (s.insertNodes[n] ??= db.prepare(`INSERT INTO audit_nodes (level, pos, hash) VALUES ${Array.from({ length: n }, () => "(?, ?, ?)").join(", ")}`));
 }
 
 /** The stored hash of each complete subtree; a missing one is an error that names the repair. */
@@ -112,16 +117,17 @@ export function appendAudit(db: Db, atMs: number, kind: AuditKind, subject: stri
   const text = JSON.stringify({ v: 1, index, atMs, kind, ...(subject === null ? {} : { subject }), ...fields });
   const leaf = fastLeafHash(Buffer.from(text, "utf8"));
   s.insert.run(index, atMs, kind, subject, text, leaf);
-  s.insertNode.run(0, index, leaf);
-  // Leaf `index` completes one subtree per trailing one bit of `index`.
+  // The leaf, and one node per subtree it completes (one per trailing one bit of `index`), in one statement.
+  const nodes: unknown[] = [0, index, leaf];
   const frontier = edge.frontier.slice();
   let carry = leaf;
   let level = 0;
   for (let n = index; n % 2 === 1; n = (n - 1) / 2) {
     carry = fastNodeHash(frontier.pop()!, carry);
     level++;
-    s.insertNode.run(level, (index + 1) / 2 ** level - 1, carry);
+    nodes.push(level, (index + 1) / 2 ** level - 1, carry);
   }
+  insertNodes(db, s, level + 1).run(...nodes);
   frontier.push(carry);
   s.edge = { size: index + 1, lastLeaf: leaf, frontier };
   return index;
