@@ -215,4 +215,11 @@ export const MIGRATIONS: readonly string[] = [
     created_ms  INTEGER NOT NULL
   );
   `,
+  // 9: when each remembered message was handled: a duplicate's stored answers are the rows
+  // answering its id made since then, so a new message under an expired id needs no update of
+  // the earlier message's answers (src/store/replay.ts). 0 for rows from before: their earlier
+  // answers were unlinked when they were remembered.
+  `
+  ALTER TABLE seen_messages ADD COLUMN since_ms INTEGER NOT NULL DEFAULT 0;
+  `,
 ];

@@ -53,7 +53,10 @@ export class OutboxRepo {
     this.#purgeExpired = db.prepare(
       "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE expires_ms IS NOT NULL AND expires_ms < ? ORDER BY expires_ms LIMIT ?)",
     );
-    this.#replies = db.prepare<[string, string], Raw>("SELECT seq, device_id, msg_id, bytes FROM outbox WHERE device_id = ? AND re = ? ORDER BY seq");
+    // Made since the message was remembered: an earlier message under the same (expired) id had its own answers.
+    this.#replies = db.prepare<[string, string], Raw>(
+      "SELECT o.seq, o.device_id, o.msg_id, o.bytes FROM outbox o JOIN seen_messages s ON s.device_id = o.device_id AND s.msg_id = o.re WHERE o.device_id = ? AND o.re = ? AND o.created_ms >= s.since_ms ORDER BY o.seq",
+    );
     this.#delivered = db.prepare("UPDATE outbox SET delivered_ms = ? WHERE device_id = ? AND msg_id = ? AND delivered_ms IS NULL");
     this.#purge = db.prepare(
       "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ? ORDER BY delivered_ms LIMIT ?)",
@@ -82,7 +85,7 @@ export class OutboxRepo {
     return this.#purgeExpired.run(nowMs, limit).changes;
   }
 
-  /** The replies already stored for a device's message: what a duplicate of it gets again. */
+  /** The replies already stored for a device's message (one the replay memory holds): what a duplicate of it gets again. */
   repliesTo(deviceId: string, re: string): OutboxRow[] {
     return this.#replies.all(deviceId, re).map(fromRaw);
   }

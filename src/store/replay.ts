@@ -7,9 +7,11 @@
  * (docs/protocol.md: an id is remembered until ts + window + 1 ms, and after `stale` a device may
  * re-sign under the same id). A new message or token under an expired id or nonce replaces the
  * row in place: the primary key has room for one row, and the replacement is one statement, so
- * it shares the caller's transaction. The answers stored for the id's earlier message stay in the
- * outbox for delivery but stop being answers to the id, so that a duplicate of the new message is
- * answered with its own answer only.
+ * it shares the caller's transaction. A row records when its message was handled (`since_ms`):
+ * the answers stored for the id's earlier message stay in the outbox for delivery, and are not
+ * answers to the new message, because they were made before it (OutboxRepo.repliesTo).
+ *
+ * A new message costs one statement (the insert); only an id already present is read.
  */
 import type { Db } from "./db.ts";
 
@@ -18,7 +20,6 @@ export type SeenResult = "new" | "duplicate" | "conflict";
 export class ReplayRepo {
   readonly #getSeen;
   readonly #putSeen;
-  readonly #unlinkAnswers;
   readonly #putToken;
   readonly #purgeSeen;
   readonly #purgeTokens;
@@ -27,10 +28,8 @@ export class ReplayRepo {
     this.#getSeen = db.prepare<[string, string, number], { digest: Buffer }>("SELECT digest FROM seen_messages WHERE device_id = ? AND msg_id = ? AND expires_ms > ?");
     // Only an expired row is replaced (the WHERE): a live one is never overwritten, even if a caller skipped the lookup.
     this.#putSeen = db.prepare(
-      "INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms) VALUES (?, ?, ?, ?) ON CONFLICT (device_id, msg_id) DO UPDATE SET digest = excluded.digest, expires_ms = excluded.expires_ms WHERE seen_messages.expires_ms <= ?",
+      "INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms, since_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, msg_id) DO UPDATE SET digest = excluded.digest, expires_ms = excluded.expires_ms, since_ms = excluded.since_ms WHERE seen_messages.expires_ms <= ?",
     );
-    // Found by outbox_by_reply; usually no row (an id is rarely used twice).
-    this.#unlinkAnswers = db.prepare("UPDATE outbox SET re = NULL WHERE device_id = ? AND re = ?");
     this.#putToken = db.prepare(
       "INSERT INTO used_tokens (device_id, nonce, expires_ms) VALUES (?, ?, ?) ON CONFLICT (device_id, nonce) DO UPDATE SET expires_ms = excluded.expires_ms WHERE used_tokens.expires_ms <= ?",
     );
@@ -46,13 +45,12 @@ export class ReplayRepo {
    * under an id still remembered at `nowMs`. Call it inside the message's transaction.
    */
   remember(deviceId: string, msgId: string, digest: Uint8Array, expiresMs: number, nowMs: number): SeenResult {
+    // A new id, or one whose row has expired: taken (inserted or replaced) in one statement.
+    if (this.#putSeen.run(deviceId, msgId, digest, expiresMs, nowMs, nowMs).changes === 1) return "new";
+    // Refused only by a live row: the same message again, or another under its id.
     const row = this.#getSeen.get(deviceId, msgId, nowMs);
-    if (row !== undefined) return Buffer.from(digest).equals(row.digest) ? "duplicate" : "conflict";
-    const changes = this.#putSeen.run(deviceId, msgId, digest, expiresMs, nowMs).changes;
-    if (changes !== 1) throw new Error(`replay memory: ${deviceId}/${msgId} is live but was not found`);
-    // Whether the earlier message's row was expired or already purged (its answers are kept a day).
-    this.#unlinkAnswers.run(deviceId, msgId);
-    return "new";
+    if (row === undefined) throw new Error(`replay memory: ${deviceId}/${msgId} was neither taken nor found live`);
+    return Buffer.from(digest).equals(row.digest) ? "duplicate" : "conflict";
   }
 
   /** Consumes a connect-token nonce; false when it was used before and that use has not expired at `nowMs`. */

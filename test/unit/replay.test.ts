@@ -61,6 +61,10 @@ describe("ReplayRepo", () => {
       replay.remember("d1", "m1", digestB, 9000, 5000);
       expect(outbox.repliesTo("d1", "m1")).toEqual([]);
       expect(outbox.undelivered("d1", 0).map((r) => r.msgId)).toEqual(["answer-1"]);
+      // The new message's own answer is what its duplicate gets, and only that.
+      outbox.add({ deviceId: "d1", msgId: "answer-2", re: "m1", bytes: new Uint8Array([2]), createdMs: 5000 });
+      expect(replay.remember("d1", "m1", digestB, 9000, 5001)).toBe("duplicate");
+      expect(outbox.repliesTo("d1", "m1").map((r) => r.msgId)).toEqual(["answer-2"]);
     });
 
     it("keeps ids per device", () => {

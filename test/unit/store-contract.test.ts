@@ -304,7 +304,7 @@ const SCHEMA_COLUMNS = [
   "payment_events.at_ms", "payment_events.body", "payment_events.kind", "payment_events.payment_id", "payment_events.seq",
   "payments.agreement_id", "payments.created_ms", "payments.description", "payments.id", "payments.idempotency_key", "payments.merchant_id", "payments.order_ref", "payments.phone_id", "payments.request_digest", "payments.seq", "payments.state", "payments.status", "payments.terminal_id", "payments.updated_ms",
   "schema_migrations.applied_ms", "schema_migrations.version",
-  "seen_messages.device_id", "seen_messages.digest", "seen_messages.expires_ms", "seen_messages.msg_id",
+  "seen_messages.device_id", "seen_messages.digest", "seen_messages.expires_ms", "seen_messages.msg_id", "seen_messages.since_ms",
   "transfers.amount_minor", "transfers.created_ms", "transfers.credit_account", "transfers.currency", "transfers.debit_account", "transfers.id", "transfers.kind", "transfers.payment_id", "transfers.reference",
   "used_tokens.device_id", "used_tokens.expires_ms", "used_tokens.nonce",
 ];
