@@ -25,7 +25,7 @@ import type Database from "better-sqlite3";
 import { completeSubtrees, consistencyProof as consistencyPath, EMPTY_ROOT, equalBytes, headSignedBytes, inclusionPath, leafHash, nodeHash, subtreeFromComplete, type CompleteSubtreeHash, type SubtreeHash } from "../core/merkle.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { fromBase64, toBase64 } from "../crypto/encoding.ts";
-import type { Db } from "./db.ts";
+import { isPostgres, type Db } from "./db.ts";
 
 /** What can happen, as an entry's `kind`. */
 export const AUDIT_KINDS = [
@@ -64,6 +64,7 @@ const fastNodeHash = (left: Uint8Array, right: Uint8Array): Uint8Array => create
 interface AppendState {
   readonly last: Database.Statement;
   readonly insert: Database.Statement;
+  readonly insertOnTop: Database.Statement;
   /** INSERT of n audit nodes in one statement, made on first use, by n (one append writes 1 + the subtrees it completes). */
   readonly insertNodes: Database.Statement[];
   readonly node: Database.Statement;
@@ -79,6 +80,11 @@ function appendState(db: Db): AppendState {
     s = {
       last: db.prepare("SELECT idx, leaf_hash FROM audit_entries ORDER BY idx DESC LIMIT 1").raw(),
       insert: db.prepare("INSERT INTO audit_entries (idx, at_ms, kind, subject, entry, leaf_hash) VALUES (?, ?, ?, ?, ?, ?)"),
+      // Written only on top of the entry this connection last wrote (the last one: none above it).
+      // (PostgreSQL types a bare parameter in a SELECT list as text: the casts name the columns' types.)
+      insertOnTop: db.prepare(
+        `INSERT INTO audit_entries (idx, at_ms, kind, subject, entry, leaf_hash) SELECT ${isPostgres(db) ? "CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BYTEA)" : "?, ?, ?, ?, ?, ?"} WHERE EXISTS (SELECT 1 FROM audit_entries WHERE idx = ? AND leaf_hash = ?) AND NOT EXISTS (SELECT 1 FROM audit_entries WHERE idx >= ?)`,
+      ),
       insertNodes: [],
       node: db.prepare("SELECT hash FROM audit_nodes WHERE level = ? AND pos = ?").pluck(),
       edge: null,
@@ -104,19 +110,32 @@ function storedSubtrees(node: Database.Statement): CompleteSubtreeHash {
 /**
  * Appends one entry in the caller's transaction and returns its index. `subject` is the
  * payment, agreement or device id the entry is about (found again by `audit show`).
+ *
+ * With the right edge cached, the entry is inserted on the condition, checked by the insert
+ * itself, that the last stored entry is the one this connection last wrote (index and leaf hash);
+ * no read before it. When the condition fails (another connection appended, or this one's last
+ * append was rolled back), nothing is written: the edge is read again and the entry made anew.
  */
 export function appendAudit(db: Db, atMs: number, kind: AuditKind, subject: string | null, fields: Record<string, unknown>): number {
   const s = appendState(db);
-  const last = s.last.get() as [number, Uint8Array] | undefined;
-  const index = last === undefined ? 0 : last[0] + 1;
-  let edge = s.edge;
-  if (edge === null || edge.size !== index || (last !== undefined && !equalBytes(edge.lastLeaf, last[1]))) {
-    // Another connection appended, or our last append was rolled back: reload the right edge.
-    edge = { size: index, lastLeaf: last?.[1] ?? EMPTY_ROOT, frontier: completeSubtrees(0, index, storedSubtrees(s.node)) };
+  if (s.edge !== null && s.edge.size > 0) {
+    const index = writeEntry(db, s, s.edge, atMs, kind, subject, fields, true);
+    if (index !== null) return index;
   }
+  const last = s.last.get() as [number, Uint8Array] | undefined;
+  const size = last === undefined ? 0 : last[0] + 1;
+  const edge = { size, lastLeaf: last?.[1] ?? EMPTY_ROOT, frontier: completeSubtrees(0, size, storedSubtrees(s.node)) };
+  return writeEntry(db, s, edge, atMs, kind, subject, fields, false)!;
+}
+
+/** Writes entry `edge.size` on top of `edge`; `checked`: only if the stored log still ends where `edge` says (null if not). */
+function writeEntry(db: Db, s: AppendState, edge: NonNullable<AppendState["edge"]>, atMs: number, kind: AuditKind, subject: string | null, fields: Record<string, unknown>, checked: boolean): number | null {
+  const index = edge.size;
   const text = JSON.stringify({ v: 1, index, atMs, kind, ...(subject === null ? {} : { subject }), ...fields });
   const leaf = fastLeafHash(Buffer.from(text, "utf8"));
-  s.insert.run(index, atMs, kind, subject, text, leaf);
+  if (checked) {
+    if (s.insertOnTop.run(index, atMs, kind, subject, text, leaf, index - 1, edge.lastLeaf, index).changes !== 1) return null;
+  } else s.insert.run(index, atMs, kind, subject, text, leaf);
   // The leaf, and one node per subtree it completes (one per trailing one bit of `index`), in one statement.
   const nodes: unknown[] = [0, index, leaf];
   const frontier = edge.frontier.slice();
