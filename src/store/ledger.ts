@@ -95,8 +95,12 @@ export class LedgerRepo {
   /** The account of (kind, owner, currency), created with a zero balance on first use. */
   account(kind: AccountKind, owner: Uint8Array, currency: string, nowMs: number): Account {
     const id = accountId(kind, owner, currency);
-    this.#insertAccount.run(id, kind, owner, currency, nowMs);
-    const r = this.#getAccount.get(id)!;
+    // Read first: accounts are made once and read on every payment.
+    let r = this.#getAccount.get(id);
+    if (r === undefined) {
+      this.#insertAccount.run(id, kind, owner, currency, nowMs);
+      r = this.#getAccount.get(id)!;
+    }
     return { id: r.id, kind: r.kind, currency: r.currency, balanceMinor: r.balance_minor };
   }
 
