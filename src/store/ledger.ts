@@ -35,6 +35,8 @@ export interface Merchant {
 }
 
 const FUNDING_OWNER = Buffer.from("funding");
+/** Merchants a LedgerRepo keeps once read (see merchant()). */
+const MERCHANT_CACHE_MAX = 10_000;
 
 function accountId(kind: AccountKind, owner: Uint8Array, currency: string): string {
   const tag = kind === "merchant" ? Buffer.from(owner).toString("utf8") : Buffer.from(owner).toString("hex").slice(0, 24);
@@ -56,6 +58,7 @@ export class LedgerRepo {
   readonly #merchants;
   readonly #insertMerchant;
   readonly #creditByRef;
+  readonly #merchantCache = new Map<string, Merchant>();
 
   constructor(db: Db) {
     this.#getAccount = db.prepare<[string], { id: string; kind: AccountKind; currency: string; balance_minor: number }>("SELECT * FROM accounts WHERE id = ?");
@@ -148,9 +151,20 @@ export class LedgerRepo {
     return new Map(this.#sums.all().map((r) => [r.currency, r.total]));
   }
 
+  /**
+   * A registered merchant. Merchants are only ever added (no statement changes or deletes a
+   * merchant row), so one found is kept and not read again; a merchant not found is asked for
+   * again each time (it may be added). Bounded: cleared whole past MERCHANT_CACHE_MAX.
+   */
   merchant(id: string): Merchant | null {
+    const cached = this.#merchantCache.get(id);
+    if (cached !== undefined) return cached;
     const r = this.#merchant.get(id);
-    return r === undefined ? null : { id: r.id, name: r.name, createdMs: r.created_ms };
+    if (r === undefined) return null;
+    const m = { id: r.id, name: r.name, createdMs: r.created_ms };
+    if (this.#merchantCache.size >= MERCHANT_CACHE_MAX) this.#merchantCache.clear();
+    this.#merchantCache.set(id, m);
+    return m;
   }
 
   merchants(): Merchant[] {
