@@ -207,6 +207,11 @@ export class Payments {
 
   /** The second agreement state: the agreement, if it is still active and opens. */
   #secondState(p: Payment): Agreement | null {
+    return this.#openedAgreement(p)?.agreement ?? null;
+  }
+
+  /** The payment's agreement, opened, with the stored version it was read at; null if not active or it does not open. */
+  #openedAgreement(p: Payment): { agreement: Agreement; version: number } | null {
     const row = this.#agreements.get(p.agreementId);
     if (row === null || row.status !== "active") return null;
     const opened = openAgreement(this.#o.keyring(), row);
@@ -214,7 +219,7 @@ export class Payments {
       this.#o.log.error({ agreement: row.id, code: opened.code, payment: p.id }, "agreement cannot be opened at confirmation");
       return null;
     }
-    return opened.value;
+    return { agreement: opened.value, version: row.version };
   }
 
   #saveAgreement(expectedVersion: number, next: Agreement): void {
@@ -321,9 +326,8 @@ export class Payments {
           this.#payments.disarm(p.id);
           break;
         case "reset_consecutive_auto": {
-          const agreement = this.#secondState(p);
-          const row = this.#agreements.get(p.agreementId);
-          if (agreement !== null && row !== null) this.#saveAgreement(row.version, { ...agreement, usage: resetConsecutiveAuto(agreement.usage), version: agreement.version + 1 });
+          const opened = this.#openedAgreement(p);
+          if (opened !== null) this.#saveAgreement(opened.version, { ...opened.agreement, usage: resetConsecutiveAuto(opened.agreement.usage), version: opened.agreement.version + 1 });
           break;
         }
         case "post_transfer": {
