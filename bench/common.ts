@@ -149,6 +149,11 @@ export interface PhaseResult {
   readonly refused: number;
   /** From each refused flow's start to its `busy` answer. */
   readonly refusedMs: Percentiles;
+  /**
+   * Open loop: how late the load generator started each flow after its scheduled start (its own
+   * queue, part of every latency counted from the schedule, which the broker never sees).
+   */
+  readonly startLagMs: Percentiles;
   readonly all: Percentiles;
   readonly byMode: Partial<Record<"auto" | "prompt", ModeStats>>;
   /** The flows whose terminal is on each node (index into LoadConfig.urls), when there are several. */

@@ -177,6 +177,8 @@ class PhaseStats {
   readonly all: number[] = [];
   /** Flows refused busy: ms from their start to the refusal. */
   readonly refused: number[] = [];
+  /** ms from each flow's scheduled start to when the load generator began it (0 in a closed loop). */
+  readonly startLag: number[] = [];
   /** Per node of the flow's terminal: latencies and errors. */
   readonly nodes = config.urls.map(() => ({ latency: [] as number[], errors: 0 }));
   readonly byMode = { auto: { latency: [] as number[], steps: new Map<string, number[]>() }, prompt: { latency: [] as number[], steps: new Map<string, number[]>() } };
@@ -223,6 +225,7 @@ async function flow(pair: LivePair, kind: "mixed" | "auto", t0: number, stats: P
   const node = nodeOf(pair.index, "terminal");
   pair.n++;
   const steps: [string, number][] = [];
+  stats.startLag.push(performance.now() - t0);
   try {
     const outcome = await pay(
       pair.terminal,
@@ -314,6 +317,7 @@ async function phase(c: PhaseCommand): Promise<void> {
       unfinished,
       refused: stats.refused.length,
       refusedMs: percentiles(stats.refused),
+      startLagMs: percentiles(stats.startLag),
       all: percentiles(stats.all),
       byMode,
       byNode: stats.nodeStats(seconds),

@@ -971,6 +971,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
             acceptedP99Ms: over.result.all.p99,
             refused: over.result.refused,
             refusedP99Ms: over.result.refusedMs.p99,
+            // The load generator's own lateness, included in both figures above.
+            startLagP99Ms: over.result.startLagMs.p99,
             unfinished: over.result.unfinished,
             errors: over.result.errors,
           },
@@ -1016,6 +1018,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
           unfinished: p.result.unfinished,
           refused: p.result.refused,
           refusedMs: p.result.refusedMs,
+          startLagMs: p.result.startLagMs,
           errors: p.result.errors,
           latencyMs: p.result.all,
           byMode: p.result.byMode,
@@ -1051,7 +1054,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     const v = figures.overload;
     lines.push(
       `overload at ${v.rate ?? "-"} flows/s: ${v.accepted} accepted (p99 ${v.acceptedP99Ms} ms), ${v.refused} refused busy (heard within p99 ${v.refusedP99Ms} ms), ` +
-        `${v.unfinished} unfinished, ${v.errors} errors`,
+        `${v.unfinished} unfinished, ${v.errors} errors; the load generator started flows late by up to p99 ${v.startLagP99Ms ?? "-"} ms (in both latencies)`,
     );
   }
   for (const [name, p] of Object.entries(phases)) {
@@ -1060,6 +1063,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     lines.push(
       `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} result ${step("auto", "result")}` +
         `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} executing ${step("prompt", "executing")} result ${step("prompt", "result")}` +
+        (p.result.loop === "open" ? `; started late p99 ${p.result.startLagMs.p99 ?? "-"} ms` : "") +
         `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), ${p.brokerDiskKBPerFlow ?? "-"} KB written/flow, load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow` +
         (p.postgresCpuMsPerFlow === null ? "" : `; PostgreSQL ${p.postgresCpuMsPerFlow} ms CPU/flow`) +
         (p.redisCpuMsPerFlow === null ? "" : `, Redis ${p.redisCpuMsPerFlow} ms CPU/flow`),

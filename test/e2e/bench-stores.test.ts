@@ -27,7 +27,7 @@ interface Figures {
   readonly nodes: number;
   readonly errors: number;
   readonly errorCounts: Record<string, number>;
-  readonly phases: Record<string, { completed: number; errors: number; brokerCpuMsPerFlow: number | null; postgresCpuMsPerFlow: number | null; redisCpuMsPerFlow: number | null }>;
+  readonly phases: Record<string, { completed: number; errors: number; brokerCpuMsPerFlow: number | null; postgresCpuMsPerFlow: number | null; redisCpuMsPerFlow: number | null; refused: number; startLagMs: { n: number } }>;
   readonly byNode: readonly NodeFigures[];
 }
 
@@ -55,6 +55,9 @@ describe("npm run bench on PostgreSQL and several nodes", () => {
     expect(f.nodes).toBe(1);
     expectCompleted(f);
     expect(stdout).toMatch(/^store: PostgreSQL \(postgres:\/\/.*\); 1 node$/m);
+    // The open loop says how late the load generator itself started its flows.
+    expect(stdout).toMatch(/^ {2}open300: .*; started late p99 [\d.]+ ms; broker /m);
+    expect(f.phases.open300!.startLagMs.n).toBe(f.phases.open300!.completed + f.phases.open300!.errors + f.phases.open300!.refused);
     expect(f.byNode).toHaveLength(1);
     expect(f.byNode[0]!.phases.mixed!.completed).toBe(f.phases.mixed!.completed);
     // Not the bench's server: its CPU time is not the bench's to read.
