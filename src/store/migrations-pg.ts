@@ -221,4 +221,14 @@ export const PG_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE seen_messages ADD COLUMN since_ms BIGINT NOT NULL DEFAULT 0;
   `,
+  // 10: the keys that hold message ids lead with the id, not the device: ids are time-ordered,
+  // so inserts land at the end of the index (see the SQLite migration 10).
+  `
+  ALTER TABLE seen_messages DROP CONSTRAINT seen_messages_pkey;
+  ALTER TABLE seen_messages ADD PRIMARY KEY (msg_id, device_id);
+  ALTER TABLE outbox DROP CONSTRAINT outbox_device_id_msg_id_key;
+  ALTER TABLE outbox ADD CONSTRAINT outbox_msg_id_device_id_key UNIQUE (msg_id, device_id);
+  DROP INDEX outbox_by_reply;
+  CREATE INDEX outbox_by_reply ON outbox (re, device_id) WHERE re IS NOT NULL;
+  `,
 ];

@@ -222,4 +222,42 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE seen_messages ADD COLUMN since_ms INTEGER NOT NULL DEFAULT 0;
   `,
+  // 10: the keys that hold message ids lead with the id, not the device. Ids are time-ordered
+  // (the broker's are v7 UUIDs or payment ids; the device library's are v7 UUIDs), so each
+  // insert lands at the end of its index: one page per commit instead of one page per device
+  // the commit touched (docs/performance.md §Fifth session). Lookups give both columns, so any
+  // order serves them. SQLite changes a table's key only by copying the table.
+  `
+  CREATE TABLE seen_messages_new (
+    msg_id      TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    digest      BLOB NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    since_ms    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (msg_id, device_id)
+  ) WITHOUT ROWID;
+  INSERT INTO seen_messages_new (msg_id, device_id, digest, expires_ms, since_ms) SELECT msg_id, device_id, digest, expires_ms, since_ms FROM seen_messages;
+  DROP TABLE seen_messages;
+  ALTER TABLE seen_messages_new RENAME TO seen_messages;
+  CREATE INDEX seen_messages_by_expiry ON seen_messages (expires_ms);
+
+  CREATE TABLE outbox_new (
+    seq           INTEGER PRIMARY KEY,
+    device_id     TEXT NOT NULL,
+    msg_id        TEXT NOT NULL,
+    re            TEXT,
+    bytes         BLOB NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    delivered_ms  INTEGER,
+    expires_ms    INTEGER,
+    UNIQUE (msg_id, device_id)
+  );
+  INSERT INTO outbox_new (seq, device_id, msg_id, re, bytes, created_ms, delivered_ms, expires_ms) SELECT seq, device_id, msg_id, re, bytes, created_ms, delivered_ms, expires_ms FROM outbox;
+  DROP TABLE outbox;
+  ALTER TABLE outbox_new RENAME TO outbox;
+  CREATE INDEX outbox_undelivered ON outbox (device_id, seq) WHERE delivered_ms IS NULL;
+  CREATE INDEX outbox_by_reply ON outbox (re, device_id) WHERE re IS NOT NULL;
+  CREATE INDEX outbox_delivered ON outbox (delivered_ms) WHERE delivered_ms IS NOT NULL;
+  CREATE INDEX outbox_by_expiry ON outbox (expires_ms) WHERE expires_ms IS NOT NULL;
+  `,
 ];

@@ -28,14 +28,14 @@ export class ReplayRepo {
     this.#getSeen = db.prepare<[string, string, number], { digest: Buffer }>("SELECT digest FROM seen_messages WHERE device_id = ? AND msg_id = ? AND expires_ms > ?");
     // Only an expired row is replaced (the WHERE): a live one is never overwritten, even if a caller skipped the lookup.
     this.#putSeen = db.prepare(
-      "INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms, since_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, msg_id) DO UPDATE SET digest = excluded.digest, expires_ms = excluded.expires_ms, since_ms = excluded.since_ms WHERE seen_messages.expires_ms <= ?",
+      "INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms, since_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (msg_id, device_id) DO UPDATE SET digest = excluded.digest, expires_ms = excluded.expires_ms, since_ms = excluded.since_ms WHERE seen_messages.expires_ms <= ?",
     );
     this.#putToken = db.prepare(
       "INSERT INTO used_tokens (device_id, nonce, expires_ms) VALUES (?, ?, ?) ON CONFLICT (device_id, nonce) DO UPDATE SET expires_ms = excluded.expires_ms WHERE used_tokens.expires_ms <= ?",
     );
     // Bounded deletes (oldest first, by the expiry index): a purge never stalls the broker for long.
     this.#purgeSeen = db.prepare(
-      "DELETE FROM seen_messages WHERE (device_id, msg_id) IN (SELECT device_id, msg_id FROM seen_messages WHERE expires_ms < ? ORDER BY expires_ms LIMIT ?)",
+      "DELETE FROM seen_messages WHERE (msg_id, device_id) IN (SELECT msg_id, device_id FROM seen_messages WHERE expires_ms < ? ORDER BY expires_ms LIMIT ?)",
     );
     this.#purgeTokens = db.prepare("DELETE FROM used_tokens WHERE (device_id, nonce) IN (SELECT device_id, nonce FROM used_tokens WHERE expires_ms < ? ORDER BY expires_ms LIMIT ?)");
   }
