@@ -86,7 +86,7 @@ function appendState(db: Db): AppendState {
         `INSERT INTO audit_entries (idx, at_ms, kind, subject, entry, leaf_hash) SELECT ${isPostgres(db) ? "CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BYTEA)" : "?, ?, ?, ?, ?, ?"} WHERE EXISTS (SELECT 1 FROM audit_entries WHERE idx = ? AND leaf_hash = ?) AND NOT EXISTS (SELECT 1 FROM audit_entries WHERE idx >= ?)`,
       ),
       insertNodes: [],
-      node: db.prepare("SELECT hash FROM audit_nodes WHERE level = ? AND pos = ?").pluck(),
+      node: db.prepare(NODE_SQL).pluck(),
       edge: null,
     };
     appendStates.set(db, s);
@@ -95,13 +95,24 @@ function appendState(db: Db): AppendState {
 }
 
 function insertNodes(db: Db, s: AppendState, n: number): Database.Statement {
-  return (s.insertNodes[n] ??= db.prepare(`INSERT INTO audit_nodes (level, pos, hash) VALUES ${Array.from({ length: n }, () => "(?, ?, ?)").join(", ")}`));
+  return (s.insertNodes[n] ??= db.prepare(`INSERT INTO audit_nodes (leaf, level, pos, hash) VALUES ${Array.from({ length: n }, () => "(?, ?, ?, ?)").join(", ")}`));
+}
+
+/**
+ * A stored subtree hash, by the subtree's last entry (the append that completed it) and level:
+ * the table's key, so that each append writes at the end of one index.
+ */
+const NODE_SQL = "SELECT hash FROM audit_nodes WHERE leaf = ? AND level = ?";
+
+/** The last entry index of the complete subtree at (level, pos): the append that completed it. */
+function lastLeaf(level: number, pos: number): number {
+  return (pos + 1) * 2 ** level - 1;
 }
 
 /** The stored hash of each complete subtree; a missing one is an error that names the repair. */
 function storedSubtrees(node: Database.Statement): CompleteSubtreeHash {
   return (level, pos) => {
-    const h = node.get(level, pos) as Uint8Array | undefined;
+    const h = node.get(lastLeaf(level, pos), level) as Uint8Array | undefined;
     if (h === undefined) throw new Error(`audit log: the hash of subtree (level ${level}, pos ${pos}) is missing; run \`npm run admin -- audit verify\``);
     return h;
   };
@@ -137,14 +148,14 @@ function writeEntry(db: Db, s: AppendState, edge: NonNullable<AppendState["edge"
     if (s.insertOnTop.run(index, atMs, kind, subject, text, leaf, index - 1, edge.lastLeaf, index).changes !== 1) return null;
   } else s.insert.run(index, atMs, kind, subject, text, leaf);
   // The leaf, and one node per subtree it completes (one per trailing one bit of `index`), in one statement.
-  const nodes: unknown[] = [0, index, leaf];
+  const nodes: unknown[] = [index, 0, index, leaf];
   const frontier = edge.frontier.slice();
   let carry = leaf;
   let level = 0;
   for (let n = index; n % 2 === 1; n = (n - 1) / 2) {
     carry = fastNodeHash(frontier.pop()!, carry);
     level++;
-    nodes.push(level, (index + 1) / 2 ** level - 1, carry);
+    nodes.push(index, level, (index + 1) / 2 ** level - 1, carry);
   }
   insertNodes(db, s, level + 1).run(...nodes);
   frontier.push(carry);
@@ -213,7 +224,7 @@ export class AuditLog {
     this.#s = {
       last: db.prepare("SELECT idx FROM audit_entries ORDER BY idx DESC LIMIT 1").pluck(),
       entry: db.prepare<[number], EntryRow>("SELECT idx, at_ms, kind, subject, entry, leaf_hash FROM audit_entries WHERE idx = ?"),
-      node: db.prepare("SELECT hash FROM audit_nodes WHERE level = ? AND pos = ?").pluck(),
+      node: db.prepare(NODE_SQL).pluck(),
       forSubject: db.prepare<[string], EntryRow>("SELECT idx, at_ms, kind, subject, entry, leaf_hash FROM audit_entries WHERE subject = ? ORDER BY idx"),
       latestHead: db.prepare<[], HeadRow>("SELECT tree_size, root_hash, timestamp_ms, signature FROM audit_heads ORDER BY tree_size DESC LIMIT 1"),
       head: db.prepare<[number], HeadRow>("SELECT tree_size, root_hash, timestamp_ms, signature FROM audit_heads WHERE tree_size = ?"),
@@ -332,7 +343,7 @@ export type AuditVerdict = { readonly ok: true; readonly size: number; readonly 
  */
 export function verifyAudit(db: Db, brokerPublicKey: Uint8Array): AuditVerdict {
   const heads = db.prepare<[], HeadRow>("SELECT tree_size, root_hash, timestamp_ms, signature FROM audit_heads ORDER BY tree_size").all();
-  const nodeAt = db.prepare("SELECT hash FROM audit_nodes WHERE level = ? AND pos = ?").pluck();
+  const nodeAt = db.prepare(NODE_SQL).pluck();
   let nextHead = 0;
   const checkHeadsAt = (size: number, root: Uint8Array): AuditProblem | null => {
     while (nextHead < heads.length && heads[nextHead]!.tree_size === size) {
@@ -360,7 +371,7 @@ export function verifyAudit(db: Db, brokerPublicKey: Uint8Array): AuditVerdict {
     let level = 0;
     for (let n = i; ; n = (n - 1) / 2) {
       const pos = (i + 1) / 2 ** level - 1;
-      const stored = nodeAt.get(level, pos) as Uint8Array | undefined;
+      const stored = nodeAt.get(i, level) as Uint8Array | undefined;
       const span = level === 0 ? `entry ${i}` : `entries ${pos * 2 ** level}..${i}`;
       if (stored === undefined) return entryProblem(i, "node_missing", `the tree's stored hash of ${span} is missing`);
       if (!equalBytes(stored, carry)) {
@@ -386,7 +397,7 @@ export function verifyAudit(db: Db, brokerPublicKey: Uint8Array): AuditVerdict {
     }
   }
   // Hashes stored past the last entry: rows were deleted from the end.
-  const beyond = db.prepare<[number], { level: number; pos: number }>("SELECT level, pos FROM audit_nodes WHERE (pos + 1) << level > ? ORDER BY (pos << level), level LIMIT 1").get(expected);
+  const beyond = db.prepare<[number], { level: number; pos: number }>("SELECT level, pos FROM audit_nodes WHERE leaf >= ? ORDER BY (pos << level), level LIMIT 1").get(expected);
   if (beyond !== undefined) {
     return entryProblem(expected, "missing", `the log ends at ${expected} entries but the tree has a stored hash of entries ${beyond.pos * 2 ** beyond.level}..${(beyond.pos + 1) * 2 ** beyond.level - 1}: the log was truncated`);
   }

@@ -231,4 +231,13 @@ export const PG_MIGRATIONS: readonly string[] = [
   DROP INDEX outbox_by_reply;
   CREATE INDEX outbox_by_reply ON outbox (re, device_id) WHERE re IS NOT NULL;
   `,
+  // 11: stored subtree hashes keyed by the entry that completed them, then level (see SQLite's 11).
+  `
+  ALTER TABLE audit_nodes ADD COLUMN leaf BIGINT;
+  UPDATE audit_nodes SET leaf = ((pos + 1) << level) - 1;
+  ALTER TABLE audit_nodes ALTER COLUMN leaf SET NOT NULL;
+  ALTER TABLE audit_nodes DROP CONSTRAINT audit_nodes_pkey;
+  ALTER TABLE audit_nodes ADD PRIMARY KEY (leaf, level);
+  ALTER TABLE audit_nodes ADD CONSTRAINT audit_nodes_leaf CHECK (leaf = ((pos + 1) << level) - 1);
+  `,
 ];

@@ -260,4 +260,21 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX outbox_delivered ON outbox (delivered_ms) WHERE delivered_ms IS NOT NULL;
   CREATE INDEX outbox_by_expiry ON outbox (expires_ms) WHERE expires_ms IS NOT NULL;
   `,
+  // 11: the audit log's stored subtree hashes are keyed by the entry whose append completed them
+  // (leaf = the subtree's last entry index, ((pos + 1) << level) - 1) and then level, instead of
+  // by level and position: every append writes at the end of one index, not at the end of one
+  // range per level (~12 pages per commit, docs/performance.md §Fifth session).
+  `
+  CREATE TABLE audit_nodes_new (
+    leaf   INTEGER NOT NULL,
+    level  INTEGER NOT NULL,
+    pos    INTEGER NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (leaf, level),
+    CHECK (leaf = ((pos + 1) << level) - 1)
+  ) WITHOUT ROWID;
+  INSERT INTO audit_nodes_new (leaf, level, pos, hash) SELECT ((pos + 1) << level) - 1, level, pos, hash FROM audit_nodes;
+  DROP TABLE audit_nodes;
+  ALTER TABLE audit_nodes_new RENAME TO audit_nodes;
+  `,
 ];

@@ -64,11 +64,11 @@ const setText = (i: number, text: string, rehashLeaf: boolean) => {
 function rehashEverything(d: Db): void {
   const rows = d.prepare("SELECT idx, entry FROM audit_entries ORDER BY idx").all() as { idx: number; entry: string }[];
   d.prepare("DELETE FROM audit_nodes").run();
-  const insert = d.prepare("INSERT INTO audit_nodes (level, pos, hash) VALUES (?, ?, ?)");
+  const insert = d.prepare("INSERT INTO audit_nodes (leaf, level, pos, hash) VALUES (((? + 1) << ?) - 1, ?, ?, ?)");
   let level = rows.map((r) => leafHash(utf8.encode(r.entry)));
   rows.forEach((r, i) => d.prepare("UPDATE audit_entries SET leaf_hash = ? WHERE idx = ?").run(level[i]!, r.idx));
   for (let l = 0; level.length > 0; l++) {
-    level.forEach((h, pos) => insert.run(l, pos, h));
+    level.forEach((h, pos) => insert.run(pos, l, l, pos, h));
     const up: Uint8Array[] = [];
     for (let p = 0; p + 1 < level.length; p += 2) up.push(nodeHash(level[p]!, level[p + 1]!));
     level = up;

@@ -45,14 +45,14 @@ describe("openDatabase", () => {
   });
 });
 
-describe("migration 10 (message-id keys lead with the id)", () => {
+describe("migrations 10 and 11 (keys that grow at their end)", () => {
   let dir: string | null = null;
   afterEach(() => {
     if (dir !== null) rmSync(dir, { recursive: true, force: true });
     dir = null;
   });
 
-  it("keeps every outbox and replay-memory row of a database made at version 9, and keys them by id first", () => {
+  it("keep every outbox, replay-memory and audit-node row of a database made at version 9, keyed by id first and by completing entry", () => {
     dir = tempDir("hp-mig10-");
     const file = join(dir, "handoff.db");
     const old = new Database(file);
@@ -63,6 +63,7 @@ describe("migration 10 (message-id keys lead with the id)", () => {
     }
     old.prepare("INSERT INTO outbox (device_id, msg_id, re, bytes, created_ms, delivered_ms, expires_ms) VALUES ('d1', 'm1', 'r1', x'01', 5, NULL, NULL), ('d1', 'm2', NULL, x'02', 6, 7, 99)").run();
     old.prepare("INSERT INTO seen_messages (device_id, msg_id, digest, expires_ms, since_ms) VALUES ('d1', 'r1', x'aa', 100, 4)").run();
+    old.prepare("INSERT INTO audit_nodes (level, pos, hash) VALUES (0, 5, x'05'), (1, 2, x'12'), (2, 1, x'21')").run();
     old.close();
 
     const db = openDatabase(file);
@@ -76,6 +77,12 @@ describe("migration 10 (message-id keys lead with the id)", () => {
       expect(firstColumn("sqlite_autoindex_outbox_1")).toBe("msg_id");
       expect(firstColumn("outbox_by_reply")).toBe("re");
       expect(db.prepare("SELECT name FROM pragma_table_info('seen_messages') WHERE pk = 1").pluck().get()).toBe("msg_id");
+      // Each subtree hash under the entry whose append completed it: (pos + 1) · 2^level − 1.
+      expect(db.prepare("SELECT leaf, level, pos, hash FROM audit_nodes ORDER BY leaf, level").raw().all()).toEqual([
+        [5, 0, 5, Buffer.from([0x05])],
+        [5, 1, 2, Buffer.from([0x12])],
+        [7, 2, 1, Buffer.from([0x21])],
+      ]);
       // The new id is past the old ones, and the outbox's other indexes are back.
       expect(new OutboxRepo(db).add({ deviceId: "d1", msgId: "m3", re: null, bytes: Uint8Array.of(3), createdMs: 8 }).seq).toBe(3);
       expect(db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' AND name NOT LIKE 'sqlite_%' ORDER BY name").pluck().all()).toEqual([

@@ -72,7 +72,7 @@ describe.each(Object.keys(STORES))("store contract: %s", (kind) => {
     const row = db.prepare("SELECT id, name, created_ms, NULL AS absent FROM merchants WHERE id = ?").get("m-types") as Record<string, unknown>;
     expect(row).toEqual({ id: "m-types", name: "Types", created_ms: NOW, absent: null });
     const bytes = Buffer.from([0, 1, 2, 255, 254]);
-    db.prepare("INSERT INTO audit_nodes (level, pos, hash) VALUES (?, ?, ?)").run(40, 7, bytes);
+    db.prepare("INSERT INTO audit_nodes (leaf, level, pos, hash) VALUES (?, ?, ?, ?)").run(8 * 2 ** 40 - 1, 40, 7, bytes);
     const back = db.prepare("SELECT hash FROM audit_nodes WHERE level = ? AND pos = ?").pluck().get(40, 7);
     expect(Buffer.isBuffer(back)).toBe(true);
     expect(back).toEqual(bytes);
@@ -294,7 +294,7 @@ const SCHEMA_COLUMNS = [
   "agreements.created_ms", "agreements.id", "agreements.key_version", "agreements.lookup", "agreements.phone_id", "agreements.sealed", "agreements.status", "agreements.terminal_id", "agreements.unbound_by", "agreements.unbound_ms", "agreements.version",
   "audit_entries.at_ms", "audit_entries.entry", "audit_entries.idx", "audit_entries.kind", "audit_entries.leaf_hash", "audit_entries.subject",
   "audit_heads.root_hash", "audit_heads.signature", "audit_heads.timestamp_ms", "audit_heads.tree_size",
-  "audit_nodes.hash", "audit_nodes.level", "audit_nodes.pos",
+  "audit_nodes.hash", "audit_nodes.leaf", "audit_nodes.level", "audit_nodes.pos",
   "broker_identity.created_ms", "broker_identity.id", "broker_identity.public_key",
   "deadlines.due_ms", "deadlines.payment_id", "deadlines.which",
   "devices.created_ms", "devices.id", "devices.kind", "devices.name", "devices.public_key", "devices.revoked_ms", "devices.status", "devices.user_index", "devices.user_sealed",
