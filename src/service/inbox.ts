@@ -17,7 +17,7 @@ import { ERROR_CODES, type ErrorCode } from "../protocol/errors.ts";
 import { EPHEMERAL_DOWN_TYPES, isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
 import type { Db } from "../store/db.ts";
 import { isPgStorageFault } from "../store/pg.ts";
-import { DeviceRepo, type DeviceRow } from "../store/devices.ts";
+import { DeviceCache, type DeviceRow } from "../store/devices.ts";
 import { OutboxRepo, type OutboxRow } from "../store/outbox.ts";
 import { ReplayRepo } from "../store/replay.ts";
 import { NO_METRICS, type Metrics } from "./metrics.ts";
@@ -148,7 +148,7 @@ const BACKLOG_RECOUNT_MS = 1000;
 
 export class Inbox {
   readonly #o: InboxOptions;
-  readonly #devices: DeviceRepo;
+  readonly #devices: DeviceCache;
   readonly #replay: ReplayRepo;
   readonly #outbox: OutboxRepo;
   readonly #handlers = new Map<string, Handler>();
@@ -177,7 +177,7 @@ export class Inbox {
 
   constructor(options: InboxOptions) {
     this.#o = options;
-    this.#devices = new DeviceRepo(options.db);
+    this.#devices = new DeviceCache(options.db);
     this.#replay = new ReplayRepo(options.db);
     this.#outbox = new OutboxRepo(options.db);
     this.#metrics = options.metrics ?? NO_METRICS;
@@ -281,6 +281,8 @@ export class Inbox {
     this.#receipted = [];
     if (this.#queue.length > 0 || this.#jobs.length > 0) this.#schedule();
     const nowMs = this.#o.clock();
+    // Device rows are cached; a revocation since the last batch empties the cache first.
+    if (batch.length > 0 && this.#o.db.open) this.#devices.refresh();
 
     const direct: Outgoing[] = [];
     const verified: Verified[] = [];

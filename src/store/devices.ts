@@ -112,3 +112,48 @@ export class AdminEventFeed {
     return this.#since.all(seq).map((r) => ({ seq: r.seq, kind: r.kind, deviceId: r.device_id }));
   }
 }
+
+/** Device rows a DeviceCache keeps; past it the cache is cleared whole (rows are read again). */
+export const DEVICE_CACHE_MAX = 100_000;
+
+/**
+ * Device rows as the broker reads them for every message, kept in memory. A device row changes
+ * only when the device is revoked, and a revocation appends to admin_events in the same
+ * transaction (DeviceRepo.revoke). So the cache empties itself whenever admin_events has grown:
+ * `refresh()` reads the feed's last seq (one indexed read, once per batch of messages) and
+ * drops every row if it moved. Rows read after a refresh are then as current as a read of the
+ * table at that refresh. A device not found is not kept: it may be registered next.
+ */
+export class DeviceCache {
+  readonly #repo: DeviceRepo;
+  readonly #feed: AdminEventFeed;
+  readonly #rows = new Map<string, DeviceRow>();
+  #seq: number | null = null;
+
+  constructor(db: Db) {
+    this.#repo = new DeviceRepo(db);
+    this.#feed = new AdminEventFeed(db);
+  }
+
+  /** Forgets every row if an admin event (a revocation, say) was written since the last refresh. */
+  refresh(): void {
+    let seq: number | null = null;
+    try {
+      seq = this.#feed.lastSeq();
+    } catch {
+      // Not known: nothing is kept until a refresh succeeds, and each get reads the table.
+    }
+    if (seq === null || seq !== this.#seq) this.#rows.clear();
+    this.#seq = seq;
+  }
+
+  get(id: string): DeviceRow | null {
+    const cached = this.#rows.get(id);
+    if (cached !== undefined) return cached;
+    const row = this.#repo.get(id);
+    if (row === null || this.#seq === null) return row;
+    if (this.#rows.size >= DEVICE_CACHE_MAX) this.#rows.clear();
+    this.#rows.set(id, row);
+    return row;
+  }
+}
