@@ -7,7 +7,12 @@
  * instead checkpoints automatically only past `fallbackPages` (a safety net, should the worker
  * ever fall behind), and a worker thread with a connection of its own runs a PASSIVE
  * checkpoint every `everyMs`: it never blocks the broker's writes, and once it has copied every
- * frame, the broker's next write starts the WAL over from the beginning.
+ * frame, the broker's next write starts the WAL over from the beginning. Under steady load a
+ * passive checkpoint never has copied every frame when it ends (the broker commits meanwhile),
+ * so past 2,000 frames the worker asks for a RESTART checkpoint, which takes the write lock only
+ * if it is free that instant (it never waits; the broker may wait a few ms for it) and makes the
+ * next write start the WAL over; without it the WAL grew to `fallbackPages` and that checkpoint,
+ * database fsync included, ran on the broker's thread every second or so (docs/performance.md).
  */
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
