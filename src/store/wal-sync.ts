@@ -130,7 +130,8 @@ export class WalSync {
   /** A descriptor of the WAL file as it is now (reopened if SQLite replaced the file). */
   #descriptor(): number {
     const ino = this.#io.stat(this.#path).ino;
-    if (this.#fd !== null && ino === this.#ino && this.#io.fstat(this.#fd).ino === ino) return this.#fd;
+    // (An open descriptor keeps its inode: the one read when it was opened is still its own.)
+    if (this.#fd !== null && ino === this.#ino) return this.#fd;
     if (this.#fd !== null) this.#io.close(this.#fd);
     this.#fd = this.#io.open(this.#path);
     this.#ino = this.#io.fstat(this.#fd).ino;
