@@ -347,7 +347,8 @@ export class Payments {
         }
         case "result": {
           // A phone that was offline must not be asked about a payment that has ended.
-          ctx.withdraw(p.phoneId, `${p.id}${PROMPT_SUFFIX}`);
+          // (Only a prompted payment ever had a prompt: startPayment sends one in no other mode.)
+          if (p.mode === "prompt") ctx.withdraw(p.phoneId, `${p.id}${PROMPT_SUFFIX}`);
           ctx.withdraw(p.phoneId, `${p.id}${TASK_SUFFIX}`);
           progress = null; // the result says it all
           seq = this.#payments.appendEvent(p.id, seq + 1, p.status, { status: p.status, reason: p.reason, transferId: p.transferId }, ctx.nowMs);
