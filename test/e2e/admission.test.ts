@@ -5,6 +5,8 @@
  * old by their timestamps, which is what a wait in a socket buffer looks like to the broker.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import { pay } from "../../device-sim/agents.ts";
+import { Device } from "../../device-sim/device.ts";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
 import { RawDevice } from "../wire.ts";
 
@@ -81,5 +83,42 @@ describe("admission past capacity", () => {
     const terminal = await connect("terminal");
     await send(terminal, "ping", {});
     expect(await send(terminal, "pay_request", PAY, 5000)).toMatchObject({ body: { code: "not_bound" } });
+  });
+
+  it("the simulator's pay() waits out a busy answer and asks again with the same idempotency key", async () => {
+    broker = await startTestBroker({ busyAfterMs: 100 });
+    // The terminal's clock can be set back: a request stamped 600 ms ago looks to the broker
+    // like one that waited 600 ms.
+    let lagMs = 0;
+    const terminal = new Device({ url: broker.url, key: broker.register("terminal"), brokerPublicKey: broker.publicKey, reconnect: false, clock: () => Date.now() - lagMs });
+    try {
+      await terminal.connect();
+      await terminal.request("ping", {}, 10_000); // the broker learns this device's clock
+      const asked: unknown[] = [];
+      const request = terminal.request.bind(terminal);
+      terminal.request = ((type: string, body: Record<string, unknown>, timeoutMs?: number) => {
+        if (type === "pay_request") asked.push(body.idempotencyKey);
+        return request(type as Parameters<typeof request>[0], body, timeoutMs);
+      }) as typeof terminal.request;
+      const steps: string[] = [];
+      lagMs = 600;
+      const startedMs = Date.now();
+      const outcome = await pay(terminal, { login: PAY.login, merchantId: PAY.merchantId, amountMinor: PAY.amountMinor, currency: PAY.currency, orderRef: PAY.orderRef }, (step, m) => {
+        steps.push(step);
+        if (step === "busy") {
+          expect(m.body.retryAfterMs).toBeGreaterThanOrEqual(1000);
+          lagMs = 0; // the broker has caught up by the time it is asked again
+        }
+      }, 20_000);
+      // Asked twice, the second time after the retry-after, with one idempotency key; the second
+      // answer is the handler's own (this terminal is not bound).
+      expect(steps).toEqual(["busy"]);
+      expect(asked).toHaveLength(2);
+      expect(asked[0]).toBe(asked[1]);
+      expect(Date.now() - startedMs).toBeGreaterThanOrEqual(1000);
+      expect(outcome).toMatchObject({ kind: "rejected", code: "not_bound" });
+    } finally {
+      await terminal.close();
+    }
   });
 });
