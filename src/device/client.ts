@@ -183,8 +183,8 @@ export class DeviceClient extends Emitter<DeviceEvents> {
   }
 
   /**
-   * A new message id: a version-7 UUID, time-ordered (the broker's replay memory then grows at
-   * this device's end of its index instead of at random pages; docs/protocol.md §Envelope).
+   * A new message id: a version-7 UUID, time-ordered (the broker's replay memory, keyed by id
+   * first, then grows at its end instead of at random pages; docs/protocol.md §Envelope).
    */
   newId(): string {
     return uuidV7(this.#clock(), this.#o.platform.randomBytes(10));

@@ -14,8 +14,8 @@ export interface Outgoing {
 }
 
 /**
- * A broker message id: a version-7 UUID, time-ordered, so the outbox's (device, message id) index
- * grows at each device's end instead of at a random page per message (docs/performance.md).
+ * A broker message id: a version-7 UUID, time-ordered, so the outbox's (msg_id, device_id) key
+ * grows at its end instead of at a random page per message (migration 10, docs/performance.md).
  */
 export function newMessageId(nowMs: number): string {
   return uuidV7(nowMs, randomBytesPooled(10));

@@ -205,13 +205,11 @@ export class Payments {
     return record;
   }
 
-  /** The second agreement state: the agreement, if it is still active and opens. */
-  #secondState(p: Payment): Agreement | null {
-    return this.#openedAgreement(p)?.agreement ?? null;
-  }
-
-  /** The payment's agreement, opened, with the stored version it was read at; null if not active or it does not open. */
-  #openedAgreement(p: Payment): { agreement: Agreement; version: number } | null {
+  /**
+   * The second agreement state: the payment's agreement, opened, with the stored version it was
+   * read at; null if it is no longer active or does not open.
+   */
+  #secondState(p: Payment): { agreement: Agreement; version: number } | null {
     const row = this.#agreements.get(p.agreementId);
     if (row === null || row.status !== "active") return null;
     const opened = openAgreement(this.#o.keyring(), row);
@@ -326,7 +324,7 @@ export class Payments {
           this.#payments.disarm(p.id);
           break;
         case "reset_consecutive_auto": {
-          const opened = this.#openedAgreement(p);
+          const opened = this.#secondState(p);
           if (opened !== null) this.#saveAgreement(opened.version, { ...opened.agreement, usage: resetConsecutiveAuto(opened.agreement.usage), version: opened.agreement.version + 1 });
           break;
         }
