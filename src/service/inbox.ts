@@ -7,7 +7,8 @@
  * are handled in group commits: all messages that arrive in one event-loop turn share one
  * SQLite transaction, each inside its own savepoint, so one message's failure rolls back only
  * its own writes. Replies are written to the outbox in that transaction and published only after
- * it commits (docs/protocol.md §Delivery).
+ * it commits (docs/protocol.md §Delivery). Receipts (PUBACKs) join the next such transaction,
+ * waiting at most `receiptDelayMs` for one: alone, each would be a commit of its own.
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
@@ -42,6 +43,13 @@ export interface InboxOptions {
   readonly onReceipt?: (deviceId: string, msgId: string) => void;
   /** Most messages handled in one transaction; the rest wait for the next turn. */
   readonly maxBatch?: number;
+  /**
+   * How long a receipt may wait for messages to share their transaction (default
+   * RECEIPT_DELAY_MS; 0: a transaction of its own at once). Receipts change nothing a device is
+   * waiting on (the delivery window frees at the PUBACK itself), so below capacity they ride along
+   * with the next batch of messages instead of each costing a commit of its own.
+   */
+  readonly receiptDelayMs?: number;
   /** Per-device message rate limit; none when absent. */
   readonly rateLimiter?: RateLimiter;
   /**
@@ -146,6 +154,9 @@ export class Refusal extends Error {
 /** How long a device's counted backlog is trusted before it is counted again. */
 const BACKLOG_RECOUNT_MS = 1000;
 
+/** See InboxOptions.receiptDelayMs (docs/performance.md §Receipts ride along). */
+export const RECEIPT_DELAY_MS = 10;
+
 export class Inbox {
   readonly #o: InboxOptions;
   readonly #devices: DeviceCache;
@@ -159,6 +170,8 @@ export class Inbox {
   /** Receipts written by the batch being handled: the transport hears of them after its commit. */
   #receipted: Receipt[] = [];
   #scheduled = false;
+  /** Set while receipts wait for messages to share their transaction (receiptDelayMs). */
+  #receiptTimer: NodeJS.Timeout | null = null;
   #inFlight = 0;
   /** Runs a function in a savepoint (a transaction when none is open); made once, used per message. */
   readonly #savepoint: <T>(fn: () => T) => T;
@@ -241,7 +254,14 @@ export class Inbox {
   delivered(deviceId: string, msgId: string): void {
     this.#receipts.push({ deviceId, msgId });
     this.#inFlight++;
-    this.#schedule();
+    const delayMs = this.#o.receiptDelayMs ?? RECEIPT_DELAY_MS;
+    if (delayMs <= 0) this.#schedule();
+    else if (this.#receiptTimer === null && !this.#scheduled) {
+      this.#receiptTimer = setTimeout(() => {
+        this.#receiptTimer = null;
+        this.#schedule();
+      }, delayMs);
+    }
   }
 
   #afterDurable(fn: () => void): void {
@@ -279,6 +299,10 @@ export class Inbox {
     const jobs = this.#jobs.splice(0, max);
     const receipts = this.#receipts.splice(0);
     this.#receipted = [];
+    if (this.#receiptTimer !== null) {
+      clearTimeout(this.#receiptTimer);
+      this.#receiptTimer = null;
+    }
     if (this.#queue.length > 0 || this.#jobs.length > 0) this.#schedule();
     const nowMs = this.#o.clock();
     // Device rows are cached; a revocation since the last batch empties the cache first.

@@ -284,6 +284,15 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/unit/wal-sync.test.ts"],
     filter: "durability gate",
   },
+  {
+    id: "lone-receipt-never-written",
+    rule: "A receipt with no message after it waits for ever instead of at most receiptDelayMs.",
+    file: "src/service/inbox.ts",
+    search: "else if (this.#receiptTimer === null && !this.#scheduled) {",
+    replace: "else if (false) {",
+    tests: ["test/unit/inbox-receipts.test.ts"],
+    filter: "lone receipt",
+  },
 
   // ── Connecting ──────────────────────────────────────────────────────────────────────────────
   {

@@ -1,0 +1,88 @@
+/**
+ * Receipts (a device's PUBACK for an outbox message) ride along with the next batch of messages
+ * instead of each being a commit of its own, and wait at most `receiptDelayMs` for one.
+ */
+import pino from "pino";
+import { afterEach, describe, expect, it } from "vitest";
+import { keyPairFromSeed, Signer } from "../../src/crypto/ed25519.ts";
+import { Inbox, type Durability } from "../../src/service/inbox.ts";
+import { openDatabase, type Db } from "../../src/store/db.ts";
+
+const NOW = 1_767_225_600_000;
+let db: Db | null = null;
+
+afterEach(() => {
+  db?.close();
+  db = null;
+});
+
+/** An inbox over an in-memory database that counts its commits and the receipts it wrote. */
+function setup(receiptDelayMs?: number) {
+  db = openDatabase(":memory:");
+  const counts = { commits: 0 };
+  const durable: Durability = { committed: () => void counts.commits++, afterDurable: (fn) => fn() };
+  const receipted: string[] = [];
+  const inbox = new Inbox({
+    db,
+    signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))),
+    log: pino({ level: "silent" }),
+    freshnessMs: 30_000,
+    clock: () => NOW,
+    publish: () => {},
+    durable,
+    onReceipt: (_device, msgId) => receipted.push(msgId),
+    ...(receiptDelayMs === undefined ? {} : { receiptDelayMs }),
+  });
+  const d = db;
+  /** Stores one pong for device-1 and returns its message id once committed. */
+  const stored = async (): Promise<string> => {
+    inbox.internal("test", (ctx) => ctx.send("device-1", "pong", { brokerTs: ctx.nowMs }));
+    await inbox.idle();
+    return (d.prepare("SELECT msg_id FROM outbox ORDER BY seq DESC LIMIT 1").get() as { msg_id: string }).msg_id;
+  };
+  const deliveredMs = (msgId: string) => (d.prepare("SELECT delivered_ms FROM outbox WHERE msg_id = ?").get(msgId) as { delivered_ms: number | null }).delivered_ms;
+  return { inbox, counts, receipted, stored, deliveredMs };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe("receipts share the next batch's transaction", () => {
+  it("writes a receipt in the transaction of the work that follows it, not in one of its own", async () => {
+    const { inbox, counts, receipted, stored, deliveredMs } = setup(60_000);
+    const first = await stored();
+    expect(counts.commits).toBe(1);
+    inbox.delivered("device-1", first);
+    await sleep(30);
+    // Nothing else to do: the receipt waits (the delivery window freed at the PUBACK itself).
+    expect(counts.commits).toBe(1);
+    expect(deliveredMs(first)).toBeNull();
+    expect(receipted).toEqual([]);
+    // The next work's transaction carries it: one commit for both.
+    await stored();
+    expect(counts.commits).toBe(2);
+    expect(deliveredMs(first)).toBe(NOW);
+    expect(receipted).toEqual([first]);
+  });
+
+  it("writes a lone receipt within receiptDelayMs, and idle() waits for it", async () => {
+    const { inbox, counts, receipted, stored, deliveredMs } = setup(20);
+    const [a, b] = [await stored(), await stored()];
+    inbox.delivered("device-1", a);
+    inbox.delivered("device-1", b);
+    await inbox.idle();
+    // Two receipts, one transaction.
+    expect(counts.commits).toBe(3);
+    expect(receipted).toEqual([a, b]);
+    expect(deliveredMs(a)).toBe(NOW);
+    expect(deliveredMs(b)).toBe(NOW);
+  });
+
+  it("writes a receipt at once with receiptDelayMs 0", async () => {
+    const { inbox, counts, stored, deliveredMs } = setup(0);
+    const id = await stored();
+    inbox.delivered("device-1", id);
+    await new Promise((r) => setImmediate(r));
+    expect(counts.commits).toBe(2);
+    expect(deliveredMs(id)).toBe(NOW);
+  });
+});
