@@ -91,7 +91,7 @@ export const BROKER_OPTIONS: readonly OptionSpec[] = [
   { key: "deviceRatePerSec", flag: "device-rate", env: "HANDOFF_DEVICE_RATE", def: "50", help: "messages per second one device may send (sustained)" },
   { key: "deviceBurst", flag: "device-burst", env: "HANDOFF_DEVICE_BURST", def: "200", help: "messages one device may send in a burst" },
   { key: "deviceBacklog", flag: "device-backlog", env: "HANDOFF_DEVICE_BACKLOG", def: "1000", help: "undelivered messages a device may have before its new messages are refused (backlog_full)" },
-  { key: "busyAfterMs", flag: "busy-after-ms", env: "HANDOFF_BUSY_AFTER_MS", def: "100", help: "past capacity: when messages wait this long, new pay requests are refused with busy and a retry-after (0: never)" },
+  { key: "busyAfterMs", flag: "busy-after-ms", env: "HANDOFF_BUSY_AFTER_MS", def: "40", help: "past capacity: when messages wait this long, new pay requests are refused with busy and a retry-after (0: never)" },
   { key: "pairingTtlMs", flag: "pairing-ttl-ms", env: "HANDOFF_PAIRING_TTL_MS", def: "300000", help: "how long a pairing code lives" },
   { key: "promptTtlMs", flag: "prompt-ttl-ms", env: "HANDOFF_PROMPT_TTL_MS", def: "120000", help: "how long the phone has to approve or decline" },
   { key: "taskTtlMs", flag: "task-ttl-ms", env: "HANDOFF_TASK_TTL_MS", def: "60000", help: "how long the phone has to execute a confirmed payment" },

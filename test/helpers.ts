@@ -85,7 +85,9 @@ export async function startTestBroker(
   deps: TestBrokerDeps = {},
 ): Promise<TestBroker> {
   const database = overrides.database ?? (await testDatabase(dataDir));
-  const config = brokerConfig({}, {}, { port: 0, ...TCP_ONLY, dataDir, logLevel: "silent", database, ...overrides });
+  // Admission off unless a test asks for it (test/e2e/admission.test.ts): files running side by
+  // side on two cores delay a message by tens of ms, and a `busy` there would be noise.
+  const config = brokerConfig({}, {}, { port: 0, ...TCP_ONLY, dataDir, logLevel: "silent", database, busyAfterMs: 0, ...overrides });
   const log = deps.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
   const handle = await startBroker(config, {
     log,

@@ -9,7 +9,7 @@
  */
 import { CURRENCY_EXPONENTS } from "../src/core/money.ts";
 import { load, save } from "../src/device/browser-store.ts";
-import type { Received } from "../src/device/client.ts";
+import { DeviceError, type Received } from "../src/device/client.ts";
 import type { DownBody, DownType } from "../src/protocol/messages.ts";
 import { clockTime, countdownText, field, formatAmount, h, notConnected, parseAmount, startPage, StoredList, two } from "./common.ts";
 import { historyItem, historyRow, PaymentCard, type HistoryItem } from "./terminal-payments.ts";
@@ -27,6 +27,8 @@ const receiptsOpening = Receipts.keep(session, () => redrawHistory());
 const MAX_CARDS = 50;
 /** Messages kept for a payment whose payment_accepted has not come yet (a resend can reorder them). */
 const MAX_EARLY = 100;
+/** How long a payment is asked again while the broker answers busy, before the page gives up and says so. */
+const BUSY_RETRY_FOR_MS = 60_000;
 
 const PRESETS = [
   { what: "Coffee", amount: "12.00", description: "Coffee" },
@@ -275,16 +277,27 @@ async function pay(): Promise<void> {
   const description = descriptionInput.value.trim();
   setPaying(true);
   try {
-    const reply = await device.call("pay_request", {
+    const request = {
       login,
       merchantId: merchantInput.value.trim(),
       amountMinor,
       currency,
       orderRef: orderRefInput.value.trim(),
-      // A new key per click: this page never retries a request by itself, so one click is one payment.
+      // A new key per click, kept for the busy retries below: one click is one payment.
       idempotencyKey: `web-${device.newId()}`,
       ...(description === "" ? {} : { description }),
-    });
+    };
+    // A broker past its capacity answers busy: the payment is delayed, not refused. Ask again
+    // after the wait it names (docs/protocol.md §Load), the same request with the same key.
+    const until = Date.now() + BUSY_RETRY_FOR_MS;
+    let reply = await device.request("pay_request", request);
+    while (reply.type === "error" && reply.body.code === "busy" && Date.now() < until) {
+      const waitMs = Math.min(Number(reply.body.retryAfterMs ?? 1000), until - Date.now());
+      session.notify(`The broker is busy: asking again in ${(waitMs / 1000).toFixed(1)} s (the same payment, it will not be made twice).`);
+      await new Promise((r) => setTimeout(r, waitMs));
+      reply = await device.request("pay_request", request);
+    }
+    if (reply.type === "error") throw new DeviceError(String(reply.body.code), String(reply.body.detail), reply);
     session.clearNotice();
     const card = cards.get(bodyOf(reply, "payment_accepted").paymentId);
     if (card !== undefined) {

@@ -14,6 +14,7 @@ import { promisify } from "node:util";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { startTestBroker, type TestBroker } from "../helpers.ts";
+import { RawDevice } from "../wire.ts";
 
 const run = promisify(execFile);
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -69,7 +70,7 @@ describe.sequential("the browser terminal and phone", () => {
     if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: install Debian's chromium (apt-get install chromium; .ci/run does) or set CHROMIUM_PATH`);
     rmSync(SCREENSHOTS, { recursive: true, force: true });
     mkdirSync(SCREENSHOTS, { recursive: true });
-    broker = await startTestBroker({ wsPort: 0, promptTtlMs: PROMPT_TTL_MS });
+    broker = await startTestBroker({ wsPort: 0, promptTtlMs: PROMPT_TTL_MS, busyAfterMs: 100 });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       // As root (CI) chromium needs --no-sandbox; the closed network refuses its calls home.
@@ -132,6 +133,34 @@ describe.sequential("the browser terminal and phone", () => {
     expect(await card(id).getByTestId("step-accepted").textContent()).toMatch(/\d\d:\d\d:\d\d/);
     await expect.poll(() => phoneHistory(id).getAttribute("data-status"), WAIT).toBe("completed");
     await snap("auto-payment");
+  }, 60_000);
+
+  test("pays 15.00 while the broker is behind: the page says it is busy, asks again by itself after the wait, and one payment completes", async () => {
+    // Another device's messages arrive 3 s late: to the broker that is a backlog, so it is behind.
+    const late = await RawDevice.connect(broker.url, broker.register("phone"), broker.publicKey, true);
+    try {
+      const ping = async (ageMs: number) => {
+        const { id, bytes } = late.seal("ping", {}, { ts: Date.now() - ageMs });
+        await late.publish(bytes);
+        await late.waitFor((m) => m.payload?.re === id);
+      };
+      await ping(0); // the broker learns this device's clock
+      for (let i = 0; i < 3; i++) await ping(3000);
+    } finally {
+      await late.close();
+    }
+    const before = await terminal.getByTestId("payment").count();
+    await terminal.getByTestId("pay-amount").fill("15.00");
+    await terminal.getByTestId("pay-submit").click();
+    await expect.poll(() => terminal.getByTestId("notice").textContent(), WAIT).toContain("busy");
+    expect(await terminal.getByTestId("notice").textContent()).toContain("will not be made twice");
+    expect(await terminal.getByTestId("payment").count()).toBe(before);
+    await snap("busy");
+    // The broker catches up (a second without late messages); the page's retry is admitted.
+    await expect.poll(() => terminal.getByTestId("payment").count(), WAIT).toBe(before + 1);
+    const id = (await terminal.getByTestId("payment").first().getAttribute("data-payment-id"))!;
+    await expect.poll(() => card(id).getAttribute("data-status"), WAIT).toBe("completed");
+    expect(await terminal.getByTestId("notice").isHidden()).toBe(true);
   }, 60_000);
 
   test("asks the phone for 88.00, above its auto-confirm limit, and completes when Approve is clicked", async () => {
@@ -216,9 +245,9 @@ describe.sequential("the browser terminal and phone", () => {
     await snap("unbound");
   }, 60_000);
 
-  test("the ledger, read through the admin CLI, moved exactly 12.00 + 88.00 from alice to the merchant", async () => {
+  test("the ledger, read through the admin CLI, moved exactly 12.00 + 15.00 + 88.00 from alice to the merchant", async () => {
     const wallet = JSON.parse(await admin("ledger balance --user alice --json")) as { wallets: { currency: string; balanceMinor: number }[] };
-    expect(wallet.wallets).toEqual([{ currency: "CNY", balanceMinor: 50_000 - 1_200 - 8_800 }]);
+    expect(wallet.wallets).toEqual([{ currency: "CNY", balanceMinor: 50_000 - 1_200 - 1_500 - 8_800 }]);
     const all = JSON.parse(await admin("ledger balance --json")) as { sums: Record<string, number> };
     expect(all.sums).toEqual({ CNY: 0 });
   }, 60_000);
