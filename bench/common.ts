@@ -154,6 +154,12 @@ export interface PhaseResult {
    * queue, part of every latency counted from the schedule, which the broker never sees).
    */
   readonly startLagMs: Percentiles;
+  /**
+   * From each broker message's signed `ts` (the broker's clock when it began the batch that made
+   * it) to the load generator's handling of it: the broker's batch, commit and sync, the
+   * sockets, and the load generator's own receive queue. Same machine, same clock.
+   */
+  readonly downLagMs: Percentiles;
   readonly all: Percentiles;
   readonly byMode: Partial<Record<"auto" | "prompt", ModeStats>>;
   /** The flows whose terminal is on each node (index into LoadConfig.urls), when there are several. */

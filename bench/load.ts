@@ -73,13 +73,18 @@ function emit(e: LoadEvent): void {
 let upCounts: Record<string, number> = {};
 let downCounts: Record<string, number> = {};
 let rejectedCount = 0;
+/** Per phase: ms from each broker message's signed ts to its handling here (PhaseResult.downLagMs). */
+let downLags: number[] = [];
 const bump = (m: Record<string, number>, k: string) => void (m[k] = (m[k] ?? 0) + 1);
 
 /** A Device that counts what it sends (`send` is also how receipts and requests go out). */
 class CountingDevice extends Device {
   constructor(options: DeviceOptions) {
     super(options);
-    this.on("message", (m) => bump(downCounts, m.type));
+    this.on("message", (m) => {
+      bump(downCounts, m.type);
+      downLags.push(Date.now() - m.ts);
+    });
     this.on("rejected", () => void rejectedCount++);
     this.on("error", () => {}); // connection errors surface as failed requests
   }
@@ -248,6 +253,7 @@ async function flow(pair: LivePair, kind: "mixed" | "auto", t0: number, stats: P
 async function phase(c: PhaseCommand): Promise<void> {
   upCounts = {};
   downCounts = {};
+  downLags = [];
   rejectedCount = 0;
   const stats = new PhaseStats();
   const start = performance.now();
@@ -318,6 +324,7 @@ async function phase(c: PhaseCommand): Promise<void> {
       refused: stats.refused.length,
       refusedMs: percentiles(stats.refused),
       startLagMs: percentiles(stats.startLag),
+      downLagMs: percentiles(downLags),
       all: percentiles(stats.all),
       byMode,
       byNode: stats.nodeStats(seconds),

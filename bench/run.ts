@@ -973,6 +973,9 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
             refusedP99Ms: over.result.refusedMs.p99,
             // The load generator's own lateness, included in both figures above.
             startLagP99Ms: over.result.startLagMs.p99,
+            // From the broker's signature to the load generator's handling, per broker message.
+            downLagP50Ms: over.result.downLagMs.p50,
+            downLagP99Ms: over.result.downLagMs.p99,
             unfinished: over.result.unfinished,
             errors: over.result.errors,
           },
@@ -1019,6 +1022,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
           refused: p.result.refused,
           refusedMs: p.result.refusedMs,
           startLagMs: p.result.startLagMs,
+          downLagMs: p.result.downLagMs,
           errors: p.result.errors,
           latencyMs: p.result.all,
           byMode: p.result.byMode,
@@ -1054,7 +1058,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     const v = figures.overload;
     lines.push(
       `overload at ${v.rate ?? "-"} flows/s: ${v.accepted} accepted (p99 ${v.acceptedP99Ms} ms), ${v.refused} refused busy (heard within p99 ${v.refusedP99Ms} ms), ` +
-        `${v.unfinished} unfinished, ${v.errors} errors; the load generator started flows late by up to p99 ${v.startLagP99Ms ?? "-"} ms (in both latencies)`,
+        `${v.unfinished} unfinished, ${v.errors} errors; the load generator started flows late by up to p99 ${v.startLagP99Ms ?? "-"} ms (in both latencies), ` +
+        `and handled broker messages p50/p99 ${v.downLagP50Ms ?? "-"}/${v.downLagP99Ms ?? "-"} ms after the broker signed them`,
     );
   }
   for (const [name, p] of Object.entries(phases)) {
@@ -1064,6 +1069,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
       `  ${name}: p50/p95/p99 ${p.result.all.p50}/${p.result.all.p95}/${p.result.all.p99} ms; p99 auto accepted ${step("auto", "accepted")} result ${step("auto", "result")}` +
         `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} executing ${step("prompt", "executing")} result ${step("prompt", "result")}` +
         (p.result.loop === "open" ? `; started late p99 ${p.result.startLagMs.p99 ?? "-"} ms` : "") +
+        `; broker messages handled p50/p99 ${p.result.downLagMs.p50 ?? "-"}/${p.result.downLagMs.p99 ?? "-"} ms after signing` +
         `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), ${p.brokerDiskKBPerFlow ?? "-"} KB written/flow, load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow` +
         (p.postgresCpuMsPerFlow === null ? "" : `; PostgreSQL ${p.postgresCpuMsPerFlow} ms CPU/flow`) +
         (p.redisCpuMsPerFlow === null ? "" : `, Redis ${p.redisCpuMsPerFlow} ms CPU/flow`),

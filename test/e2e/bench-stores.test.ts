@@ -27,7 +27,7 @@ interface Figures {
   readonly nodes: number;
   readonly errors: number;
   readonly errorCounts: Record<string, number>;
-  readonly phases: Record<string, { completed: number; errors: number; brokerCpuMsPerFlow: number | null; postgresCpuMsPerFlow: number | null; redisCpuMsPerFlow: number | null; refused: number; startLagMs: { n: number } }>;
+  readonly phases: Record<string, { completed: number; errors: number; brokerCpuMsPerFlow: number | null; postgresCpuMsPerFlow: number | null; redisCpuMsPerFlow: number | null; refused: number; startLagMs: { n: number }; downLagMs: { n: number; p50: number | null }; down: Record<string, number> }>;
   readonly byNode: readonly NodeFigures[];
 }
 
@@ -58,6 +58,10 @@ describe("npm run bench on PostgreSQL and several nodes", () => {
     // The open loop says how late the load generator itself started its flows.
     expect(stdout).toMatch(/^ {2}open300: .*; started late p99 [\d.]+ ms; broker /m);
     expect(f.phases.open300!.startLagMs.n).toBe(f.phases.open300!.completed + f.phases.open300!.errors + f.phases.open300!.refused);
+    // And how long after the broker signed them its messages were handled: one figure per message down.
+    expect(stdout).toMatch(/^ {2}mixed: .*; broker messages handled p50\/p99 [\d.]+\/[\d.]+ ms after signing; /m);
+    expect(f.phases.mixed!.downLagMs.n).toBe(Object.values(f.phases.mixed!.down).reduce((a, b) => a + b, 0));
+    expect(f.phases.mixed!.downLagMs.p50).toBeGreaterThanOrEqual(0);
     expect(f.byNode).toHaveLength(1);
     expect(f.byNode[0]!.phases.mixed!.completed).toBe(f.phases.mixed!.completed);
     // Not the bench's server: its CPU time is not the bench's to read.
