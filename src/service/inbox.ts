@@ -314,7 +314,13 @@ export class Inbox {
     for (const p of batch) {
       const v = this.#check(p, nowMs);
       if ("drop" in v) finished.push(p.done);
-      else if ("refusal" in v) {
+      else if ("refusal" in v && v.now === true) {
+        // `busy` leaves at once: it stores nothing and answers a request that caused nothing, so
+        // it need not wait for this batch's transaction and sync (docs/protocol.md §Load).
+        this.#o.publish(v.refusal.to, v.refusal.bytes, null);
+        this.#countError(v.refusal.bytes);
+        p.done();
+      } else if ("refusal" in v) {
         direct.push(v.refusal);
         finished.push(p.done);
       } else verified.push(v);
@@ -370,7 +376,7 @@ export class Inbox {
   }
 
   /** The checks that need no write. Returns the refusal to send, or the verified message. */
-  #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing } | { drop: true } {
+  #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing; now?: true } | { drop: true } {
     const parsed = parseEnvelope(p.bytes);
     // Only the protocol's types are labels: a device's made-up type must not grow the metric.
     this.#metrics.messageIn(!parsed.ok ? "malformed" : isUpType(parsed.msg.payload.type) ? parsed.msg.payload.type : "unknown");
@@ -390,7 +396,7 @@ export class Inbox {
       const verdict = this.#o.admission.check(p.deviceId, payload.ts, nowMs);
       if (verdict.retryAfterMs !== null) {
         const detail = `the broker is behind (messages wait ${Math.round(Math.max(verdict.ageMs, verdict.behindMs))} ms); send the request again in ${verdict.retryAfterMs} ms`;
-        return { refusal: this.#error(p.deviceId, "busy", detail, payload.id, nowMs, verdict.retryAfterMs) };
+        return { refusal: this.#error(p.deviceId, "busy", detail, payload.id, nowMs, verdict.retryAfterMs), now: true };
       }
     }
     const device = this.#devices.get(p.deviceId);

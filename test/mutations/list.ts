@@ -290,7 +290,7 @@ export const MUTATIONS: readonly Mutation[] = [
     file: "src/service/inbox.ts",
     search: "else if (this.#receiptTimer === null && !this.#scheduled) {",
     replace: "else if (false) {",
-    tests: ["test/unit/inbox-receipts.test.ts"],
+    tests: ["test/unit/inbox-timing.test.ts"],
     filter: "lone receipt",
   },
 

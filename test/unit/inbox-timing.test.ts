@@ -1,12 +1,17 @@
 /**
- * Receipts (a device's PUBACK for an outbox message) ride along with the next batch of messages
- * instead of each being a commit of its own, and wait at most `receiptDelayMs` for one.
+ * When the inbox writes and answers: receipts (a device's PUBACK for an outbox message) ride
+ * along with the next batch of messages instead of each being a commit of its own, and wait at
+ * most `receiptDelayMs` for one; a `busy` refusal leaves at once, without waiting for its
+ * batch's commit to reach the disk.
  */
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { keyPairFromSeed, Signer } from "../../src/crypto/ed25519.ts";
+import { parseEnvelope } from "../../src/protocol/envelope.ts";
+import { Admission } from "../../src/service/admission.ts";
 import { Inbox, type Durability } from "../../src/service/inbox.ts";
 import { openDatabase, type Db } from "../../src/store/db.ts";
+import { sealWith } from "../wire.ts";
 
 const NOW = 1_767_225_600_000;
 let db: Db | null = null;
@@ -84,5 +89,43 @@ describe("receipts share the next batch's transaction", () => {
     await new Promise((r) => setImmediate(r));
     expect(counts.commits).toBe(2);
     expect(deliveredMs(id)).toBe(NOW);
+  });
+});
+
+describe("busy past capacity", () => {
+  it("answers busy at once, before its batch's commit is on disk, while the batch's stored answers wait for the disk", async () => {
+    db = openDatabase(":memory:");
+    const gate: (() => void)[] = [];
+    const durable: Durability = { committed: () => {}, afterDurable: (fn) => void gate.push(fn) };
+    const published: string[] = [];
+    const admission = new Admission(40);
+    const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
+    // The broker knows this terminal's clock: a message stamped 5 s ago waited 5 s.
+    admission.observe(terminal.id, NOW, NOW);
+    const inbox = new Inbox({
+      db,
+      signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))),
+      log: pino({ level: "silent" }),
+      freshnessMs: 30_000,
+      clock: () => NOW,
+      publish: (to, bytes) => {
+        const parsed = parseEnvelope(bytes);
+        published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
+      },
+      durable,
+      admission,
+    });
+    inbox.internal("test", (ctx) => ctx.send("device-1", "pong", { brokerTs: ctx.nowMs }));
+    const { bytes } = sealWith(terminal.pair, { type: "pay_request", from: terminal.id, ts: NOW - 5_000, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey: "k" } });
+    let handled = false;
+    inbox.submit(terminal.id, bytes, () => (handled = true));
+    await new Promise((r) => setImmediate(r));
+    // The batch committed but its sync has not ended: the refusal is out, the pong is not.
+    expect(published).toEqual(["terminal-1 errorbusy"]);
+    expect(handled).toBe(true);
+    const idle = inbox.idle();
+    for (const fn of gate.splice(0)) fn();
+    await idle;
+    expect(published).toEqual(["terminal-1 errorbusy", "device-1 pong"]);
   });
 });
