@@ -110,6 +110,7 @@ export class AgreementRepo {
   readonly #byLookup;
   readonly #activeForPhone;
   readonly #reseal;
+  readonly #resealSameKey;
   readonly #shred;
   readonly #list;
   readonly #sealedBatch;
@@ -123,6 +124,10 @@ export class AgreementRepo {
     this.#byLookup = db.prepare<[Uint8Array], Record<string, unknown>>("SELECT * FROM agreements WHERE lookup = ? AND status = 'active'");
     this.#activeForPhone = db.prepare<[string], Record<string, unknown>>("SELECT * FROM agreements WHERE phone_id = ? AND status = 'active' ORDER BY created_ms");
     this.#reseal = db.prepare("UPDATE agreements SET sealed = ?, key_version = ?, version = ? WHERE id = ? AND status = 'active' AND version = ?");
+    // The same update when the key version stays: SQLite rewrites an index entry for every
+    // indexed column an UPDATE sets, changed or not, so leaving key_version out of the SET spares
+    // agreements_by_key_version a page write per payment that reseals its agreement.
+    this.#resealSameKey = db.prepare("UPDATE agreements SET sealed = ?, version = ? WHERE id = ? AND status = 'active' AND version = ? AND key_version = ?");
     this.#shred = db.prepare("UPDATE agreements SET status = 'unbound', sealed = NULL, lookup = NULL, key_version = NULL, unbound_ms = ?, unbound_by = ? WHERE id = ? AND status = 'active'");
     this.#list = db.prepare<[], Record<string, unknown>>("SELECT * FROM agreements ORDER BY created_ms, id");
     this.#sealedBatch = db.prepare<[number, string, number], Record<string, unknown>>(
@@ -151,6 +156,7 @@ export class AgreementRepo {
 
   /** Replaces the sealed blob if the row is still at `expectedVersion` (no lost updates). */
   reseal(id: string, sealed: Uint8Array, keyVersion: number, version: number, expectedVersion: number): boolean {
+    if (this.#resealSameKey.run(sealed, version, id, expectedVersion, keyVersion).changes === 1) return true;
     return this.#reseal.run(sealed, keyVersion, version, id, expectedVersion).changes === 1;
   }
 

@@ -19,7 +19,7 @@ import { OutboxRepo } from "../../src/store/outbox.ts";
 import { PaymentRepo } from "../../src/store/payments.ts";
 import { ReplayRepo } from "../../src/store/replay.ts";
 import { LedgerRepo } from "../../src/store/ledger.ts";
-import { PairingRepo } from "../../src/store/binding.ts";
+import { AgreementRepo, PairingRepo } from "../../src/store/binding.ts";
 import { WRITE_LOCK, toPgPlaceholders } from "../../src/store/pg.ts";
 import { newDeviceKey } from "../../device-sim/keyfile.ts";
 import { toBase64 } from "../../src/crypto/encoding.ts";
@@ -157,6 +157,21 @@ describe.each(Object.keys(STORES))("store contract: %s", (kind) => {
     expect(payments.armedCount()).toBe(0);
   });
 
+  it("reseals an agreement only at the version it was read at, with the same key version or a new one", () => {
+    const id = world(db).agreement;
+    const agreements = new AgreementRepo(db);
+    // The same key version (a payment's usage counters): the blob and the version move.
+    expect(agreements.reseal(id, Buffer.alloc(8, 7), 1, 2, 1)).toBe(true);
+    expect(agreements.get(id)).toMatchObject({ version: 2, keyVersion: 1 });
+    // A stale version is refused, whichever key it names.
+    expect(agreements.reseal(id, Buffer.alloc(8, 8), 1, 3, 1)).toBe(false);
+    expect(agreements.reseal(id, Buffer.alloc(8, 8), 2, 3, 1)).toBe(false);
+    // A new key version (a master key rotation) is written with it.
+    expect(agreements.reseal(id, Buffer.alloc(8, 9), 2, 3, 2)).toBe(true);
+    expect(agreements.get(id)).toMatchObject({ version: 3, keyVersion: 2 });
+    expect(Buffer.from(agreements.get(id)!.sealed!)).toEqual(Buffer.alloc(8, 9));
+  });
+
   it("keeps the ledger balanced and a wallet from going below zero", () => {
     const keyring = Keyring.fresh();
     expect(addMerchant(db, { id: "shop", name: "Shop" }, NOW)).toEqual({ ok: true });
@@ -279,6 +294,7 @@ function world(db: Db) {
   db.prepare("INSERT INTO agreements (id, lookup, terminal_id, phone_id, status, sealed, key_version, version, created_ms) VALUES (?, ?, ?, ?, 'active', ?, 1, 1, ?)").run(`ag-${suffix}`, Buffer.alloc(32, Math.random() * 255), terminal, phone, Buffer.alloc(8), NOW);
   return {
     terminal,
+    agreement: `ag-${suffix}`,
     payment(id: string) {
       db.prepare(
         "INSERT INTO payments (id, terminal_id, phone_id, agreement_id, merchant_id, idempotency_key, request_digest, order_ref, state, status, seq, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'o', '{}', 'awaiting_confirmation', 0, ?, ?)",
