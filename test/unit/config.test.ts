@@ -9,6 +9,14 @@ describe("broker configuration", () => {
     expect(Object.isFrozen(c)).toBe(true);
   });
 
+  it("refuses new payments past 40 ms of waiting on SQLite and 300 ms on PostgreSQL unless told otherwise", () => {
+    expect(brokerConfig({}, {}).busyAfterMs).toBe(40);
+    expect(brokerConfig({ database: "postgres://u@h/db" }, {}).busyAfterMs).toBe(300);
+    expect(brokerConfig({ database: "postgres://u@h/db", "busy-after-ms": "80" }, {}).busyAfterMs).toBe(80);
+    expect(brokerConfig({}, { HANDOFF_BUSY_AFTER_MS: "0" }).busyAfterMs).toBe(0);
+    expect(brokerConfig({}, { HANDOFF_BUSY_AFTER_MS: "auto", HANDOFF_DATABASE_URL: "postgres://u@h/db" }).busyAfterMs).toBe(300);
+  });
+
   it("takes a flag over the environment, and the environment over the default", () => {
     expect(brokerConfig({ port: "1" }, { HANDOFF_PORT: "2" }).port).toBe(1);
     expect(brokerConfig({}, { HANDOFF_PORT: "2" }).port).toBe(2);

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { keyPairFromSeed, Signer } from "../../src/crypto/ed25519.ts";
 import { parseEnvelope } from "../../src/protocol/envelope.ts";
 import { Admission } from "../../src/service/admission.ts";
-import { Inbox, type Durability } from "../../src/service/inbox.ts";
+import { Inbox, type Durability, type InboxOptions } from "../../src/service/inbox.ts";
 import { openDatabase, type Db } from "../../src/store/db.ts";
 import { sealWith } from "../wire.ts";
 
@@ -21,24 +21,19 @@ afterEach(() => {
   db = null;
 });
 
-/** An inbox over an in-memory database that counts its commits and the receipts it wrote. */
-function setup(receiptDelayMs?: number) {
+/** An inbox over a new in-memory database, the broker's clock stopped at NOW. */
+function newInbox(options: Pick<InboxOptions, "publish" | "durable"> & Partial<InboxOptions>): Inbox {
   db = openDatabase(":memory:");
+  return new Inbox({ db, signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))), log: pino({ level: "silent" }), freshnessMs: 30_000, clock: () => NOW, ...options });
+}
+
+/** An inbox that counts its commits and the receipts it wrote. */
+function setup(receiptDelayMs?: number) {
   const counts = { commits: 0 };
   const durable: Durability = { committed: () => void counts.commits++, afterDurable: (fn) => fn() };
   const receipted: string[] = [];
-  const inbox = new Inbox({
-    db,
-    signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))),
-    log: pino({ level: "silent" }),
-    freshnessMs: 30_000,
-    clock: () => NOW,
-    publish: () => {},
-    durable,
-    onReceipt: (_device, msgId) => receipted.push(msgId),
-    ...(receiptDelayMs === undefined ? {} : { receiptDelayMs }),
-  });
-  const d = db;
+  const inbox = newInbox({ publish: () => {}, durable, onReceipt: (_device, msgId) => receipted.push(msgId), ...(receiptDelayMs === undefined ? {} : { receiptDelayMs }) });
+  const d = db!;
   /** Stores one pong for device-1 and returns its message id once committed. */
   const stored = async (): Promise<string> => {
     inbox.internal("test", (ctx) => ctx.send("device-1", "pong", { brokerTs: ctx.nowMs }));
@@ -94,7 +89,6 @@ describe("receipts share the next batch's transaction", () => {
 
 describe("busy past capacity", () => {
   it("answers busy at once, before its batch's commit is on disk, while the batch's stored answers wait for the disk", async () => {
-    db = openDatabase(":memory:");
     const gate: (() => void)[] = [];
     const durable: Durability = { committed: () => {}, afterDurable: (fn) => void gate.push(fn) };
     const published: string[] = [];
@@ -102,12 +96,7 @@ describe("busy past capacity", () => {
     const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
     // The broker knows this terminal's clock: a message stamped 5 s ago waited 5 s.
     admission.observe(terminal.id, NOW, NOW);
-    const inbox = new Inbox({
-      db,
-      signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))),
-      log: pino({ level: "silent" }),
-      freshnessMs: 30_000,
-      clock: () => NOW,
+    const inbox = newInbox({
       publish: (to, bytes) => {
         const parsed = parseEnvelope(bytes);
         published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
