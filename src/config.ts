@@ -135,8 +135,7 @@ export function parseBrokerCli(argv: readonly string[], env: NodeJS.ProcessEnv =
   return { config: brokerConfig(values, env), help: values.help === true };
 }
 
-/** Fills defaults (flag > env > default), validates, freezes. */
-
+/** Fills defaults (flag > env > default, `auto` by store), validates, freezes. */
 export function brokerConfig(flags: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env, overrides: Partial<BrokerConfig> = {}): BrokerConfig {
   const raw: Record<string, unknown> = {};
   for (const o of BROKER_OPTIONS) raw[o.key] = flags[o.flag] ?? env[o.env] ?? o.def;

@@ -249,7 +249,8 @@ export class Inbox {
 
   /**
    * The device's PUBACK for an outbox message: it is delivered and will not be sent again.
-   * Receipts are written in the next batch transaction, with the messages of that turn.
+   * Receipts are written in the next batch transaction, with its messages; with none coming,
+   * after at most `receiptDelayMs`.
    */
   delivered(deviceId: string, msgId: string): void {
     this.#receipts.push({ deviceId, msgId });
