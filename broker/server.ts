@@ -321,6 +321,8 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       keyVersions: keyring.versions,
       undeliveredOutbox: outbox.countUndelivered(),
       armedDeadlines: paymentRepo.armedCount(),
+      // The threshold in force (--busy-after-ms auto depends on the store).
+      busyAfterMs: config.busyAfterMs,
     },
     `broker listening on ${main.url}`,
   );
