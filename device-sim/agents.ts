@@ -97,14 +97,7 @@ export async function pay(
   terminal.on("message", collect);
   try {
     // A broker past its capacity answers busy: wait as it says and ask again, same idempotency key.
-    const until = Date.now() + timeoutMs;
-    let reply: Received;
-    for (;;) {
-      reply = await terminal.request("pay_request", { ...req, idempotencyKey }, 10_000);
-      if (!retryBusy || reply.type !== "error" || reply.body.code !== "busy" || Date.now() >= until) break;
-      onProgress("busy", reply);
-      await new Promise((r) => setTimeout(r, Math.min(Number(reply.body.retryAfterMs ?? 1000), until - Date.now())));
-    }
+    const reply = await terminal.requestPastBusy("pay_request", { ...req, idempotencyKey }, retryBusy ? Date.now() + timeoutMs : 0, (m) => onProgress("busy", m));
     if (reply.type === "error") {
       const b = reply.body as { code: string; detail: string };
       return { kind: "rejected", code: b.code, detail: b.detail };

@@ -140,7 +140,7 @@ export function brokerConfig(flags: Record<string, unknown>, env: NodeJS.Process
   const raw: Record<string, unknown> = {};
   for (const o of BROKER_OPTIONS) raw[o.key] = flags[o.flag] ?? env[o.env] ?? o.def;
   Object.assign(raw, overrides);
-  if (raw.busyAfterMs === "auto") raw.busyAfterMs = raw.database === "" || raw.database === undefined ? BUSY_AFTER_MS.sqlite : BUSY_AFTER_MS.postgres;
+  if (raw.busyAfterMs === "auto") raw.busyAfterMs = raw.database === "" ? BUSY_AFTER_MS.sqlite : BUSY_AFTER_MS.postgres;
   const parsed = brokerConfigSchema.safeParse(raw);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => {

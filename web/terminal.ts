@@ -289,14 +289,9 @@ async function pay(): Promise<void> {
     };
     // A broker past its capacity answers busy: the payment is delayed, not refused. Ask again
     // after the wait it names (docs/protocol.md §Load), the same request with the same key.
-    const until = Date.now() + BUSY_RETRY_FOR_MS;
-    let reply = await device.request("pay_request", request);
-    while (reply.type === "error" && reply.body.code === "busy" && Date.now() < until) {
-      const waitMs = Math.min(Number(reply.body.retryAfterMs ?? 1000), until - Date.now());
-      session.notify(`The broker is busy: asking again in ${(waitMs / 1000).toFixed(1)} s (the same payment, it will not be made twice).`);
-      await new Promise((r) => setTimeout(r, waitMs));
-      reply = await device.request("pay_request", request);
-    }
+    const reply = await device.requestPastBusy("pay_request", request, Date.now() + BUSY_RETRY_FOR_MS, (_, waitMs) =>
+      session.notify(`The broker is busy: asking again in ${(waitMs / 1000).toFixed(1)} s (the same payment, it will not be made twice).`),
+    );
     if (reply.type === "error") throw new DeviceError(String(reply.body.code), String(reply.body.detail), reply);
     session.clearNotice();
     const card = cards.get(bodyOf(reply, "payment_accepted").paymentId);

@@ -393,6 +393,22 @@ export class DeviceClient extends Emitter<DeviceEvents> {
     return reply;
   }
 
+  /**
+   * Sends and waits, and while the broker answers `busy` (past its capacity, docs/protocol.md
+   * §Load) waits the answer's `retryAfterMs` and asks again, until `untilMs`: a new message with
+   * the same body, so a pay_request keeps its idempotency key and makes one payment. Returns the
+   * last answer; `onBusy` hears each `busy` answer and the wait before the next try.
+   */
+  async requestPastBusy(type: string, body: Record<string, unknown>, untilMs: number, onBusy: (reply: Received, waitMs: number) => void = () => {}, timeoutMs = 10_000): Promise<Received> {
+    for (;;) {
+      const reply = await this.request(type, body, timeoutMs);
+      if (reply.type !== "error" || reply.body.code !== "busy" || Date.now() >= untilMs) return reply;
+      const waitMs = Math.min(Number(reply.body.retryAfterMs ?? 1000), untilMs - Date.now());
+      onBusy(reply, waitMs);
+      await new Promise((r) => setTimeout(r, waitMs));
+    }
+  }
+
   /** Waits for the next message of a type (optionally matching a predicate). */
   next(type: string, timeoutMs = 10_000, match: (m: Received) => boolean = () => true): Promise<Received> {
     return new Promise((resolve, reject) => {

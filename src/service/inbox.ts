@@ -315,15 +315,17 @@ export class Inbox {
     for (const p of batch) {
       const v = this.#check(p, nowMs);
       if ("drop" in v) finished.push(p.done);
-      else if ("refusal" in v && v.now === true) {
-        // `busy` leaves at once: it stores nothing and answers a request that caused nothing, so
-        // it need not wait for this batch's transaction and sync (docs/protocol.md §Load).
-        this.#o.publish(v.refusal.to, v.refusal.bytes, null);
-        this.#countError(v.refusal.bytes);
-        p.done();
-      } else if ("refusal" in v) {
-        direct.push(v.refusal);
-        finished.push(p.done);
+      else if ("refusal" in v) {
+        if (v.now === true) {
+          // `busy` leaves at once: it stores nothing and answers a request that caused nothing, so
+          // it need not wait for this batch's transaction and sync (docs/protocol.md §Load).
+          this.#o.publish(v.refusal.to, v.refusal.bytes, null);
+          this.#countError(v.refusal.bytes);
+          p.done();
+        } else {
+          direct.push(v.refusal);
+          finished.push(p.done);
+        }
       } else verified.push(v);
     }
 
