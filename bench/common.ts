@@ -160,6 +160,15 @@ export interface PhaseResult {
    * sockets, and the load generator's own receive queue. Same machine, same clock.
    */
   readonly downLagMs: Percentiles;
+  /**
+   * From each device message's sending to the signed `ts` of the broker's first answer to it
+   * (the time its batch began): the sockets and the broker's own queue up to the batch that
+   * handled it, which is what the broker's admission bounds. Its handling, commit and sync come
+   * after (downLagMs holds them). `busy` refusals are not in it: busyAnsweredMs has them.
+   */
+  readonly answeredMs: Percentiles;
+  /** The same for the requests refused `busy`: how soon the broker turned them away. */
+  readonly busyAnsweredMs: Percentiles;
   readonly all: Percentiles;
   readonly byMode: Partial<Record<"auto" | "prompt", ModeStats>>;
   /** The flows whose terminal is on each node (index into LoadConfig.urls), when there are several. */

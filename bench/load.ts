@@ -75,6 +75,14 @@ let downCounts: Record<string, number> = {};
 let rejectedCount = 0;
 /** Per phase: ms from each broker message's signed ts to its handling here (PhaseResult.downLagMs). */
 let downLags: number[] = [];
+/** Per phase: when each device message went out (Date.now(), by id), until the broker first answers it. */
+let sentAt = new Map<string, number>();
+/**
+ * Per phase: ms from each device message's sending to the signed `ts` of the broker's first
+ * answer to it (PhaseResult.answeredMs), `busy` refusals apart (refusedAnsweredMs).
+ */
+let answered: number[] = [];
+let busyAnswered: number[] = [];
 const bump = (m: Record<string, number>, k: string) => void (m[k] = (m[k] ?? 0) + 1);
 
 /** A Device that counts what it sends (`send` is also how receipts and requests go out). */
@@ -84,6 +92,11 @@ class CountingDevice extends Device {
     this.on("message", (m) => {
       bump(downCounts, m.type);
       downLags.push(Date.now() - m.ts);
+      const sent = m.re === undefined ? undefined : sentAt.get(m.re);
+      if (sent !== undefined) {
+        sentAt.delete(m.re!);
+        (m.type === "error" && m.body["code"] === "busy" ? busyAnswered : answered).push(m.ts - sent);
+      }
     });
     this.on("rejected", () => void rejectedCount++);
     this.on("error", () => {}); // connection errors surface as failed requests
@@ -91,7 +104,10 @@ class CountingDevice extends Device {
 
   override send(type: string, body: Record<string, unknown>, overrides: Partial<Payload> = {}): string {
     bump(upCounts, type);
-    return super.send(type, body, overrides);
+    const sent = Date.now();
+    const id = super.send(type, body, overrides);
+    sentAt.set(id, sent);
+    return id;
   }
 }
 
@@ -254,6 +270,9 @@ async function phase(c: PhaseCommand): Promise<void> {
   upCounts = {};
   downCounts = {};
   downLags = [];
+  sentAt = new Map();
+  answered = [];
+  busyAnswered = [];
   rejectedCount = 0;
   const stats = new PhaseStats();
   const start = performance.now();
@@ -325,6 +344,8 @@ async function phase(c: PhaseCommand): Promise<void> {
       refusedMs: percentiles(stats.refused),
       startLagMs: percentiles(stats.startLag),
       downLagMs: percentiles(downLags),
+      answeredMs: percentiles(answered),
+      busyAnsweredMs: percentiles(busyAnswered),
       all: percentiles(stats.all),
       byMode,
       byNode: stats.nodeStats(seconds),

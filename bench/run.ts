@@ -976,6 +976,9 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
             // From the broker's signature to the load generator's handling, per broker message.
             downLagP50Ms: over.result.downLagMs.p50,
             downLagP99Ms: over.result.downLagMs.p99,
+            // The broker's own part: from a message's sending to the start of the batch that answered it.
+            brokerAnsweredP99Ms: over.result.answeredMs.p99,
+            brokerRefusedP99Ms: over.result.busyAnsweredMs.p99,
             unfinished: over.result.unfinished,
             errors: over.result.errors,
           },
@@ -1023,6 +1026,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
           refusedMs: p.result.refusedMs,
           startLagMs: p.result.startLagMs,
           downLagMs: p.result.downLagMs,
+          answeredMs: p.result.answeredMs,
+          busyAnsweredMs: p.result.busyAnsweredMs,
           errors: p.result.errors,
           latencyMs: p.result.all,
           byMode: p.result.byMode,
@@ -1059,7 +1064,8 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
     lines.push(
       `overload at ${v.rate ?? "-"} flows/s: ${v.accepted} accepted (p99 ${v.acceptedP99Ms} ms), ${v.refused} refused busy (heard within p99 ${v.refusedP99Ms} ms), ` +
         `${v.unfinished} unfinished, ${v.errors} errors; the load generator started flows late by up to p99 ${v.startLagP99Ms ?? "-"} ms (in both latencies), ` +
-        `and handled broker messages p50/p99 ${v.downLagP50Ms ?? "-"}/${v.downLagP99Ms ?? "-"} ms after the broker signed them`,
+        `and handled broker messages p50/p99 ${v.downLagP50Ms ?? "-"}/${v.downLagP99Ms ?? "-"} ms after the broker signed them; ` +
+        `the broker itself began answering devices' messages within p99 ${v.brokerAnsweredP99Ms ?? "-"} ms of their sending, and refused busy within p99 ${v.brokerRefusedP99Ms ?? "-"} ms`,
     );
   }
   for (const [name, p] of Object.entries(phases)) {
@@ -1070,6 +1076,7 @@ async function benchFlows(o: Options): Promise<Record<string, unknown>> {
         `; p99 prompt accepted ${step("prompt", "accepted")} delivered ${step("prompt", "prompt_delivered")} executing ${step("prompt", "executing")} result ${step("prompt", "result")}` +
         (p.result.loop === "open" ? `; started late p99 ${p.result.startLagMs.p99 ?? "-"} ms` : "") +
         `; broker messages handled p50/p99 ${p.result.downLagMs.p50 ?? "-"}/${p.result.downLagMs.p99 ?? "-"} ms after signing` +
+        `; broker began answering p50/p99 ${p.result.answeredMs.p50 ?? "-"}/${p.result.answeredMs.p99 ?? "-"} ms after sending` +
         `; broker ${p.brokerCpuMsPerFlow ?? "-"} ms CPU/flow (${p.brokerCpuUtil ?? "-"} cores), ${p.brokerDiskKBPerFlow ?? "-"} KB written/flow, load ${p.loadCpuMsPerFlow ?? "-"} ms CPU/flow; ${p.upPerFlow} up + ${p.downPerFlow} down msgs/flow` +
         (p.postgresCpuMsPerFlow === null ? "" : `; PostgreSQL ${p.postgresCpuMsPerFlow} ms CPU/flow`) +
         (p.redisCpuMsPerFlow === null ? "" : `, Redis ${p.redisCpuMsPerFlow} ms CPU/flow`),

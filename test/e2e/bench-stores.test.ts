@@ -27,7 +27,7 @@ interface Figures {
   readonly nodes: number;
   readonly errors: number;
   readonly errorCounts: Record<string, number>;
-  readonly phases: Record<string, { completed: number; errors: number; brokerCpuMsPerFlow: number | null; postgresCpuMsPerFlow: number | null; redisCpuMsPerFlow: number | null; refused: number; startLagMs: { n: number }; downLagMs: { n: number; p50: number | null }; down: Record<string, number> }>;
+  readonly phases: Record<string, { completed: number; errors: number; brokerCpuMsPerFlow: number | null; postgresCpuMsPerFlow: number | null; redisCpuMsPerFlow: number | null; refused: number; startLagMs: { n: number }; downLagMs: { n: number; p50: number | null }; answeredMs: { n: number }; up: Record<string, number>; down: Record<string, number> }>;
   readonly byNode: readonly NodeFigures[];
 }
 
@@ -62,6 +62,10 @@ describe("npm run bench on PostgreSQL and several nodes", () => {
     expect(stdout).toMatch(/^ {2}mixed: .*; broker messages handled p50\/p99 [\d.]+\/[\d.]+ ms after signing; /m);
     expect(f.phases.mixed!.downLagMs.n).toBe(Object.values(f.phases.mixed!.down).reduce((a, b) => a + b, 0));
     expect(f.phases.mixed!.downLagMs.p50).toBeGreaterThanOrEqual(0);
+    // And how soon the broker began answering: at most one figure per message up (the first answer).
+    expect(stdout).toMatch(/; broker began answering p50\/p99 [\d.]+\/[\d.]+ ms after sending; /m);
+    expect(f.phases.mixed!.answeredMs.n).toBeGreaterThanOrEqual(f.phases.mixed!.completed);
+    expect(f.phases.mixed!.answeredMs.n).toBeLessThanOrEqual(Object.values(f.phases.mixed!.up).reduce((a, b) => a + b, 0));
     expect(f.byNode).toHaveLength(1);
     expect(f.byNode[0]!.phases.mixed!.completed).toBe(f.phases.mixed!.completed);
     // Not the bench's server: its CPU time is not the bench's to read.
