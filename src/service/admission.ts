@@ -66,6 +66,11 @@ export class Admission {
     return nowMs - this.#lastTurnMs > IDLE_RESET_MS || nowMs < this.#lastTurnMs ? 0 : this.#behindMs;
   }
 
+  /** Whether every new payment is refused now, whatever its own age (the broker is behind on average). */
+  refusing(nowMs: number): boolean {
+    return this.#busyAfterMs > 0 && this.behindMs(nowMs) >= this.#busyAfterMs;
+  }
+
   /** The age of a message from `deviceId` stamped `ts`, handled at `nowMs`. */
   ageMs(deviceId: string, ts: number, nowMs: number): number {
     const o = this.#offsets.get(deviceId);

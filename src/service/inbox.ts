@@ -13,7 +13,7 @@
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import { verify, type Signer } from "../crypto/ed25519.ts";
-import { BROKER_ID, parseEnvelope, type Parsed, type Payload } from "../protocol/envelope.ts";
+import { BROKER_ID, parseEnvelope, type Parsed, type ParseResult, type Payload } from "../protocol/envelope.ts";
 import { ERROR_CODES, type ErrorCode } from "../protocol/errors.ts";
 import { EPHEMERAL_DOWN_TYPES, isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
 import type { Db } from "../store/db.ts";
@@ -43,6 +43,12 @@ export interface InboxOptions {
   readonly onReceipt?: (deviceId: string, msgId: string) => void;
   /** Most messages handled in one transaction; the rest wait for the next turn. */
   readonly maxBatch?: number;
+  /**
+   * About how long one batch may take, in ms (default BATCH_BUDGET_MS): a batch takes as many
+   * messages as recent batches did in that time (at least MIN_BATCH), so that the broker goes
+   * back to its sockets that often; 0: no budget, only maxBatch.
+   */
+  readonly batchBudgetMs?: number;
   /**
    * How long a receipt may wait for messages to share their transaction (default
    * RECEIPT_DELAY_MS; 0: a transaction of its own at once). Receipts change nothing a device is
@@ -133,6 +139,10 @@ interface Pending {
   readonly deviceId: string;
   readonly bytes: Uint8Array;
   readonly done: () => void;
+  /** Parsed on arrival (the broker was behind and looked for a pay request to turn away): not parsed again. */
+  parsed?: ParseResult;
+  /** The rate limiter was asked on arrival: whether it refused. Not asked again (one token a message). */
+  limited?: boolean;
 }
 
 interface Verified {
@@ -153,6 +163,11 @@ export class Refusal extends Error {
 
 /** How long a device's counted backlog is trusted before it is counted again. */
 const BACKLOG_RECOUNT_MS = 1000;
+
+/** See InboxOptions.batchBudgetMs (docs/performance.md §Seventh session). */
+export const BATCH_BUDGET_MS = 10;
+/** The fewest messages a batch takes while more wait, whatever they cost. */
+export const MIN_BATCH = 16;
 
 /** See InboxOptions.receiptDelayMs (docs/performance.md §Receipts ride along). */
 export const RECEIPT_DELAY_MS = 10;
@@ -187,6 +202,8 @@ export class Inbox {
    * after BACKLOG_RECOUNT_MS, so a device at its bound costs one count a second, not one a message.
    */
   readonly #backlogs = new Map<string, { n: number; atMs: number }>();
+  /** What a message has cost lately, in ms of a batch (#batchSize). */
+  #msPerMessage = 0.1;
 
   constructor(options: InboxOptions) {
     this.#o = options;
@@ -232,7 +249,9 @@ export class Inbox {
 
   /** Queues a message from an authenticated connection; `done` runs once it is answered. */
   submit(deviceId: string, bytes: Uint8Array, done: () => void = () => {}): void {
-    this.#queue.push({ deviceId, bytes, done });
+    const p: Pending = { deviceId, bytes, done };
+    if (this.#turnedAway(p)) return;
+    this.#queue.push(p);
     this.#inFlight++;
     this.#schedule();
   }
@@ -295,7 +314,8 @@ export class Inbox {
   }
 
   #flush(): void {
-    const max = this.#o.maxBatch ?? 2000;
+    const flushStarted = performance.now();
+    const max = this.#batchSize();
     const batch = this.#queue.splice(0, max);
     const jobs = this.#jobs.splice(0, max);
     const receipts = this.#receipts.splice(0);
@@ -350,6 +370,7 @@ export class Inbox {
       }
     }
     if (committedOk && size > 0 && this.#o.db.open) this.#metrics.batch(size, performance.now() - startedMs);
+    this.#costed(batch.length + jobs.length, performance.now() - flushStarted);
     if (batch.length > 0) this.#o.admission?.endTurn(nowMs);
     const afterCommit = this.#afterCommit;
     this.#afterCommit = [];
@@ -378,12 +399,69 @@ export class Inbox {
     });
   }
 
+  /**
+   * Past capacity a pay request is turned away as it arrives, not when its batch comes: while the
+   * broker is behind, the wait for the batch is what it is behind by. Only while admission says
+   * so, and only a pay request the batch would refuse `busy` too (well formed, from this
+   * connection's device, to the broker, within its rate limit); anything else goes into the
+   * queue as usual, with what was learnt here (the parse, the rate limiter's answer) kept so the
+   * batch does not do it again. True when the request was answered here.
+   */
+  #turnedAway(p: Pending): boolean {
+    const admission = this.#o.admission;
+    if (admission === undefined) return false;
+    const nowMs = this.#o.clock();
+    if (!admission.refusing(nowMs)) return false;
+    const parsed = (p.parsed = parseEnvelope(p.bytes));
+    if (!parsed.ok) return false;
+    const { payload } = parsed.msg;
+    if (payload.type !== "pay_request" || payload.from !== p.deviceId || payload.to !== BROKER_ID) return false;
+    if (this.#o.rateLimiter !== undefined) {
+      p.limited = !this.#o.rateLimiter.take(p.deviceId, nowMs);
+      if (p.limited) return false;
+    }
+    const busy = this.#busy(p.deviceId, payload, nowMs);
+    if (busy === null) return false;
+    this.#metrics.messageIn(payload.type);
+    this.#o.publish(busy.to, busy.bytes, null);
+    this.#countError(busy.bytes);
+    p.done();
+    return true;
+  }
+
+  /** The `busy` refusal of a pay request, or null when admission lets it in. */
+  #busy(deviceId: string, payload: Payload, nowMs: number): Outgoing | null {
+    const verdict = this.#o.admission?.check(deviceId, payload.ts, nowMs);
+    if (verdict === undefined || verdict.retryAfterMs === null) return null;
+    const detail = `the broker is behind (messages wait ${Math.round(Math.max(verdict.ageMs, verdict.behindMs))} ms); send the request again in ${verdict.retryAfterMs} ms`;
+    return this.#error(deviceId, "busy", detail, payload.id, nowMs, verdict.retryAfterMs);
+  }
+
+  /** How many messages (and jobs) the next batch takes: what fits in the budget at recent costs. */
+  #batchSize(): number {
+    const max = this.#o.maxBatch ?? 2000;
+    const budgetMs = this.#o.batchBudgetMs ?? BATCH_BUDGET_MS;
+    if (budgetMs <= 0) return max;
+    return Math.min(max, Math.max(MIN_BATCH, Math.floor(budgetMs / this.#msPerMessage)));
+  }
+
+  /**
+   * A batch of `n` messages and jobs took `ms` in all: the cost per message follows, at once when
+   * it rose (the next batch is smaller straight away), as a moving average when it fell.
+   */
+  #costed(n: number, ms: number): void {
+    // Small batches say little: their cost is mostly the commit's, shared by fewer messages.
+    if (n < MIN_BATCH) return;
+    const each = ms / n;
+    this.#msPerMessage = each > this.#msPerMessage ? each : this.#msPerMessage + 0.3 * (each - this.#msPerMessage);
+  }
+
   /** The checks that need no write. Returns the refusal to send, or the verified message. */
   #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing; now?: true } | { drop: true } {
-    const parsed = parseEnvelope(p.bytes);
+    const parsed = p.parsed ?? parseEnvelope(p.bytes);
     // Only the protocol's types are labels: a device's made-up type must not grow the metric.
     this.#metrics.messageIn(!parsed.ok ? "malformed" : isUpType(parsed.msg.payload.type) ? parsed.msg.payload.type : "unknown");
-    if (this.#o.rateLimiter !== undefined && !this.#o.rateLimiter.take(p.deviceId, nowMs)) {
+    if (this.#o.rateLimiter !== undefined && (p.limited ?? !this.#o.rateLimiter.take(p.deviceId, nowMs))) {
       // Receipts are never answered: the answer would be acknowledged in turn, a loop.
       if (parsed.ok && parsed.msg.payload.type === "ack") return { drop: true };
       const id = parsed.ok ? parsed.msg.payload.id : parsed.id;
@@ -395,12 +473,9 @@ export class Inbox {
     if (payload.from !== p.deviceId) return refuse("sender_mismatch", `this connection is device ${p.deviceId}, the envelope says ${payload.from}`);
     if (payload.to !== BROKER_ID) return refuse("misaddressed", `messages to the broker must have to = "${BROKER_ID}"`);
     // Past capacity a new payment is refused before any work on it (no verify, no write).
-    if (payload.type === "pay_request" && this.#o.admission !== undefined) {
-      const verdict = this.#o.admission.check(p.deviceId, payload.ts, nowMs);
-      if (verdict.retryAfterMs !== null) {
-        const detail = `the broker is behind (messages wait ${Math.round(Math.max(verdict.ageMs, verdict.behindMs))} ms); send the request again in ${verdict.retryAfterMs} ms`;
-        return { refusal: this.#error(p.deviceId, "busy", detail, payload.id, nowMs, verdict.retryAfterMs), now: true };
-      }
+    if (payload.type === "pay_request") {
+      const busy = this.#busy(p.deviceId, payload, nowMs);
+      if (busy !== null) return { refusal: busy, now: true };
     }
     const device = this.#devices.get(p.deviceId);
     if (device === null || device.status !== "active") return refuse("bad_signature", "the sender has no active registered key");

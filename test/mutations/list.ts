@@ -293,6 +293,24 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/unit/inbox-timing.test.ts"],
     filter: "lone receipt",
   },
+  {
+    id: "batch-budget-ignored",
+    rule: "A batch takes everything waiting, however long it takes, so the broker goes back to its sockets only after it.",
+    file: "src/service/inbox.ts",
+    search: "if (budgetMs <= 0) return max;",
+    replace: "return max;",
+    tests: ["test/unit/inbox-timing.test.ts"],
+    filter: "never fewer than MIN_BATCH",
+  },
+  {
+    id: "busy-waits-for-its-batch",
+    rule: "Past capacity a pay request waits in the queue for its batch before it is answered busy.",
+    file: "src/service/inbox.ts",
+    search: "if (this.#turnedAway(p)) return;",
+    replace: "",
+    tests: ["test/unit/inbox-timing.test.ts"],
+    filter: "inside submit",
+  },
 
   // ── Connecting ──────────────────────────────────────────────────────────────────────────────
   {

@@ -9,7 +9,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { keyPairFromSeed, Signer } from "../../src/crypto/ed25519.ts";
 import { parseEnvelope } from "../../src/protocol/envelope.ts";
 import { Admission } from "../../src/service/admission.ts";
-import { Inbox, type Durability, type InboxOptions } from "../../src/service/inbox.ts";
+import { Inbox, MIN_BATCH, type Durability, type InboxOptions } from "../../src/service/inbox.ts";
+import { NO_METRICS } from "../../src/service/metrics.ts";
 import { openDatabase, type Db } from "../../src/store/db.ts";
 import { sealWith } from "../wire.ts";
 
@@ -118,3 +119,66 @@ describe("busy past capacity", () => {
     expect(published).toEqual(["terminal-1 errorbusy", "device-1 pong"]);
   });
 });
+
+describe("busy as the request arrives", () => {
+  it("answers a pay request busy inside submit() while the broker is behind, before any batch, and queues anything else", async () => {
+    const published: string[] = [];
+    const admission = new Admission(40);
+    const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
+    // The last turn's messages waited 500 ms on average: the broker is behind.
+    admission.observe(terminal.id, NOW, NOW);
+    admission.observe(terminal.id, NOW - 1_000, NOW);
+    admission.endTurn(NOW);
+    expect(admission.refusing(NOW)).toBe(true);
+    const inbox = newInbox({
+      publish: (to, bytes) => {
+        const parsed = parseEnvelope(bytes);
+        published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
+      },
+      durable: { committed: () => {}, afterDurable: (fn) => fn() },
+      admission,
+    });
+    const pay = sealWith(terminal.pair, { type: "pay_request", from: terminal.id, ts: NOW, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey: "k" } });
+    const ping = sealWith(terminal.pair, { type: "ping", from: terminal.id, ts: NOW, body: {} });
+    const handled: string[] = [];
+    inbox.submit(terminal.id, pay.bytes, () => handled.push("pay"));
+    inbox.submit(terminal.id, ping.bytes, () => handled.push("ping"));
+    // No turn of the event loop yet: the pay request is answered and acknowledged, the ping waits.
+    expect(published).toEqual(["terminal-1 errorbusy"]);
+    expect(handled).toEqual(["pay"]);
+    await inbox.idle();
+    expect(handled).toEqual(["pay", "ping"]);
+  });
+});
+
+describe("a batch's time budget", () => {
+  /** Runs `n` jobs of ~1 ms each through an inbox with `batchBudgetMs`; the size of each batch. */
+  async function batchSizes(batchBudgetMs: number, n: number): Promise<number[]> {
+    const sizes: number[] = [];
+    const inbox = newInbox({ publish: () => {}, durable: { committed: () => {}, afterDurable: (fn) => fn() }, batchBudgetMs, metrics: { ...NO_METRICS, batch: (size) => void sizes.push(size) } });
+    for (let i = 0; i < n; i++) {
+      inbox.internal("spin", () => {
+        const end = performance.now() + 1;
+        while (performance.now() < end);
+      });
+    }
+    await inbox.idle();
+    return sizes;
+  }
+
+  it("takes no more than fits in the budget at what the last batch cost, and never fewer than MIN_BATCH", async () => {
+    const sizes = await batchSizes(20, 300);
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(300);
+    // The first batch goes by the starting guess; every later one knows a job costs >= 1 ms.
+    for (const size of sizes.slice(1, -1)) {
+      expect(size).toBeGreaterThanOrEqual(MIN_BATCH);
+      expect(size).toBeLessThanOrEqual(20);
+    }
+    expect(sizes.length).toBeGreaterThan(5);
+  });
+
+  it("takes everything waiting into one batch with no budget", async () => {
+    expect(await batchSizes(0, 300)).toEqual([300]);
+  });
+});
+
