@@ -33,6 +33,30 @@ export interface HookOptions {
   readonly seedLimits?: (deviceId: string) => Promise<void>;
   /** A device's connection closed. */
   readonly onDisconnected?: (deviceId: string) => void;
+  /** Up messages a connection may have read and not yet stored; default MAX_UP_UNSTORED. */
+  readonly maxUpUnstored?: number;
+}
+
+/**
+ * Up messages one connection may have read and not yet stored (docs/protocol.md §Limits): past
+ * it the broker reads nothing more from that connection until one of them is.
+ */
+export const MAX_UP_UNSTORED = 32;
+
+/** A connection's up messages read and not yet stored, and whether it is paused for them. */
+interface UpState {
+  unstored: number;
+  paused: boolean;
+}
+
+/**
+ * Aedes' Client as far as pausing it goes (none of it in its types): pause() and resume(), and
+ * the count of read packets still being handled, which must come to 0 before it reads again.
+ */
+interface Pausable {
+  pause(): void;
+  resume(): void;
+  _parsingBatch: number;
 }
 
 /** The connect budget of one device (docs/protocol.md §Limits). */
@@ -43,6 +67,8 @@ export function connectLimiter(): RateLimiter {
 export function installHooks(aedes: Aedes, o: HookOptions): void {
   const { config, log, inbox, authenticator } = o;
   const metrics = o.metrics ?? NO_METRICS;
+  const maxUpUnstored = o.maxUpUnstored ?? MAX_UP_UNSTORED;
+  const upStates = new WeakMap<Client, UpState>();
 
   aedes.preConnect = (client, packet, callback) => {
     if (packet.protocolVersion !== 4) {
@@ -132,8 +158,31 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
       return callback(new Error("topic not allowed"));
     }
     packet.retain = false; // up messages are never retained
+    let up = upStates.get(client);
+    if (up === undefined) upStates.set(client, (up = { unstored: 0, paused: false }));
+    const state = up;
+    // Aedes reads on from a connection while its messages wait for their commit: past the bound
+    // it reads nothing more from it (the device's TCP window fills) until one of them is stored.
+    if (++state.unstored >= maxUpUnstored && !state.paused) {
+      state.paused = true;
+      (client as unknown as Pausable).pause();
+    }
     // Held until the message's transaction commits: the PUBACK then means "stored".
-    inbox.submit(client.id, packet.payload as Buffer, () => callback(null));
+    inbox.submit(client.id, packet.payload as Buffer, () => {
+      callback(null);
+      if (--state.unstored < maxUpUnstored && state.paused) {
+        state.paused = false;
+        // Not from inside the inbox's answers: the reads it starts go through these hooks again.
+        setImmediate(() => {
+          if (client.closed || state.paused) return;
+          // While paused, Aedes does not count down the packets whose handling ends, so its count
+          // would never reach 0 again: it starts over from 1, which resume() takes to 0 to read.
+          const c = client as unknown as Pausable;
+          c._parsingBatch = 1;
+          c.resume();
+        });
+      }
+    });
   };
 
   aedes.authorizeSubscribe = (client, sub, callback) => {

@@ -31,7 +31,7 @@ import type { Db } from "../src/store/db.ts";
 import { OutboxRepo } from "../src/store/outbox.ts";
 import { PaymentRepo } from "../src/store/payments.ts";
 import { Checkpointer } from "../src/store/checkpointer.ts";
-import { WalSync } from "../src/store/wal-sync.ts";
+import { WalSync, type WalIo } from "../src/store/wal-sync.ts";
 import { Admission } from "../src/service/admission.ts";
 import { AdminFeed } from "./admin-feed.ts";
 import { AuditHeads } from "./audit-heads.ts";
@@ -61,6 +61,8 @@ export interface BrokerDeps {
    * commit left it). Absent: logged, and the broker stops.
    */
   readonly onFatal?: (err: Error) => void;
+  /** SQLite: the file calls that sync the WAL (node:fs unless a test holds or watches them). */
+  readonly walIo?: WalIo;
 }
 
 export interface BrokerHandle {
@@ -162,7 +164,7 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
         log.fatal({ err: errorSummary(err) }, "the disk failed to sync committed data; stopping (what was not synced was never answered)");
         inbox.abandon();
         void close().then(() => deps.onFatal?.(err));
-      }, undefined, (ms) => metrics.diskSync(ms));
+      }, deps.walIo, (ms) => metrics.diskSync(ms));
   // Checkpoints too run off the event loop (a worker thread with its own connection).
   const checkpointer = postgres ? null : new Checkpointer(db, log);
   const messageLimiter = new RateLimiter(config.deviceRatePerSec, config.deviceBurst);

@@ -14,6 +14,7 @@ import { toBase64 } from "../src/crypto/encoding.ts";
 import { registerDevice } from "../src/service/devices.ts";
 import { openDatabase, type Db } from "../src/store/db.ts";
 import { freshPostgresDatabase } from "./services.ts";
+import type { WalIo } from "../src/store/wal-sync.ts";
 
 export interface TestBroker extends BrokerHandle {
   /** Registers a device and returns its key. */
@@ -76,6 +77,7 @@ export function openTempDb(prefix = "hp-db-"): { db: Db; dispose(): void } {
 export interface TestBrokerDeps {
   readonly clock?: () => number;
   readonly log?: Logger;
+  readonly walIo?: WalIo;
 }
 
 export async function startTestBroker(
@@ -93,6 +95,7 @@ export async function startTestBroker(
     log,
     ...(onFatal === undefined ? {} : { onFatal }),
     ...(deps.clock === undefined ? {} : { clock: deps.clock }),
+    ...(deps.walIo === undefined ? {} : { walIo: deps.walIo }),
   });
   const devices: Device[] = [];
   let userSeq = 0;

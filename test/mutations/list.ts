@@ -311,6 +311,15 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/unit/inbox-timing.test.ts"],
     filter: "inside submit",
   },
+  {
+    id: "read-ahead-unbounded",
+    rule: "A connection's messages waiting for their commit have no bound: the broker reads on from it.",
+    file: "broker/hooks.ts",
+    search: "if (++state.unstored >= maxUpUnstored && !state.paused) {",
+    replace: "if (++state.unstored >= Infinity && !state.paused) {",
+    tests: ["test/e2e/read-ahead.test.ts"],
+    filter: "stores up to",
+  },
 
   // ── Connecting ──────────────────────────────────────────────────────────────────────────────
   {
