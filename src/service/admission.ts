@@ -12,7 +12,8 @@
  * seconds ahead or behind is judged by its waits, not by its clock.
  *
  * The broker is behind when the messages it handled in its last turns were older than
- * `busyAfterMs` on average (a moving average over turns), or when this pay request itself is.
+ * `busyAfterMs` on average (a moving average over turns), or when this pay request itself is,
+ * or, as it arrives, would be once the messages queued before it are handled.
  * Only `pay_request` is refused: every message of a payment already accepted (approvals,
  * executions, cancels, receipts) is handled whatever the load, so accepted payments are never
  * shed. The refusal is decided before the signature is verified or anything is written: it
@@ -66,9 +67,12 @@ export class Admission {
     return nowMs - this.#lastTurnMs > IDLE_RESET_MS || nowMs < this.#lastTurnMs ? 0 : this.#behindMs;
   }
 
-  /** Whether every new payment is refused now, whatever its own age (the broker is behind on average). */
-  refusing(nowMs: number): boolean {
-    return this.#busyAfterMs > 0 && this.behindMs(nowMs) >= this.#busyAfterMs;
+  /**
+   * Whether every new payment is refused now, whatever its own age: the broker is behind on
+   * average, or what is queued (`aheadMs` of work, the caller's estimate) would make it so.
+   */
+  refusing(nowMs: number, aheadMs = 0): boolean {
+    return this.#busyAfterMs > 0 && Math.max(this.behindMs(nowMs), aheadMs) >= this.#busyAfterMs;
   }
 
   /** The age of a message from `deviceId` stamped `ts`, handled at `nowMs`. */
@@ -77,11 +81,15 @@ export class Admission {
     return o === undefined ? 0 : waitBeyond(o, nowMs - ts);
   }
 
-  /** Whether a new payment may start now. Reads only: a refused message teaches nothing. */
-  check(deviceId: string, ts: number, nowMs: number): AdmissionVerdict {
+  /**
+   * Whether a new payment may start now. `aheadMs`: for a message not yet queued, how long what is
+   * queued before it will take (its wait is then its age plus that). Reads only: a refused
+   * message teaches nothing.
+   */
+  check(deviceId: string, ts: number, nowMs: number, aheadMs = 0): AdmissionVerdict {
     const ageMs = this.ageMs(deviceId, ts, nowMs);
     const behindMs = this.behindMs(nowMs);
-    const worst = Math.max(ageMs, behindMs);
+    const worst = Math.max(ageMs + aheadMs, behindMs);
     if (this.#busyAfterMs === 0 || worst < this.#busyAfterMs) return { ageMs, behindMs, retryAfterMs: null };
     const retryAfterMs = Math.min(RETRY_AFTER_MS[1], Math.max(RETRY_AFTER_MS[0], Math.round(2 * worst)));
     return { ageMs, behindMs, retryAfterMs };

@@ -402,7 +402,7 @@ export class Inbox {
   /**
    * Past capacity a pay request is turned away as it arrives, not when its batch comes: while the
    * broker is behind, the wait for the batch is what it is behind by. Only while admission says
-   * so, and only a pay request the batch would refuse `busy` too (well formed, from this
+   * so (on average, or by what is queued before it), and only a pay request the batch would refuse `busy` too (well formed, from this
    * connection's device, to the broker, within its rate limit); anything else goes into the
    * queue as usual, with what was learnt here (the parse, the rate limiter's answer) kept so the
    * batch does not do it again. True when the request was answered here.
@@ -411,7 +411,9 @@ export class Inbox {
     const admission = this.#o.admission;
     if (admission === undefined) return false;
     const nowMs = this.#o.clock();
-    if (!admission.refusing(nowMs)) return false;
+    // What is queued before it, at what messages cost lately: the wait it would add to its age.
+    const aheadMs = this.#queue.length * this.#msPerMessage;
+    if (!admission.refusing(nowMs, aheadMs)) return false;
     const parsed = (p.parsed = parseEnvelope(p.bytes));
     if (!parsed.ok) return false;
     const { payload } = parsed.msg;
@@ -420,7 +422,7 @@ export class Inbox {
       p.limited = !this.#o.rateLimiter.take(p.deviceId, nowMs);
       if (p.limited) return false;
     }
-    const busy = this.#busy(p.deviceId, payload, nowMs);
+    const busy = this.#busy(p.deviceId, payload, nowMs, aheadMs);
     if (busy === null) return false;
     this.#metrics.messageIn(payload.type);
     this.#o.publish(busy.to, busy.bytes, null);
@@ -429,11 +431,11 @@ export class Inbox {
     return true;
   }
 
-  /** The `busy` refusal of a pay request, or null when admission lets it in. */
-  #busy(deviceId: string, payload: Payload, nowMs: number): Outgoing | null {
-    const verdict = this.#o.admission?.check(deviceId, payload.ts, nowMs);
+  /** The `busy` refusal of a pay request, or null when admission lets it in (`aheadMs`: Admission.check). */
+  #busy(deviceId: string, payload: Payload, nowMs: number, aheadMs = 0): Outgoing | null {
+    const verdict = this.#o.admission?.check(deviceId, payload.ts, nowMs, aheadMs);
     if (verdict === undefined || verdict.retryAfterMs === null) return null;
-    const detail = `the broker is behind (messages wait ${Math.round(Math.max(verdict.ageMs, verdict.behindMs))} ms); send the request again in ${verdict.retryAfterMs} ms`;
+    const detail = `the broker is behind (messages wait ${Math.round(Math.max(verdict.ageMs + aheadMs, verdict.behindMs))} ms); send the request again in ${verdict.retryAfterMs} ms`;
     return this.#error(deviceId, "busy", detail, payload.id, nowMs, verdict.retryAfterMs);
   }
 

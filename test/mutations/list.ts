@@ -312,6 +312,15 @@ export const MUTATIONS: readonly Mutation[] = [
     filter: "inside submit",
   },
   {
+    id: "busy-ignores-queue",
+    rule: "A pay request arriving behind a long queue is let in, to be refused only after it has waited.",
+    file: "src/service/inbox.ts",
+    search: "const aheadMs = this.#queue.length * this.#msPerMessage;",
+    replace: "const aheadMs = 0;",
+    tests: ["test/unit/inbox-timing.test.ts"],
+    filter: "messages queued before it",
+  },
+  {
     id: "read-ahead-unbounded",
     rule: "A connection's messages waiting for their commit have no bound: the broker reads on from it.",
     file: "broker/hooks.ts",

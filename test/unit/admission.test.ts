@@ -33,7 +33,18 @@ describe("Admission", () => {
     expect(a.ageMs("d", T0, T0 + 1000)).toBe(1000);
   });
 
-  it("is behind when its last turns handled old messages, refusing every device, and not once it has been idle", () => {
+  it("counts the work queued before a request as wait it will have: refuses when age plus that reaches busyAfterMs", () => {
+    const a = new Admission(100);
+    a.observe("d", T0, T0);
+    expect(a.check("d", T0, T0 + 10, 89).retryAfterMs).toBeNull();
+    expect(a.check("d", T0, T0 + 10, 90).retryAfterMs).toBe(RETRY_AFTER_MS[0]);
+    expect(a.refusing(T0 + 10, 99)).toBe(false);
+    expect(a.refusing(T0 + 10, 100)).toBe(true);
+    // Off is off, whatever is queued.
+    expect(new Admission(0).refusing(T0, 1e9)).toBe(false);
+  });
+
+    it("is behind when its last turns handled old messages, refusing every device, and not once it has been idle", () => {
     const a = new Admission(100);
     a.observe("fresh", T0, T0);
     a.observe("slow", T0, T0);

@@ -151,6 +151,34 @@ describe("busy as the request arrives", () => {
   });
 });
 
+describe("busy by what is queued", () => {
+  it("answers a pay request busy as it arrives when the messages queued before it would take busyAfterMs", async () => {
+    const published: string[] = [];
+    const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
+    const admission = new Admission(40);
+    admission.observe(terminal.id, NOW, NOW);
+    const inbox = newInbox({
+      publish: (to, bytes) => {
+        const parsed = parseEnvelope(bytes);
+        published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
+      },
+      durable: { committed: () => {}, afterDurable: (fn) => fn() },
+      admission,
+    });
+    const pay = (key: string) => sealWith(terminal.pair, { type: "pay_request", from: terminal.id, ts: NOW, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey: key } }).bytes;
+    // Nothing queued: it waits for its batch like any message.
+    inbox.submit(terminal.id, pay("a"));
+    expect(published).toEqual([]);
+    await inbox.idle();
+    published.length = 0;
+    // 1,000 messages queued at the starting guess of 0.1 ms each: 100 ms ahead of it.
+    for (let i = 0; i < 1000; i++) inbox.submit(terminal.id, sealWith(terminal.pair, { type: "ping", from: terminal.id, ts: NOW, body: {} }).bytes);
+    inbox.submit(terminal.id, pay("b"));
+    expect(published).toEqual(["terminal-1 errorbusy"]);
+    await inbox.idle();
+  });
+});
+
 describe("a batch's time budget", () => {
   /** Runs `n` jobs of ~1 ms each through an inbox with `batchBudgetMs`; the size of each batch. */
   async function batchSizes(batchBudgetMs: number, n: number): Promise<number[]> {
