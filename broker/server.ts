@@ -187,6 +187,11 @@ export async function startBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     rateLimiter: messageLimiter,
     maxBacklog: config.deviceBacklog,
     admission,
+    // On SQLite a batch takes about a quarter of the admission threshold (10 ms by default), so
+    // that the broker reads its sockets, and refuses new payments as they arrive, well within it;
+    // none with admission off. None on PostgreSQL: a message there costs ms of round trips, and
+    // a 75 ms budget looked like costing throughput (docs/performance.md §Seventh session).
+    batchBudgetMs: postgres ? 0 : config.busyAfterMs / 4,
     ...(walSync === null ? {} : { durable: walSync }),
     metrics,
   });

@@ -44,9 +44,9 @@ export interface InboxOptions {
   /** Most messages handled in one transaction; the rest wait for the next turn. */
   readonly maxBatch?: number;
   /**
-   * About how long one batch may take, in ms (default BATCH_BUDGET_MS): a batch takes as many
-   * messages as recent batches did in that time (at least MIN_BATCH), so that the broker goes
-   * back to its sockets that often; 0: no budget, only maxBatch.
+   * About how long one batch may take, in ms: a batch takes as many messages as recent batches
+   * handled in that time (at least MIN_BATCH), so that the broker goes back to its sockets that
+   * often. 0 or absent: no budget, only maxBatch.
    */
   readonly batchBudgetMs?: number;
   /**
@@ -164,8 +164,6 @@ export class Refusal extends Error {
 /** How long a device's counted backlog is trusted before it is counted again. */
 const BACKLOG_RECOUNT_MS = 1000;
 
-/** See InboxOptions.batchBudgetMs (docs/performance.md §Seventh session). */
-export const BATCH_BUDGET_MS = 10;
 /** The fewest messages a batch takes while more wait, whatever they cost. */
 export const MIN_BATCH = 16;
 
@@ -442,7 +440,7 @@ export class Inbox {
   /** How many messages (and jobs) the next batch takes: what fits in the budget at recent costs. */
   #batchSize(): number {
     const max = this.#o.maxBatch ?? 2000;
-    const budgetMs = this.#o.batchBudgetMs ?? BATCH_BUDGET_MS;
+    const budgetMs = this.#o.batchBudgetMs ?? 0;
     if (budgetMs <= 0) return max;
     return Math.min(max, Math.max(MIN_BATCH, Math.floor(budgetMs / this.#msPerMessage)));
   }
