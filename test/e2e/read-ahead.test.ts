@@ -54,18 +54,25 @@ async function until(what: string, check: () => boolean, timeoutMs = 5000): Prom
   }
 }
 
+/** A broker whose WAL syncs a test can hold, and a terminal connected to it over a raw socket. */
+async function gatedDevice() {
+  const gate = gatedWalIo();
+  broker = await startTestBroker({ database: "", deviceRatePerSec: 100_000, deviceBurst: 100_000 }, undefined, undefined, { walIo: gate.io });
+  const key = broker.register("terminal");
+  const s = await RawSocket.open(broker.url);
+  sockets.push(s);
+  s.write(connectPacket(key));
+  expect(await s.next("connack")).toMatchObject({ returnCode: 0 });
+  /** The terminal's messages committed (each new one leaves a row in the replay memory). */
+  const seen = () => (broker!.db.prepare("SELECT count(*) AS n FROM seen_messages WHERE device_id = ?").get(key.deviceId) as { n: number }).n;
+  return { gate, key, s, seen };
+}
+
 const pubacks = (s: RawSocket): number[] => s.packets.filter((p): p is Packet & { cmd: "puback"; messageId: number } => p.cmd === "puback").map((p) => p.messageId);
 
 describe("reading ahead while earlier messages wait for the disk", () => {
   it(`stores up to ${MAX_UP_UNSTORED} of a device's messages before the first one's sync, reads no more past that, and PUBACKs each, in order, only once synced`, async () => {
-    const gate = gatedWalIo();
-    broker = await startTestBroker({ database: "", deviceRatePerSec: 100_000, deviceBurst: 100_000 }, undefined, undefined, { walIo: gate.io });
-    const key = broker.register("terminal");
-    const s = await RawSocket.open(broker.url);
-    sockets.push(s);
-    s.write(connectPacket(key));
-    expect(await s.next("connack")).toMatchObject({ returnCode: 0 });
-    const seen = () => (broker!.db.prepare("SELECT count(*) AS n FROM seen_messages WHERE device_id = ?").get(key.deviceId) as { n: number }).n;
+    const { gate, key, s, seen } = await gatedDevice();
     const ping = (i: number) => encode({ cmd: "publish", topic: upTopic(key.deviceId), qos: 1, messageId: i, payload: Buffer.from(sealWith(key.pair, { type: "ping", from: key.deviceId, body: { echo: `m${i}` } }).bytes) });
 
     gate.hold();
@@ -88,14 +95,7 @@ describe("reading ahead while earlier messages wait for the disk", () => {
   }, 30_000);
 
   it("reads a flood sent in one write no further than the bound and the read that reached it, and once synced reads and handles all of it, in order", async () => {
-    const gate = gatedWalIo();
-    broker = await startTestBroker({ database: "", deviceRatePerSec: 100_000, deviceBurst: 100_000 }, undefined, undefined, { walIo: gate.io });
-    const key = broker.register("terminal");
-    const s = await RawSocket.open(broker.url);
-    sockets.push(s);
-    s.write(connectPacket(key));
-    expect(await s.next("connack")).toMatchObject({ returnCode: 0 });
-    const seen = () => (broker!.db.prepare("SELECT count(*) AS n FROM seen_messages WHERE device_id = ?").get(key.deviceId) as { n: number }).n;
+    const { gate, key, s, seen } = await gatedDevice();
     const packets = Array.from({ length: 900 }, (_, i) => encode({ cmd: "publish", topic: upTopic(key.deviceId), qos: 1, messageId: i + 1, payload: Buffer.from(sealWith(key.pair, { type: "ping", from: key.deviceId, body: { echo: `m${i}` } }).bytes) }));
     const all = Buffer.concat(packets);
 

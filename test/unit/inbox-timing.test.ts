@@ -47,6 +47,26 @@ function setup(receiptDelayMs?: number) {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const TERMINAL = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
+
+/** A pay request from TERMINAL stamped `ts`. */
+const payRequest = (ts: number, idempotencyKey = "k") =>
+  sealWith(TERMINAL.pair, { type: "pay_request", from: TERMINAL.id, ts, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey } }).bytes;
+
+/** An inbox with `admission` that records what it publishes as "<to> <type><error code>". */
+function recordingInbox(admission: Admission, durable: Durability = { committed: () => {}, afterDurable: (fn) => fn() }) {
+  const published: string[] = [];
+  const inbox = newInbox({
+    publish: (to, bytes) => {
+      const parsed = parseEnvelope(bytes);
+      published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
+    },
+    durable,
+    admission,
+  });
+  return { inbox, published };
+}
+
 describe("receipts share the next batch's transaction", () => {
   it("writes a receipt in the transaction of the work that follows it, not in one of its own", async () => {
     const { inbox, counts, receipted, stored, deliveredMs } = setup(60_000);
@@ -92,23 +112,13 @@ describe("busy past capacity", () => {
   it("answers busy at once, before its batch's commit is on disk, while the batch's stored answers wait for the disk", async () => {
     const gate: (() => void)[] = [];
     const durable: Durability = { committed: () => {}, afterDurable: (fn) => void gate.push(fn) };
-    const published: string[] = [];
     const admission = new Admission(40);
-    const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
     // The broker knows this terminal's clock: a message stamped 5 s ago waited 5 s.
-    admission.observe(terminal.id, NOW, NOW);
-    const inbox = newInbox({
-      publish: (to, bytes) => {
-        const parsed = parseEnvelope(bytes);
-        published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
-      },
-      durable,
-      admission,
-    });
+    admission.observe(TERMINAL.id, NOW, NOW);
+    const { inbox, published } = recordingInbox(admission, durable);
     inbox.internal("test", (ctx) => ctx.send("device-1", "pong", { brokerTs: ctx.nowMs }));
-    const { bytes } = sealWith(terminal.pair, { type: "pay_request", from: terminal.id, ts: NOW - 5_000, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey: "k" } });
     let handled = false;
-    inbox.submit(terminal.id, bytes, () => (handled = true));
+    inbox.submit(TERMINAL.id, payRequest(NOW - 5_000), () => (handled = true));
     await new Promise((r) => setImmediate(r));
     // The batch committed but its sync has not ended: the refusal is out, the pong is not.
     expect(published).toEqual(["terminal-1 errorbusy"]);
@@ -122,27 +132,17 @@ describe("busy past capacity", () => {
 
 describe("busy as the request arrives", () => {
   it("answers a pay request busy inside submit() while the broker is behind, before any batch, and queues anything else", async () => {
-    const published: string[] = [];
     const admission = new Admission(40);
-    const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
     // The last turn's messages waited 500 ms on average: the broker is behind.
-    admission.observe(terminal.id, NOW, NOW);
-    admission.observe(terminal.id, NOW - 1_000, NOW);
+    admission.observe(TERMINAL.id, NOW, NOW);
+    admission.observe(TERMINAL.id, NOW - 1_000, NOW);
     admission.endTurn(NOW);
     expect(admission.refusing(NOW)).toBe(true);
-    const inbox = newInbox({
-      publish: (to, bytes) => {
-        const parsed = parseEnvelope(bytes);
-        published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
-      },
-      durable: { committed: () => {}, afterDurable: (fn) => fn() },
-      admission,
-    });
-    const pay = sealWith(terminal.pair, { type: "pay_request", from: terminal.id, ts: NOW, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey: "k" } });
-    const ping = sealWith(terminal.pair, { type: "ping", from: terminal.id, ts: NOW, body: {} });
+    const { inbox, published } = recordingInbox(admission);
+    const ping = sealWith(TERMINAL.pair, { type: "ping", from: TERMINAL.id, ts: NOW, body: {} });
     const handled: string[] = [];
-    inbox.submit(terminal.id, pay.bytes, () => handled.push("pay"));
-    inbox.submit(terminal.id, ping.bytes, () => handled.push("ping"));
+    inbox.submit(TERMINAL.id, payRequest(NOW), () => handled.push("pay"));
+    inbox.submit(TERMINAL.id, ping.bytes, () => handled.push("ping"));
     // No turn of the event loop yet: the pay request is answered and acknowledged, the ping waits.
     expect(published).toEqual(["terminal-1 errorbusy"]);
     expect(handled).toEqual(["pay"]);
@@ -153,27 +153,17 @@ describe("busy as the request arrives", () => {
 
 describe("busy by what is queued", () => {
   it("answers a pay request busy as it arrives when the messages queued before it would take busyAfterMs", async () => {
-    const published: string[] = [];
-    const terminal = { id: "terminal-1", pair: keyPairFromSeed(new Uint8Array(32).fill(7)) };
     const admission = new Admission(40);
-    admission.observe(terminal.id, NOW, NOW);
-    const inbox = newInbox({
-      publish: (to, bytes) => {
-        const parsed = parseEnvelope(bytes);
-        published.push(`${to} ${parsed.ok ? parsed.msg.payload.type + ((parsed.msg.payload.body as { code?: string }).code ?? "") : "?"}`);
-      },
-      durable: { committed: () => {}, afterDurable: (fn) => fn() },
-      admission,
-    });
-    const pay = (key: string) => sealWith(terminal.pair, { type: "pay_request", from: terminal.id, ts: NOW, body: { login: "alice", merchantId: "m", amountMinor: 100, currency: "CNY", orderRef: "o", idempotencyKey: key } }).bytes;
+    admission.observe(TERMINAL.id, NOW, NOW);
+    const { inbox, published } = recordingInbox(admission);
     // Nothing queued: it waits for its batch like any message.
-    inbox.submit(terminal.id, pay("a"));
+    inbox.submit(TERMINAL.id, payRequest(NOW, "a"));
     expect(published).toEqual([]);
     await inbox.idle();
     published.length = 0;
     // 1,000 messages queued at the starting guess of 0.1 ms each: 100 ms ahead of it.
-    for (let i = 0; i < 1000; i++) inbox.submit(terminal.id, sealWith(terminal.pair, { type: "ping", from: terminal.id, ts: NOW, body: {} }).bytes);
-    inbox.submit(terminal.id, pay("b"));
+    for (let i = 0; i < 1000; i++) inbox.submit(TERMINAL.id, sealWith(TERMINAL.pair, { type: "ping", from: TERMINAL.id, ts: NOW, body: {} }).bytes);
+    inbox.submit(TERMINAL.id, payRequest(NOW, "b"));
     expect(published).toEqual(["terminal-1 errorbusy"]);
     await inbox.idle();
   });
