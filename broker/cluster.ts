@@ -38,9 +38,22 @@ const REDIS_DOWN = Symbol("redisDown");
  * when Redis is known to be away, the connections are dropped, and what waits fails at once.
  */
 export function releaseRedis(mq: Emitter): void {
-  type Internals = { subConn: { disconnect(): void }; pubConn: { disconnect(): void }; closing: boolean; _close(cb: () => void): void; [REDIS_DOWN]?: () => boolean };
+  type Conn = { disconnect(): void; quit(): Promise<unknown> };
+  type Internals = { subConn: Conn; pubConn: Conn; closing: boolean; _close(cb: () => void): void; [REDIS_DOWN]?: () => boolean };
   const m = mq as unknown as Internals;
   const close = mq.close.bind(mq);
+  // The emitter's close QUITs each connection and drops the promise; a QUIT still waiting when the
+  // connection is dropped (abandon, below) rejects with "Connection is closed." and nothing would
+  // catch it: an unhandled rejection, which ends a Node process. The emitter hears of the end by
+  // its "end" event, not by the promise, so it loses nothing.
+  for (const conn of [m.subConn, m.pubConn]) {
+    const quit = conn.quit.bind(conn);
+    conn.quit = () => {
+      const p = quit();
+      p.catch(() => {});
+      return p;
+    };
+  }
   // The emitter's own close QUITs both connections and waits for their "end", which a connection
   // between two reconnect attempts never emits (ioredis): then it is dropped and closed here.
   const abandon = (finish: () => void) => {
