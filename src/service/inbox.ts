@@ -400,10 +400,10 @@ export class Inbox {
   /**
    * Past capacity a pay request is turned away as it arrives, not when its batch comes: while the
    * broker is behind, the wait for the batch is what it is behind by. Only while admission says
-   * so (on average, or by what is queued before it), and only a pay request the batch would refuse `busy` too (well formed, from this
-   * connection's device, to the broker, within its rate limit); anything else goes into the
-   * queue as usual, with what was learnt here (the parse, the rate limiter's answer) kept so the
-   * batch does not do it again. True when the request was answered here.
+   * so (on average, or by what is queued before it), and only a pay request the batch would
+   * refuse `busy` too (well formed, from this connection's device, to the broker, within its rate
+   * limit); anything else goes into the queue as usual, with what was learnt here (the parse, the
+   * rate limiter's answer) kept so the batch does not do it again. True when it was answered here.
    */
   #turnedAway(p: Pending): boolean {
     const admission = this.#o.admission;
