@@ -79,7 +79,7 @@ let downLags: number[] = [];
 let sentAt = new Map<string, number>();
 /**
  * Per phase: ms from each device message's sending to the signed `ts` of the broker's first
- * answer to it (PhaseResult.answeredMs), `busy` refusals apart (refusedAnsweredMs).
+ * answer to it (PhaseResult.answeredMs), `busy` refusals apart (busyAnsweredMs).
  */
 let answered: number[] = [];
 let busyAnswered: number[] = [];

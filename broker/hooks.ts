@@ -69,6 +69,11 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
   const metrics = o.metrics ?? NO_METRICS;
   const maxUpUnstored = o.maxUpUnstored ?? MAX_UP_UNSTORED;
   const upStates = new WeakMap<Client, UpState>();
+  const upState = (client: Client): UpState => {
+    let state = upStates.get(client);
+    if (state === undefined) upStates.set(client, (state = { unstored: 0, paused: false }));
+    return state;
+  };
 
   aedes.preConnect = (client, packet, callback) => {
     if (packet.protocolVersion !== 4) {
@@ -158,9 +163,7 @@ export function installHooks(aedes: Aedes, o: HookOptions): void {
       return callback(new Error("topic not allowed"));
     }
     packet.retain = false; // up messages are never retained
-    let up = upStates.get(client);
-    if (up === undefined) upStates.set(client, (up = { unstored: 0, paused: false }));
-    const state = up;
+    const state = upState(client);
     // Aedes reads on from a connection while its messages wait for their commit: past the bound
     // it reads nothing more from it (the device's TCP window fills) until one of them is stored.
     if (++state.unstored >= maxUpUnstored && !state.paused) {

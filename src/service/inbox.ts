@@ -13,7 +13,7 @@
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import { verify, type Signer } from "../crypto/ed25519.ts";
-import { BROKER_ID, parseEnvelope, type Parsed, type ParseResult, type Payload } from "../protocol/envelope.ts";
+import { BROKER_ID, parseEnvelope, type Parsed, type Payload } from "../protocol/envelope.ts";
 import { ERROR_CODES, type ErrorCode } from "../protocol/errors.ts";
 import { EPHEMERAL_DOWN_TYPES, isUpType, upBodies, type DownBody, type DownType } from "../protocol/messages.ts";
 import type { Db } from "../store/db.ts";
@@ -139,11 +139,12 @@ interface Pending {
   readonly deviceId: string;
   readonly bytes: Uint8Array;
   readonly done: () => void;
-  /** Parsed on arrival (the broker was behind and looked for a pay request to turn away): not parsed again. */
-  parsed?: ParseResult;
-  /** The rate limiter was asked on arrival: whether it refused. Not asked again (one token a message). */
-  limited?: boolean;
+  /** Screened on arrival (the broker was behind and looked for a pay request to turn away): not again. */
+  screened?: Screened;
 }
+
+/** What the checks that need neither the sender's key nor a write made of a message (Inbox.#screen). */
+type Screened = { refusal: Outgoing; now?: true } | { drop: true } | { msg: Parsed };
 
 interface Verified {
   readonly msg: Parsed;
@@ -334,13 +335,8 @@ export class Inbox {
       const v = this.#check(p, nowMs);
       if ("drop" in v) finished.push(p.done);
       else if ("refusal" in v) {
-        if (v.now === true) {
-          // `busy` leaves at once: it stores nothing and answers a request that caused nothing, so
-          // it need not wait for this batch's transaction and sync (docs/protocol.md §Load).
-          this.#o.publish(v.refusal.to, v.refusal.bytes, null);
-          this.#countError(v.refusal.bytes);
-          p.done();
-        } else {
+        if (v.now === true) this.#refuseNow(v.refusal, p.done);
+        else {
           direct.push(v.refusal);
           finished.push(p.done);
         }
@@ -399,11 +395,10 @@ export class Inbox {
 
   /**
    * Past capacity a pay request is turned away as it arrives, not when its batch comes: while the
-   * broker is behind, the wait for the batch is what it is behind by. Only while admission says
-   * so (on average, or by what is queued before it), and only a pay request the batch would
-   * refuse `busy` too (well formed, from this connection's device, to the broker, within its rate
-   * limit); anything else goes into the queue as usual, with what was learnt here (the parse, the
-   * rate limiter's answer) kept so the batch does not do it again. True when it was answered here.
+   * broker is behind, the wait for the batch is what it is behind by. While admission says so
+   * (on average, or by what is queued before it), each message is screened as it arrives; a
+   * `busy` is sent at once, and anything else goes into the queue with its screening kept, so the
+   * batch does not screen it again. True when it was answered here.
    */
   #turnedAway(p: Pending): boolean {
     const admission = this.#o.admission;
@@ -412,21 +407,20 @@ export class Inbox {
     // What is queued before it, at what messages cost lately: the wait it would add to its age.
     const aheadMs = this.#queue.length * this.#msPerMessage;
     if (!admission.refusing(nowMs, aheadMs)) return false;
-    const parsed = (p.parsed = parseEnvelope(p.bytes));
-    if (!parsed.ok) return false;
-    const { payload } = parsed.msg;
-    if (payload.type !== "pay_request" || payload.from !== p.deviceId || payload.to !== BROKER_ID) return false;
-    if (this.#o.rateLimiter !== undefined) {
-      p.limited = !this.#o.rateLimiter.take(p.deviceId, nowMs);
-      if (p.limited) return false;
-    }
-    const busy = this.#busy(p.deviceId, payload, nowMs, aheadMs);
-    if (busy === null) return false;
-    this.#metrics.messageIn(payload.type);
-    this.#o.publish(busy.to, busy.bytes, null);
-    this.#countError(busy.bytes);
-    p.done();
+    const s = (p.screened = this.#screen(p, nowMs, aheadMs));
+    if (!("refusal" in s) || s.now !== true) return false;
+    this.#refuseNow(s.refusal, p.done);
     return true;
+  }
+
+  /**
+   * Sends a refusal that need not wait for any commit (`busy`: it stores nothing and answers a
+   * request that caused nothing; docs/protocol.md §Load), then lets the message go.
+   */
+  #refuseNow(refusal: Outgoing, done: () => void): void {
+    this.#o.publish(refusal.to, refusal.bytes, null);
+    this.#countError(refusal.bytes);
+    done();
   }
 
   /** The `busy` refusal of a pay request, or null when admission lets it in (`aheadMs`: Admission.check). */
@@ -458,10 +452,33 @@ export class Inbox {
 
   /** The checks that need no write. Returns the refusal to send, or the verified message. */
   #check(p: Pending, nowMs: number): Verified | { refusal: Outgoing; now?: true } | { drop: true } {
-    const parsed = p.parsed ?? parseEnvelope(p.bytes);
+    const s = p.screened ?? this.#screen(p, nowMs);
+    if (!("msg" in s)) return s;
+    const { payload } = s.msg;
+    const refuse = (code: ErrorCode, detail: string) => ({ refusal: this.#error(p.deviceId, code, detail, payload.id, nowMs) });
+    const device = this.#devices.get(p.deviceId);
+    if (device === null || device.status !== "active") return refuse("bad_signature", "the sender has no active registered key");
+    if (!verify(device.publicKey, s.msg.payloadBytes, s.msg.signature)) return refuse("bad_signature", ERROR_CODES.bad_signature);
+    if (Math.abs(nowMs - payload.ts) > this.#o.freshnessMs) {
+      return refuse("stale", `timestamp ${payload.ts} is ${nowMs - payload.ts} ms from broker time ${nowMs}; the window is ±${this.#o.freshnessMs} ms`);
+    }
+    this.#o.admission?.observe(p.deviceId, payload.ts, nowMs);
+    // Receipts are always taken: they are how a backlog shrinks.
+    if (payload.type !== "ack" && this.#o.maxBacklog !== undefined && this.#backlog(p.deviceId, nowMs) >= this.#o.maxBacklog) {
+      return refuse("backlog_full", `${this.#o.maxBacklog} messages wait for this device to receive them; subscribe to its down topic and acknowledge them (PUBACK or ack) before sending more`);
+    }
+    return { msg: s.msg, device, done: p.done };
+  }
+
+  /**
+   * The checks that need neither the sender's key nor a write: the parse, the rate limit (one
+   * token a message), the addresses and, for a pay request, admission (`aheadMs`: Admission.check).
+   */
+  #screen(p: Pending, nowMs: number, aheadMs = 0): Screened {
+    const parsed = parseEnvelope(p.bytes);
     // Only the protocol's types are labels: a device's made-up type must not grow the metric.
     this.#metrics.messageIn(!parsed.ok ? "malformed" : isUpType(parsed.msg.payload.type) ? parsed.msg.payload.type : "unknown");
-    if (this.#o.rateLimiter !== undefined && (p.limited ?? !this.#o.rateLimiter.take(p.deviceId, nowMs))) {
+    if (this.#o.rateLimiter !== undefined && !this.#o.rateLimiter.take(p.deviceId, nowMs)) {
       // Receipts are never answered: the answer would be acknowledged in turn, a loop.
       if (parsed.ok && parsed.msg.payload.type === "ack") return { drop: true };
       const id = parsed.ok ? parsed.msg.payload.id : parsed.id;
@@ -474,21 +491,10 @@ export class Inbox {
     if (payload.to !== BROKER_ID) return refuse("misaddressed", `messages to the broker must have to = "${BROKER_ID}"`);
     // Past capacity a new payment is refused before any work on it (no verify, no write).
     if (payload.type === "pay_request") {
-      const busy = this.#busy(p.deviceId, payload, nowMs);
+      const busy = this.#busy(p.deviceId, payload, nowMs, aheadMs);
       if (busy !== null) return { refusal: busy, now: true };
     }
-    const device = this.#devices.get(p.deviceId);
-    if (device === null || device.status !== "active") return refuse("bad_signature", "the sender has no active registered key");
-    if (!verify(device.publicKey, parsed.msg.payloadBytes, parsed.msg.signature)) return refuse("bad_signature", ERROR_CODES.bad_signature);
-    if (Math.abs(nowMs - payload.ts) > this.#o.freshnessMs) {
-      return refuse("stale", `timestamp ${payload.ts} is ${nowMs - payload.ts} ms from broker time ${nowMs}; the window is ±${this.#o.freshnessMs} ms`);
-    }
-    this.#o.admission?.observe(p.deviceId, payload.ts, nowMs);
-    // Receipts are always taken: they are how a backlog shrinks.
-    if (payload.type !== "ack" && this.#o.maxBacklog !== undefined && this.#backlog(p.deviceId, nowMs) >= this.#o.maxBacklog) {
-      return refuse("backlog_full", `${this.#o.maxBacklog} messages wait for this device to receive them; subscribe to its down topic and acknowledge them (PUBACK or ack) before sending more`);
-    }
-    return { msg: parsed.msg, device, done: p.done };
+    return { msg: parsed.msg };
   }
 
   #backlog(deviceId: string, nowMs: number): number {
