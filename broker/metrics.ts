@@ -88,7 +88,7 @@ export function promMetrics(sources: ScrapeSources): PromMetrics {
   });
   const syncSeconds = new Histogram({
     name: `${p}disk_sync_duration_seconds`,
-    help: "Time one fsync of the SQLite WAL took (off the event loop); answers wait for it",
+    help: "Time one fsync of the SQLite WAL took (in the thread pool, or on the event loop at light load); answers wait for it",
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers,
   });

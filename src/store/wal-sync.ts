@@ -11,10 +11,16 @@
  *
  * One fsync covers every commit written before it started, so callbacks wait in order behind
  * at most one sync in flight and the next sync serves everyone who queued meanwhile.
+ *
+ * At light load the handoff costs more than it saves: the fsync itself takes ~1 ms here, but
+ * its callback waits for the event loop to come round to it (a batch, a GC pause), p99 10-25 ms
+ * at 200 payments/s (docs/performance.md §Eighth session). So a caller with nothing else to do
+ * may `syncNow()`: the sync runs on its thread, and what waited is released at once. Only while
+ * recent syncs have been quick (`inlineMaxMs`): a slow disk would otherwise stall the loop.
  * Linux's fsync flushes the file, whichever descriptor wrote it; the WAL's inode is checked
  * before each sync in case SQLite ever replaced the file.
  */
-import { closeSync, fstatSync, fsync, openSync, statSync } from "node:fs";
+import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from "node:fs";
 
 /** The file calls WalSync makes: node:fs, or a test's wrapper that sees which file each sync reaches. */
 export interface WalIo {
@@ -23,6 +29,8 @@ export interface WalIo {
   readonly fstat: (fd: number) => { readonly ino: number };
   readonly fsync: (fd: number, done: (err: NodeJS.ErrnoException | null) => void) => void;
   readonly close: (fd: number) => void;
+  /** The same sync on the caller's thread (syncNow); without it, syncNow never syncs inline. */
+  readonly fsyncSync?: (fd: number) => void;
 }
 
 export const NODE_WAL_IO: WalIo = {
@@ -31,7 +39,19 @@ export const NODE_WAL_IO: WalIo = {
   fstat: (fd) => fstatSync(fd),
   fsync: (fd, done) => fsync(fd, done),
   close: (fd) => closeSync(fd),
+  fsyncSync: (fd) => fsyncSync(fd),
 };
+
+/** syncNow syncs inline only while its recent syncs' average stays under this (ms)... */
+export const INLINE_SYNC_MAX_MS = 2;
+/** ...or, past it, once a second, to see whether the disk is quick again. */
+export const INLINE_RETRY_MS = 1000;
+
+/** When syncNow may sync on the caller's thread (defaults above; tests set their own). */
+export interface InlineSyncBounds {
+  readonly maxMs?: number;
+  readonly retryMs?: number;
+}
 
 export class WalSync {
   readonly #path: string;
@@ -49,17 +69,25 @@ export class WalSync {
   #next: (() => void)[] = [];
   #closed = false;
   #failed = false;
+  /** Recent inline syncs' duration, a moving average (ms; -1 before the first): syncNow is for a quick disk only. */
+  #inlineMs = -1;
+  /** While inline syncs are too slow, syncNow tries one again only from then on (performance.now()). */
+  #inlineRetryAt = 0;
+  readonly #inlineMaxMs: number;
+  readonly #inlineRetryMs: number;
 
   /**
    * `walPath`: the database's `-wal` file. `onFailure`: a failed fsync means the disk may not
    * hold what was committed; the callbacks waiting for it are never called. `io`: node:fs unless
    * a test watches the calls. `onSynced`: hears how long each successful fsync took, in ms (metrics).
    */
-  constructor(walPath: string, onFailure: (err: Error) => void, io: WalIo = NODE_WAL_IO, onSynced: (ms: number) => void = () => {}) {
+  constructor(walPath: string, onFailure: (err: Error) => void, io: WalIo = NODE_WAL_IO, onSynced: (ms: number) => void = () => {}, inline: InlineSyncBounds = {}) {
     this.#path = walPath;
     this.#onFailure = onFailure;
     this.#io = io;
     this.#onSynced = onSynced;
+    this.#inlineMaxMs = inline.maxMs ?? INLINE_SYNC_MAX_MS;
+    this.#inlineRetryMs = inline.retryMs ?? INLINE_RETRY_MS;
   }
 
   /** An fsync failed: nothing committed since is released, ever (the broker is stopping). */
@@ -83,6 +111,37 @@ export class WalSync {
       // Nothing new to sync, but what the sync in flight covers must not be overtaken.
       this.#current.push(fn);
     } else fn();
+  }
+
+  /**
+   * Syncs on this thread, if there is a commit to sync and recent syncs were quick, and releases
+   * everything waiting, in order (a sync in flight covers less than this one: what waits for it
+   * is released too, and only once). Returns whether it synced. For a caller that has nothing
+   * else to do meanwhile (the inbox after a small batch with none queued behind it).
+   */
+  syncNow(): boolean {
+    if (this.#failed || this.#closed || !this.#dirty || this.#io.fsyncSync === undefined) return false;
+    const startedMs = performance.now();
+    // A slow disk: the syncs go to the thread pool, and one is tried here again a second later.
+    const retry = this.#inlineMs > this.#inlineMaxMs;
+    if (retry && startedMs < this.#inlineRetryAt) return false;
+    try {
+      this.#io.fsyncSync(this.#descriptor());
+    } catch (err) {
+      this.#fail(err as Error);
+      return false;
+    }
+    const ms = performance.now() - startedMs;
+    this.#onSynced(ms);
+    // A retry measures afresh: one quick sync is enough to say the disk is quick again.
+    this.#inlineMs = retry || this.#inlineMs < 0 ? ms : this.#inlineMs + 0.2 * (ms - this.#inlineMs);
+    if (this.#inlineMs > this.#inlineMaxMs) this.#inlineRetryAt = performance.now() + this.#inlineRetryMs;
+    this.#dirty = false;
+    const waiting = this.#current.concat(this.#next);
+    this.#current = [];
+    this.#next = [];
+    for (const fn of waiting) fn();
+    return true;
   }
 
   /** Whether a sync is running or waiting: close only once this is false. */

@@ -23,12 +23,16 @@ afterEach(async () => {
   broker = undefined;
 });
 
-/** node:fs, except that while `held` is set each fsync waits until `release()`. */
+/**
+ * node:fs, except that while `held` is set each fsync waits until `release()`. Every sync goes
+ * through the thread pool (no fsyncSync): one made inline, at light load, could not be held.
+ */
 function gatedWalIo() {
   let held = false;
   const waiting: (() => void)[] = [];
+  const { fsyncSync: _inline, ...pooled } = NODE_WAL_IO;
   const io: WalIo = {
-    ...NODE_WAL_IO,
+    ...pooled,
     fsync: (fd, done) => {
       if (held) waiting.push(() => NODE_WAL_IO.fsync(fd, done));
       else NODE_WAL_IO.fsync(fd, done);

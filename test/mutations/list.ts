@@ -329,6 +329,16 @@ export const MUTATIONS: readonly Mutation[] = [
     tests: ["test/e2e/read-ahead.test.ts"],
     filter: "stores up to",
   },
+  {
+    id: "inline-sync-skips-disk",
+    rule: "A small batch's answers are released at light load without their commit being synced to disk.",
+    file: "src/store/wal-sync.ts",
+    search: "this.#io.fsyncSync(this.#descriptor());",
+    replace: "this.#descriptor();",
+    tests: ["test/unit/wal-sync.test.ts"],
+    filter: "syncs before releasing anything",
+    quick: true,
+  },
 
   // ── Connecting ──────────────────────────────────────────────────────────────────────────────
   {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { keyPairFromSeed, Signer } from "../../src/crypto/ed25519.ts";
-import { Inbox, type Durability } from "../../src/service/inbox.ts";
+import { Inbox, INLINE_SYNC_MAX_BATCH, type Durability } from "../../src/service/inbox.ts";
 import { openDatabase } from "../../src/store/db.ts";
 import { NODE_WAL_IO, WalSync, type WalIo } from "../../src/store/wal-sync.ts";
 import { tempDir } from "../helpers.ts";
@@ -159,6 +159,125 @@ describe("WalSync", () => {
   });
 });
 
+/**
+ * node:fs with the thread pool's fsync held until `release()`, and every inline fsync counted;
+ * `slowMs` makes each inline fsync take at least that long, `fail` makes it throw.
+ */
+function heldIo(): { io: WalIo; inline: () => number; release: () => void; slowMs: number; fail: boolean; log: string[] } {
+  const held: (() => void)[] = [];
+  let inline = 0;
+  const state = {
+    log: [] as string[],
+    io: undefined as unknown as WalIo,
+    inline: () => inline,
+    release: () => {
+      for (const go of held.splice(0)) go();
+    },
+    slowMs: 0,
+    fail: false,
+  };
+  state.io = {
+    ...NODE_WAL_IO,
+    fsync: (fd, done) => void held.push(() => NODE_WAL_IO.fsync(fd, done)),
+    fsyncSync: (fd) => {
+      inline++;
+      state.log.push("fsync");
+      if (state.fail) throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
+      const until = performance.now() + state.slowMs;
+      NODE_WAL_IO.fsyncSync!(fd);
+      while (performance.now() < until);
+    },
+  };
+  return state;
+}
+
+describe("WalSync.syncNow (a sync on the caller's thread, at light load)", () => {
+  it("syncs before releasing anything, then releases what waited for the sync in flight and what came after, in order and once each", async () => {
+    const h = heldIo();
+    const sync = new WalSync(walFile(), () => {}, h.io);
+    const order = h.log;
+    sync.committed();
+    sync.afterDurable(() => order.push("a"));
+    // "a" waits on a pool sync that does not end; "b" was committed after it began.
+    sync.committed();
+    sync.afterDurable(() => order.push("b"));
+    expect(order).toEqual([]);
+    expect(h.inline()).toBe(0);
+    expect(sync.syncNow()).toBe(true);
+    // The sync came first: nothing was released before it.
+    expect(order).toEqual(["fsync", "a", "b"]);
+    // Nothing new since: a later caller is behind the pool's sync still in flight, not released twice.
+    const late = new Promise<void>((resolve) => sync.afterDurable(() => (order.push("c"), resolve())));
+    h.release();
+    await late;
+    await new Promise((r) => setImmediate(r));
+    expect(order).toEqual(["fsync", "a", "b", "c"]);
+    sync.close();
+  });
+
+  it("does nothing when nothing was committed since the last sync", () => {
+    const h = heldIo();
+    const sync = new WalSync(walFile(), () => {}, h.io);
+    expect(sync.syncNow()).toBe(false);
+    expect(h.inline()).toBe(0);
+    sync.committed();
+    expect(sync.syncNow()).toBe(true);
+    expect(sync.syncNow()).toBe(false);
+    expect(h.inline()).toBe(1);
+    sync.close();
+  });
+
+  it("leaves the syncs to the thread pool while the disk is slow, and takes them back once one quick sync a retry later shows it is quick again", async () => {
+    const h = heldIo();
+    const sync = new WalSync(walFile(), () => {}, h.io, () => {}, { maxMs: 2, retryMs: 50 });
+    h.slowMs = 6;
+    sync.committed();
+    expect(sync.syncNow()).toBe(true);
+    // Slow: the next commit is not synced inline; it waits for the pool.
+    sync.committed();
+    expect(sync.syncNow()).toBe(false);
+    expect(h.inline()).toBe(1);
+    let released = false;
+    sync.afterDurable(() => (released = true));
+    expect(released).toBe(false);
+    h.release();
+    await new Promise((r) => setTimeout(r, 60));
+    expect(released).toBe(true);
+    // A retry after retryMs measures the disk again: quick now, so inline syncs are back.
+    h.slowMs = 0;
+    sync.committed();
+    expect(sync.syncNow()).toBe(true);
+    sync.committed();
+    expect(sync.syncNow()).toBe(true);
+    expect(h.inline()).toBe(3);
+    sync.close();
+  });
+
+  it("reports a failed inline sync and releases nothing that waited, then or later", async () => {
+    const h = heldIo();
+    const failures: Error[] = [];
+    const sync = new WalSync(walFile(), (err) => failures.push(err), h.io);
+    const called: string[] = [];
+    sync.committed();
+    sync.afterDurable(() => called.push("in flight"));
+    sync.committed();
+    sync.afterDurable(() => called.push("next"));
+    h.fail = true;
+    expect(sync.syncNow()).toBe(false);
+    expect(failures.map((e) => (e as NodeJS.ErrnoException).code)).toEqual(["EIO"]);
+    // Even the pool's sync, which began before, no longer releases anything.
+    h.release();
+    await new Promise((r) => setTimeout(r, 20));
+    h.fail = false;
+    sync.committed();
+    expect(sync.syncNow()).toBe(false);
+    sync.afterDurable(() => called.push("later"));
+    expect(called).toEqual([]);
+    expect(failures).toHaveLength(1);
+    sync.close();
+  });
+});
+
 describe("Inbox with a durability gate", () => {
   it("publishes what a batch sent, and says it ran, only once its commit is durable", async () => {
     const db = openDatabase(":memory:");
@@ -206,6 +325,52 @@ describe("Inbox abandoned after a failed sync", () => {
     expect(idle).toBe(true);
     await inbox.idle();
     expect(published).toEqual([]);
+    db.close();
+  });
+});
+
+describe("Inbox syncing a small batch itself", () => {
+  function inboxWith(durable: Durability, published: string[]) {
+    const db = openDatabase(":memory:");
+    const inbox = new Inbox({ db, signer: new Signer(keyPairFromSeed(new Uint8Array(32).fill(9))), log: pino({ level: "silent" }), freshnessMs: 30_000, clock: () => 1_767_225_600_000, publish: (to) => published.push(to), durable });
+    return { db, inbox };
+  }
+
+  it("syncs at once after a batch of at most INLINE_SYNC_MAX_BATCH with nothing queued behind it, and leaves a larger one to the pool", async () => {
+    const calls: string[] = [];
+    const gate: (() => void)[] = [];
+    let dirty = false;
+    const durable: Durability = {
+      committed: () => void (dirty = true),
+      afterDurable: (fn) => (dirty ? gate.push(fn) : fn()),
+      syncNow: () => {
+        calls.push("syncNow");
+        if (!dirty) return false;
+        dirty = false;
+        for (const fn of gate.splice(0)) fn();
+        return true;
+      },
+    };
+    const published: string[] = [];
+    const { db, inbox } = inboxWith(durable, published);
+    for (let i = 0; i < INLINE_SYNC_MAX_BATCH; i++) inbox.internal("small", (ctx) => ctx.send(`small-${i}`, "pong", { brokerTs: ctx.nowMs }));
+    await inbox.idle();
+    // Synced by the inbox itself: published without anyone releasing the gate.
+    expect(calls).toEqual(["syncNow"]);
+    expect(published.sort()).toEqual(Array.from({ length: INLINE_SYNC_MAX_BATCH }, (_, i) => `small-${i}`));
+
+    published.length = 0;
+    calls.length = 0;
+    for (let i = 0; i <= INLINE_SYNC_MAX_BATCH; i++) inbox.internal("large", (ctx) => ctx.send(`large-${i}`, "pong", { brokerTs: ctx.nowMs }));
+    const idle = inbox.idle();
+    await new Promise((r) => setTimeout(r, 20));
+    // One more than that: the batch's answers wait for the pool's sync, as under load.
+    expect(calls).toEqual([]);
+    expect(published).toEqual([]);
+    dirty = false;
+    for (const fn of gate.splice(0)) fn();
+    await idle;
+    expect(published).toHaveLength(INLINE_SYNC_MAX_BATCH + 1);
     db.close();
   });
 });
