@@ -1,5 +1,5 @@
 /**
- * Durable group commit without blocking the event loop.
+ * Durable group commit, off the event loop whenever it has other work.
  *
  * With `synchronous = FULL`, SQLite fsyncs the WAL inside every COMMIT, and better-sqlite3 runs
  * COMMIT on the event loop: the broker stood still ~3 ms a commit waiting for the disk. The
@@ -11,14 +11,14 @@
  *
  * One fsync covers every commit written before it started, so callbacks wait in order behind
  * at most one sync in flight and the next sync serves everyone who queued meanwhile.
+ * Linux's fsync flushes the file, whichever descriptor wrote it; the WAL's inode is checked
+ * before each sync in case SQLite ever replaced the file.
  *
  * At light load the handoff costs more than it saves: the fsync itself takes ~1 ms here, but
  * its callback waits for the event loop to come round to it (a batch, a GC pause), p99 10-25 ms
  * at 200 payments/s (docs/performance.md §Eighth session). So a caller with nothing else to do
  * may `syncNow()`: the sync runs on its thread, and what waited is released at once. Only while
  * recent syncs have been quick (`inlineMaxMs`): a slow disk would otherwise stall the loop.
- * Linux's fsync flushes the file, whichever descriptor wrote it; the WAL's inode is checked
- * before each sync in case SQLite ever replaced the file.
  */
 import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from "node:fs";
 
