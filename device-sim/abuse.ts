@@ -81,6 +81,8 @@ export interface AbuseReport {
   /** Started, and no final result by the end of the grace period (or refused outright). */
   readonly honestLost: number;
   readonly honestRejected: number;
+  /** Times an honest pay request was answered `busy` (the broker past capacity) and sent again. */
+  readonly honestBusy: number;
   readonly honestP50Ms: number | null;
   readonly honestP99Ms: number | null;
   readonly peakRssMB: number | null;
@@ -369,6 +371,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
       honestOtherOutcomes: other,
       honestLost: lost,
       honestRejected: rejected.length,
+      honestBusy: payments.reduce((n, p) => n + p.busy, 0),
       honestP50Ms: percentile(latencies, 0.5),
       honestP99Ms: percentile(latencies, 0.99),
     };
@@ -384,6 +387,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
       honestOtherOutcomes: {},
       honestLost: 0,
       honestRejected: 0,
+      honestBusy: payments.reduce((n, p) => n + p.busy, 0),
       honestP50Ms: null,
       honestP99Ms: null,
     };
@@ -412,6 +416,7 @@ function printSummary(r: AbuseReport, say: (line: string) => void): void {
   row("broker alive at the end", r.brokerAlive ? "yes (a fresh device got a pong)" : "NO");
   if (r.brokerDeath !== null) row("broker died", `${r.brokerDeath.atS} s into the run, ${r.brokerDeath.exit}${r.brokerDeath.error === null ? "" : ` (${r.brokerDeath.error})`}, during ${r.brokerDeath.attacksRunning.join(", ")}`);
   row("honest payments", `${r.honestStarted} started, ${r.honestCompleted} completed, ${r.honestLost} lost, ${r.honestRejected} refused, other ${JSON.stringify(r.honestOtherOutcomes)}`);
+  row("honest requests answered busy", `${r.honestBusy} (each sent again after its retryAfterMs, as docs/protocol.md §Load asks)`);
   row("honest latency (request → result)", `p50 ${r.honestP50Ms ?? "-"} ms, p99 ${r.honestP99Ms ?? "-"} ms`);
   row("broker peak RSS", r.peakRssMB === null ? "not measured (no /proc)" : `${r.peakRssMB} MB`);
   row("database growth (db + wal)", `${r.dbGrowthMB} MB`);
@@ -433,11 +438,12 @@ storms over a backlog, reconnect loops, half-open sockets, oversize and malforme
 backlogs at their bound, QoS 2 publishes and MQTT 3.1 CONNECTs. The broker must stay up and
 keep serving the honest devices.
 
-It prints its seed first, a progress line every 5 s, a summary (honest payments completed and
-their p50/p99 latency, broker peak RSS, database growth, connections refused or closed by
+It prints its seed first, a progress line every 5 s, a summary (honest payments completed, how
+often an honest request was answered busy (the broker past capacity: the device waits its
+retryAfterMs and asks again, as a device should), their p50/p99 latency, broker peak RSS, database growth, connections refused or closed by
 reason, what each attack did), and last one JSON line:
 {"ok", "brokerAlive", "honestCompleted", "honestP99Ms", "peakRssMB", "dbGrowthMB", "seed",
- "seconds", "honestLost", "refusedOrClosed", "attacks", ...}. The figures are reported, never
+ "seconds", "honestLost", "honestBusy", "refusedOrClosed", "attacks", ...}. The figures are reported, never
 judged: ok means the broker is alive and answers a fresh device, honest payments completed, and
 none was lost (each got a final result within ${GRACE_MS / 1000} s after the attacks stopped).
 Exit status: 0 ok; 1 not ok (the lines before say why; the data dir is kept); 2 a bad command line.
@@ -490,6 +496,7 @@ export async function abuseMain(argv: readonly string[]): Promise<number> {
     pairs: r.pairs,
     honestStarted: r.honestStarted,
     honestLost: r.honestLost,
+    honestBusy: r.honestBusy,
     honestP50Ms: r.honestP50Ms,
     brokerDied: r.brokerDeath === null ? null : { atS: r.brokerDeath.atS, exit: r.brokerDeath.exit, error: r.brokerDeath.error, during: r.brokerDeath.attacksRunning },
     refusedOrClosed: r.refusedOrClosed,

@@ -27,10 +27,14 @@ export interface HonestPayment {
   endMs: number | null;
   /** An answer that was neither an acceptance nor "try later" (an error code). */
   rejected: string | null;
+  /** How many times the request was answered `busy` and sent again after its retryAfterMs. */
+  busy: number;
 }
 
 /** Answers that mean "try again", not "no". */
 const RETRY_CODES = new Set(["unavailable", "rate_limited", "stale"]);
+/** `busy` says how long to wait (docs/protocol.md §Load): within these bounds, 250 ms if it does not. */
+const BUSY_WAIT_MS = { min: 250, max: 5000 };
 const ANSWER_MS = 5000;
 const STATUS_POLL_MS = 3000;
 const isFinal = (status: string) => (FINAL_STATUSES as readonly string[]).includes(status);
@@ -85,7 +89,7 @@ export class HonestPair {
     for (let n = 1; !stopNew(); n++) {
       // Half below the auto-confirm limit, half above it (those are prompted, and approved).
       const amountMinor = rng() < 0.5 ? between(rng, 100, 4999) : between(rng, 5001, 50_000);
-      const p: HonestPayment = { pair: this.spec.index, idempotencyKey: `abuse-${this.spec.index}-${n}-${randomUUID()}`, startMs: Date.now(), paymentId: null, mode: null, status: null, endMs: null, rejected: null };
+      const p: HonestPayment = { pair: this.spec.index, idempotencyKey: `abuse-${this.spec.index}-${n}-${randomUUID()}`, startMs: Date.now(), paymentId: null, mode: null, status: null, endMs: null, rejected: null, busy: 0 };
       out.push(p);
       await this.#pay(p, amountMinor, giveUpAt);
       await sleep(between(rng, 20, 200));
@@ -94,7 +98,8 @@ export class HonestPair {
 
   async #pay(p: HonestPayment, amountMinor: number, giveUpAt: () => number): Promise<void> {
     const body = { login: this.spec.login, merchantId: MERCHANT.id, amountMinor, currency: CURRENCY, orderRef: p.idempotencyKey, idempotencyKey: p.idempotencyKey };
-    const reply = await this.#ask("pay_request", body, giveUpAt);
+    // Past capacity the broker answers `busy`: a device waits as told and asks again (same key).
+    const reply = await this.#ask("pay_request", body, giveUpAt, () => p.busy++);
     if (reply === null) return;
     if (reply.type !== "payment_accepted") {
       p.rejected = reply.type === "error" ? ((reply.body as { code?: string }).code ?? "?") : reply.type;
@@ -122,8 +127,11 @@ export class HonestPair {
     }
   }
 
-  /** Sends until answered with anything but "try later", each try a new message id; null at `giveUpAt`. */
-  async #ask(type: string, body: Record<string, unknown>, giveUpAt: () => number): Promise<Received | null> {
+  /**
+   * Sends until answered with anything but "try later", each try a new message id; null at
+   * `giveUpAt`. A `busy` answer waits its retryAfterMs and is told to `onBusy`.
+   */
+  async #ask(type: string, body: Record<string, unknown>, giveUpAt: () => number, onBusy: () => void = () => {}): Promise<Received | null> {
     for (let attempt = 0; Date.now() < giveUpAt(); attempt++) {
       if (!this.terminal.connected) {
         await sleep(100);
@@ -131,7 +139,14 @@ export class HonestPair {
       }
       try {
         const reply = await this.terminal.request(type, body, Math.max(100, Math.min(ANSWER_MS, giveUpAt() - Date.now())));
-        if (reply.type === "error" && RETRY_CODES.has((reply.body as { code?: string }).code ?? "")) {
+        const error = reply.type === "error" ? (reply.body as { code?: string; retryAfterMs?: number }) : null;
+        if (error?.code === "busy") {
+          onBusy();
+          const waitMs = Math.min(BUSY_WAIT_MS.max, Math.max(BUSY_WAIT_MS.min, error.retryAfterMs ?? BUSY_WAIT_MS.min));
+          await sleep(Math.max(0, Math.min(waitMs, giveUpAt() - Date.now())));
+          continue;
+        }
+        if (error !== null && RETRY_CODES.has(error.code ?? "")) {
           await sleep(Math.min(100 * (attempt + 1), 1000));
           continue;
         }
