@@ -31,10 +31,8 @@ export interface HonestPayment {
   busy: number;
 }
 
-/** Answers that mean "try again", not "no". */
+/** Answers that mean "try again", not "no" (`busy` says when: requestPastBusy waits for it). */
 const RETRY_CODES = new Set(["unavailable", "rate_limited", "stale"]);
-/** `busy` says how long to wait (docs/protocol.md §Load): within these bounds, 250 ms if it does not. */
-const BUSY_WAIT_MS = { min: 250, max: 5000 };
 const ANSWER_MS = 5000;
 const STATUS_POLL_MS = 3000;
 const isFinal = (status: string) => (FINAL_STATUSES as readonly string[]).includes(status);
@@ -129,7 +127,8 @@ export class HonestPair {
 
   /**
    * Sends until answered with anything but "try later", each try a new message id; null at
-   * `giveUpAt`. A `busy` answer waits its retryAfterMs and is told to `onBusy`.
+   * `giveUpAt`. A `busy` answer waits its retryAfterMs (the device library's requestPastBusy)
+   * and is told to `onBusy`.
    */
   async #ask(type: string, body: Record<string, unknown>, giveUpAt: () => number, onBusy: () => void = () => {}): Promise<Received | null> {
     for (let attempt = 0; Date.now() < giveUpAt(); attempt++) {
@@ -138,15 +137,8 @@ export class HonestPair {
         continue;
       }
       try {
-        const reply = await this.terminal.request(type, body, Math.max(100, Math.min(ANSWER_MS, giveUpAt() - Date.now())));
-        const error = reply.type === "error" ? (reply.body as { code?: string; retryAfterMs?: number }) : null;
-        if (error?.code === "busy") {
-          onBusy();
-          const waitMs = Math.min(BUSY_WAIT_MS.max, Math.max(BUSY_WAIT_MS.min, error.retryAfterMs ?? BUSY_WAIT_MS.min));
-          await sleep(Math.max(0, Math.min(waitMs, giveUpAt() - Date.now())));
-          continue;
-        }
-        if (error !== null && RETRY_CODES.has(error.code ?? "")) {
+        const reply = await this.terminal.requestPastBusy(type, body, giveUpAt(), onBusy, Math.max(100, Math.min(ANSWER_MS, giveUpAt() - Date.now())));
+        if (reply.type === "error" && RETRY_CODES.has((reply.body as { code?: string }).code ?? "")) {
           await sleep(Math.min(100 * (attempt + 1), 1000));
           continue;
         }
