@@ -18,7 +18,8 @@
  * its callback waits for the event loop to come round to it (a batch, a GC pause), p99 10-25 ms
  * at 200 payments/s (docs/performance.md §Eighth session). So a caller with nothing else to do
  * may `syncNow()`: the sync runs on its thread, and what waited is released at once. Only while
- * recent syncs have been quick (`inlineMaxMs`): a slow disk would otherwise stall the loop.
+ * recent syncs have been quick (`inlineMaxMs`): a slow disk would otherwise stall the loop; and
+ * not back to back, so that inline syncs hold the loop at most about half of the time.
  */
 import { closeSync, fstatSync, fsync, fsyncSync, openSync, statSync } from "node:fs";
 
@@ -73,6 +74,8 @@ export class WalSync {
   #inlineMs = -1;
   /** While inline syncs are too slow, syncNow tries one again only from then on (performance.now()). */
   #inlineRetryAt = 0;
+  /** When the last inline sync ended (performance.now()). */
+  #inlineEndedAt = -Infinity;
   readonly #inlineMaxMs: number;
   readonly #inlineRetryMs: number;
 
@@ -125,13 +128,17 @@ export class WalSync {
     // A slow disk: the syncs go to the thread pool, and one is tried here again a second later.
     const retry = this.#inlineMs > this.#inlineMaxMs;
     if (retry && startedMs < this.#inlineRetryAt) return false;
+    // Back to back (the last one ended less than a sync ago): the loop has been waiting on the
+    // disk half its time, so the pool takes this one and the next batch overlaps it.
+    if (startedMs - this.#inlineEndedAt < this.#inlineMs) return false;
     try {
       this.#io.fsyncSync(this.#descriptor());
     } catch (err) {
       this.#fail(err as Error);
       return false;
     }
-    const ms = performance.now() - startedMs;
+    this.#inlineEndedAt = performance.now();
+    const ms = this.#inlineEndedAt - startedMs;
     this.#onSynced(ms);
     // A retry measures afresh: one quick sync is enough to say the disk is quick again.
     this.#inlineMs = retry || this.#inlineMs < 0 ? ms : this.#inlineMs + 0.2 * (ms - this.#inlineMs);

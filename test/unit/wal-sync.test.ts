@@ -247,9 +247,28 @@ describe("WalSync.syncNow (a sync on the caller's thread, at light load)", () =>
     h.slowMs = 0;
     sync.committed();
     expect(sync.syncNow()).toBe(true);
+    await new Promise((r) => setTimeout(r, 5));
     sync.committed();
     expect(sync.syncNow()).toBe(true);
     expect(h.inline()).toBe(3);
+    sync.close();
+  });
+
+  it("does not sync inline back to back: within one sync's time of the last, the pool takes it", async () => {
+    const h = heldIo();
+    const sync = new WalSync(walFile(), () => {}, h.io, () => {}, { maxMs: 1000 });
+    h.slowMs = 20;
+    sync.committed();
+    expect(sync.syncNow()).toBe(true);
+    // At once after a 20 ms inline sync: refused, so the loop is not held by the disk all the time.
+    sync.committed();
+    expect(sync.syncNow()).toBe(false);
+    expect(h.inline()).toBe(1);
+    await new Promise((r) => setTimeout(r, 30));
+    // A sync's time later it may again.
+    expect(sync.syncNow()).toBe(true);
+    expect(h.inline()).toBe(2);
+    h.release();
     sync.close();
   });
 
