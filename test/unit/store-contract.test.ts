@@ -5,6 +5,7 @@
  * the schema, the repositories' rules — holds on both, or a test here fails.
  */
 import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Signer, generateKeyPair } from "../../src/crypto/ed25519.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
@@ -285,13 +286,15 @@ describe("PostgreSQL across connections", () => {
 
 /** A terminal, phone, merchant and agreement to hang payments and pairings on. */
 function world(db: Db) {
+  // Keys and lookups are unique columns: random bytes, not one random byte (256 values collided
+  // now and then between the worlds of one database).
   const suffix = Math.random().toString(36).slice(2, 8);
   const terminal = `t-${suffix}`;
   const phone = `p-${suffix}`;
-  db.prepare("INSERT INTO devices (id, kind, name, public_key, status, created_ms) VALUES (?, 'terminal', 'T', ?, 'active', ?)").run(terminal, Buffer.alloc(32, 1).fill(Math.random() * 255, 0, 8), NOW);
-  db.prepare("INSERT INTO devices (id, kind, name, public_key, user_index, status, created_ms) VALUES (?, 'phone', 'P', ?, ?, 'active', ?)").run(phone, Buffer.alloc(32, 2).fill(Math.random() * 255, 0, 8), Buffer.alloc(32, 3), NOW);
+  db.prepare("INSERT INTO devices (id, kind, name, public_key, status, created_ms) VALUES (?, 'terminal', 'T', ?, 'active', ?)").run(terminal, randomBytes(32), NOW);
+  db.prepare("INSERT INTO devices (id, kind, name, public_key, user_index, status, created_ms) VALUES (?, 'phone', 'P', ?, ?, 'active', ?)").run(phone, randomBytes(32), Buffer.alloc(32, 3), NOW);
   db.prepare("INSERT INTO merchants (id, name, created_ms) VALUES (?, 'M', ?) ON CONFLICT DO NOTHING").run(`mer-${suffix}`, NOW);
-  db.prepare("INSERT INTO agreements (id, lookup, terminal_id, phone_id, status, sealed, key_version, version, created_ms) VALUES (?, ?, ?, ?, 'active', ?, 1, 1, ?)").run(`ag-${suffix}`, Buffer.alloc(32, Math.random() * 255), terminal, phone, Buffer.alloc(8), NOW);
+  db.prepare("INSERT INTO agreements (id, lookup, terminal_id, phone_id, status, sealed, key_version, version, created_ms) VALUES (?, ?, ?, ?, 'active', ?, 1, 1, ?)").run(`ag-${suffix}`, randomBytes(32), terminal, phone, Buffer.alloc(8), NOW);
   return {
     terminal,
     agreement: `ag-${suffix}`,
