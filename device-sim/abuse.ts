@@ -200,6 +200,7 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
   /** What the report says however the run ended, given the database's size at the end. */
   const common = (dbEndBytes: number) => ({
     honestStarted: payments.length,
+    honestBusy: payments.reduce((n, p) => n + p.busy, 0),
     peakRssMB: peakRss === null ? null : round1(peakRss),
     dbGrowthMB: round1((dbEndBytes - dbStart) / (1024 * 1024)),
     seed,
@@ -371,7 +372,6 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
       honestOtherOutcomes: other,
       honestLost: lost,
       honestRejected: rejected.length,
-      honestBusy: payments.reduce((n, p) => n + p.busy, 0),
       honestP50Ms: percentile(latencies, 0.5),
       honestP99Ms: percentile(latencies, 0.99),
     };
@@ -387,7 +387,6 @@ export async function runAbuse(options: AbuseOptions = {}): Promise<AbuseReport>
       honestOtherOutcomes: {},
       honestLost: 0,
       honestRejected: 0,
-      honestBusy: payments.reduce((n, p) => n + p.busy, 0),
       honestP50Ms: null,
       honestP99Ms: null,
     };
@@ -440,12 +439,13 @@ keep serving the honest devices.
 
 It prints its seed first, a progress line every 5 s, a summary (honest payments completed, how
 often an honest request was answered busy (the broker past capacity: the device waits its
-retryAfterMs and asks again, as a device should), their p50/p99 latency, broker peak RSS, database growth, connections refused or closed by
-reason, what each attack did), and last one JSON line:
-{"ok", "brokerAlive", "honestCompleted", "honestP99Ms", "peakRssMB", "dbGrowthMB", "seed",
- "seconds", "honestLost", "honestBusy", "refusedOrClosed", "attacks", ...}. The figures are reported, never
-judged: ok means the broker is alive and answers a fresh device, honest payments completed, and
-none was lost (each got a final result within ${GRACE_MS / 1000} s after the attacks stopped).
+retryAfterMs and asks again, as a device should), their p50/p99 latency, broker peak RSS,
+database growth, connections refused or closed by reason, what each attack did), and last one
+JSON line: {"ok", "brokerAlive", "honestCompleted", "honestP99Ms", "peakRssMB", "dbGrowthMB",
+"seed", "seconds", "honestLost", "honestBusy", "refusedOrClosed", "attacks", ...}. The figures
+are reported, never judged: ok means the broker is alive and answers a fresh device, honest
+payments completed, and none was lost (each got a final result within ${GRACE_MS / 1000} s after
+the attacks stopped).
 Exit status: 0 ok; 1 not ok (the lines before say why; the data dir is kept); 2 a bad command line.
 
 Options:

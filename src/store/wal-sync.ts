@@ -72,8 +72,6 @@ export class WalSync {
   #failed = false;
   /** Recent inline syncs' duration, a moving average (ms; -1 before the first): syncNow is for a quick disk only. */
   #inlineMs = -1;
-  /** While inline syncs are too slow, syncNow tries one again only from then on (performance.now()). */
-  #inlineRetryAt = 0;
   /** When the last inline sync ended (performance.now()). */
   #inlineEndedAt = -Infinity;
   readonly #inlineMaxMs: number;
@@ -125,9 +123,10 @@ export class WalSync {
   syncNow(): boolean {
     if (this.#failed || this.#closed || !this.#dirty || this.#io.fsyncSync === undefined) return false;
     const startedMs = performance.now();
-    // A slow disk: the syncs go to the thread pool, and one is tried here again a second later.
+    // A slow disk: the syncs go to the thread pool, and one is tried here again a second after
+    // the last (slow) inline one.
     const retry = this.#inlineMs > this.#inlineMaxMs;
-    if (retry && startedMs < this.#inlineRetryAt) return false;
+    if (retry && startedMs < this.#inlineEndedAt + this.#inlineRetryMs) return false;
     // Back to back (the last one ended less than a sync ago): the loop has been waiting on the
     // disk half its time, so the pool takes this one and the next batch overlaps it.
     if (startedMs - this.#inlineEndedAt < this.#inlineMs) return false;
@@ -142,7 +141,6 @@ export class WalSync {
     this.#onSynced(ms);
     // A retry measures afresh: one quick sync is enough to say the disk is quick again.
     this.#inlineMs = retry || this.#inlineMs < 0 ? ms : this.#inlineMs + 0.2 * (ms - this.#inlineMs);
-    if (this.#inlineMs > this.#inlineMaxMs) this.#inlineRetryAt = performance.now() + this.#inlineRetryMs;
     this.#dirty = false;
     const waiting = this.#current.concat(this.#next);
     this.#current = [];
